@@ -1,0 +1,72 @@
+"""ComfyUI Studio's engine: settings, ComfyUI client, workflows, persistent job queue, worker.
+
+The UI and the REST API use only what is exported here; none of it imports gradio.
+"""
+
+from .client import ComfyClient, HistoryEntry, RunResult
+from .errors import (
+    ComfyError,
+    ConfigError,
+    ExecutionFailed,
+    ExecutionInterrupted,
+    IdempotencyConflict,
+    JobNotFound,
+    NodeProblem,
+    PromptLost,
+    PromptRejected,
+    ProtocolError,
+    QueueError,
+    ServerError,
+    ServerTimeout,
+    ServerUnavailable,
+    StorageError,
+    WorkflowError,
+)
+from .events import EventBus, JobEvent
+from .object_info import ObjectInfo
+from .params import GenerationParams, Limits
+from .queue import Job, JobPage, JobQueue, JobState
+from .service import BackendStatus, Models, Studio, redact_url
+from .settings import Settings, load_settings
+from .storage import LocalStore, StoredImage
+from .worker import Worker
+
+__all__ = [
+    "BackendStatus",
+    "ComfyClient",
+    "ComfyError",
+    "ConfigError",
+    "EventBus",
+    "ExecutionFailed",
+    "ExecutionInterrupted",
+    "GenerationParams",
+    "HistoryEntry",
+    "IdempotencyConflict",
+    "Job",
+    "JobEvent",
+    "JobNotFound",
+    "JobPage",
+    "JobQueue",
+    "JobState",
+    "Limits",
+    "LocalStore",
+    "Models",
+    "NodeProblem",
+    "ObjectInfo",
+    "PromptLost",
+    "PromptRejected",
+    "ProtocolError",
+    "QueueError",
+    "RunResult",
+    "ServerError",
+    "ServerTimeout",
+    "ServerUnavailable",
+    "Settings",
+    "StorageError",
+    "StoredImage",
+    "Studio",
+    "Worker",
+    "WorkflowError",
+    "load_settings",
+    "redact_url",
+]

@@ -1,0 +1,228 @@
+"""``python -m comfy``: generate, list and cancel jobs, or run a worker, from a terminal.
+
+    python -m comfy generate "a lighthouse at dawn" --steps 20 --seed 42
+    python -m comfy jobs --state running
+    python -m comfy cancel 3f2a9c0d1e4b5a69
+    python -m comfy worker
+
+``generate`` runs a worker in its own process, so it works alone; a ``python -m comfy worker``
+started elsewhere on the same data folder shares the queue safely (claims are atomic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .errors import ComfyError, ConfigError, WorkflowError
+from .params import GenerationParams
+from .queue import Job, JobState
+from .service import Studio
+from .settings import load_settings
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m comfy", description="ComfyUI Studio from the command line.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="queue images and wait for them")
+    gen.add_argument("prompt", help="what the image should show")
+    gen.add_argument("--negative", default=None, help="what it should not show")
+    gen.add_argument("--checkpoint", help="model file (default: the first the server lists)")
+    gen.add_argument("--sampler", help="e.g. euler, dpmpp_2m (default euler)")
+    gen.add_argument("--scheduler", help="e.g. normal, karras (default normal)")
+    gen.add_argument("--steps", type=int)
+    gen.add_argument("--cfg", type=float)
+    gen.add_argument("--seed", type=int, help="-1 for random (default)")
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--batch-size", type=int, dest="batch_size")
+    gen.add_argument("--denoise", type=float, help="img2img strength, 0..1 (with --image)")
+    gen.add_argument("--image", type=Path, help="init image for img2img")
+    gen.add_argument("--workflow", type=Path, help="an API-format workflow JSON (or a ComfyUI PNG) to run instead")
+    gen.add_argument("--count", type=int, default=1, help="how many jobs; seeds count up from the first")
+    gen.add_argument("--idempotency-key", help="the same key returns the same job instead of a new one")
+    gen.add_argument("--no-wait", action="store_true", help="queue and return; a worker runs the jobs")
+
+    jobs = sub.add_parser("jobs", help="list jobs, newest first")
+    jobs.add_argument("--state", action="append", choices=[s.value for s in JobState])
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--cursor", type=int, help="the 'next' value printed under the previous page")
+    jobs.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    show = sub.add_parser("show", help="one job in full, as JSON")
+    show.add_argument("job_id")
+
+    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job_id")
+
+    worker = sub.add_parser("worker", help="run jobs from the queue until stopped")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+
+    sub.add_parser("models", help="checkpoints, samplers and schedulers on the server")
+    sub.add_parser("status", help="whether the server answers, its GPU and queue")
+    return parser
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    """Only what the user set, so a workflow keeps its own values for the rest."""
+    mapping = {"prompt": args.prompt, "negative_prompt": args.negative, "checkpoint": args.checkpoint,
+               "sampler": args.sampler, "scheduler": args.scheduler, "steps": args.steps, "cfg": args.cfg,
+               "seed": args.seed, "width": args.width, "height": args.height, "batch_size": args.batch_size,
+               "denoise": args.denoise}
+    return {k: v for k, v in mapping.items() if v is not None}
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise WorkflowError(f"Cannot read the {what} {path}: {exc.strerror or exc}.", field=what) from exc
+
+
+async def _generate(studio: Studio, args: argparse.Namespace) -> int:
+    params = _params(args)
+    if args.denoise is not None and args.image is None and args.workflow is None:
+        raise WorkflowError("--denoise needs --image (it is the img2img strength).", field="denoise")
+    if args.workflow is not None:
+        jobs = await studio.submit_params_to_workflow(
+            _read(args.workflow, "workflow"), params, count=args.count, idempotency_key=args.idempotency_key)
+    else:
+        if args.image is not None and args.denoise is None:
+            params["denoise"] = 0.6
+        image = _read(args.image, "image") if args.image is not None else None
+        jobs = await studio.submit(GenerationParams.from_dict(params), count=args.count, image=image,
+                                   idempotency_key=args.idempotency_key)
+    for job in jobs:
+        print(f"queued job {job.id} (seed {job.params.get('seed', '-')})", file=sys.stderr)
+    if args.no_wait:
+        return EXIT_OK
+    await studio.start()
+    failed = 0
+    for job in jobs:
+        final = await _follow_with_bar(studio, job)
+        failed += _report(final)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _follow_with_bar(studio: Studio, job: Job) -> Job:
+    bar = tqdm(total=100, desc=job.id[:8], unit="%", bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}",
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        async for event in studio.follow(job.id):
+            if event.kind == "queued":
+                place = studio.position(job.id)
+                bar.set_postfix_str("queued" + (f", {place} ahead" if place else ""))
+            elif event.kind == "retrying":
+                bar.set_postfix_str(f"retrying: {event.message}")
+            elif event.progress is not None:
+                bar.n = round(event.progress * 100)
+                step = f" step {event.step}/{event.steps}" if event.steps else ""
+                bar.set_postfix_str(f"{event.node or ''}{step}".strip())
+            bar.refresh()
+            if event.final:
+                break
+    finally:
+        bar.close()
+    return studio.job(job.id)
+
+
+def _report(job: Job) -> int:
+    if job.state is JobState.SUCCEEDED:
+        elapsed = (job.finished_at or 0) - (job.started_at or job.queued_at)
+        print(f"job {job.id} done in {elapsed:.1f} s, seed {job.params.get('seed', '-')}:")
+        for output in job.outputs:
+            print(f"  {output['path']}")
+        return 0
+    message = (job.error or {}).get("message") or job.state.value
+    print(f"job {job.id} {job.state.value}: {message}", file=sys.stderr)
+    return 1
+
+
+def _print_jobs(studio: Studio, args: argparse.Namespace) -> int:
+    states = [JobState(s) for s in args.state] if args.state else None
+    page = studio.jobs(states=states, limit=args.limit, cursor=args.cursor)
+    for job in page.jobs:
+        if args.json:
+            print(json.dumps(job.to_dict()))
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.queued_at))
+        what = (job.params.get("prompt") or job.kind)[:48]
+        extra = f"{job.progress:.0%}" if job.state is JobState.RUNNING else f"{len(job.outputs)} image(s)"
+        print(f"{job.id}  {job.state.value:<9}  {when}  {extra:<10}  {what}")
+    if page.next_cursor is not None and not args.json:
+        print(f"(more: --cursor {page.next_cursor})")
+    return EXIT_OK
+
+
+async def _run_worker(studio: Studio, args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    logging.getLogger(__name__).warning("worker %s serving %s", studio.worker.id, studio.client.base_url)
+    await studio.worker.run(stop, burst=args.burst)
+    return EXIT_OK
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    async with Studio(settings) as studio:
+        if args.command == "generate":
+            return await _generate(studio, args)
+        if args.command == "jobs":
+            return _print_jobs(studio, args)
+        if args.command == "show":
+            print(json.dumps(studio.job(args.job_id).to_dict(), indent=2))
+            return EXIT_OK
+        if args.command == "cancel":
+            job = studio.cancel(args.job_id)
+            print(f"job {job.id}: {'cancel requested (stopping on the server)' if job.cancel_requested and not job.state.is_final else job.state.value}")
+            return EXIT_OK
+        if args.command == "worker":
+            return await _run_worker(studio, args)
+        if args.command == "models":
+            models = await studio.models()
+            print(json.dumps(dataclasses.asdict(models), indent=2))
+            return EXIT_OK
+        if args.command == "status":
+            print(json.dumps((await studio.backend_status()).to_dict(), indent=2))
+            return EXIT_OK
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(_dispatch(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except WorkflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ComfyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted; queued jobs stay in the queue (cancel them with 'python -m comfy cancel ID')",
+              file=sys.stderr)
+        return 130

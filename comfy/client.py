@@ -1,0 +1,522 @@
+"""An async client for ONE ComfyUI server: HTTP (httpx) and the event WebSocket (httpx-ws).
+
+Foreign errors are mapped to :mod:`comfy.errors` in exactly one place, :func:`map_errors`.
+The one piece of policy that lives here is :meth:`ComfyClient.follow`: ComfyUI reports a
+prompt's end only on the WebSocket of the client that submitted it, so following a prompt means
+reconnecting when the socket drops and reconciling through ``/history`` (which is final once
+``executing`` with ``node: null`` has been sent). Whether to resubmit is the caller's decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import httpx_ws
+import wsproto.events
+
+from . import protocol
+from .errors import (
+    ComfyError,
+    ExecutionFailed,
+    ExecutionInterrupted,
+    PromptLost,
+    PromptRejected,
+    ProtocolError,
+    ServerError,
+    ServerTimeout,
+    ServerUnavailable,
+)
+from .object_info import ObjectInfo
+from .protocol import Event, OutputRef
+
+__all__ = ["ComfyClient", "HistoryEntry", "QueuedPrompt", "RunResult", "EventStream", "map_errors"]
+
+logger = logging.getLogger(__name__)
+
+#: Previews are 512×512 JPEGs of ~35 KB by default, but ``--preview-size`` can make them larger.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+EventHandler = Callable[[Event], Awaitable[None] | None]
+
+
+@contextlib.contextmanager
+def map_errors(what: str) -> Iterator[None]:
+    """Turn httpx and httpx-ws exceptions into :class:`ServerError` subclasses (the one mapping point)."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise ServerTimeout(f"ComfyUI did not answer in time ({what}).") from exc
+    except httpx.TransportError as exc:
+        raise ServerUnavailable(f"Cannot reach the ComfyUI server ({what}): {type(exc).__name__}.") from exc
+    except httpx_ws.WebSocketUpgradeError as exc:
+        status = exc.response.status_code
+        hint = " Check COMFYUI_HEADERS if a proxy needs credentials." if status in (401, 403) else ""
+        raise ServerUnavailable(f"ComfyUI refused the event WebSocket with HTTP {status}.{hint}") from exc
+    except httpx_ws.WebSocketDisconnect as exc:
+        raise ServerUnavailable(f"ComfyUI closed the event WebSocket (code {exc.code}).") from exc
+    except (httpx_ws.WebSocketNetworkError, httpx_ws.HTTPXWSException) as exc:
+        raise ServerUnavailable(f"The event WebSocket to ComfyUI broke ({what}).") from exc
+    except httpx.HTTPError as exc:  # the rest: invalid URLs, decoding errors, stream misuse
+        raise ServerError(f"Talking to ComfyUI failed ({what}): {exc}") from exc
+
+
+def _unwrap_group(group: BaseExceptionGroup) -> BaseException:
+    # httpx-ws runs the socket in an anyio task group, which wraps anything raised inside.
+    leaves = list(_leaves(group))
+    for leaf in leaves:
+        if isinstance(leaf, ComfyError):
+            return leaf
+    return leaves[0] if leaves else group
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+@dataclass(frozen=True)
+class QueuedPrompt:
+    prompt_id: str
+    number: int | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One ``/history/{id}`` entry: how a prompt ended and what it produced."""
+
+    prompt_id: str
+    status_str: str | None
+    completed: bool
+    outputs: tuple[OutputRef, ...]
+    messages: tuple[tuple[str, dict[str, Any]], ...] = ()
+    prompt: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_body(cls, prompt_id: str, body: Any) -> HistoryEntry | None:
+        entry = body.get(prompt_id) if isinstance(body, dict) else None
+        if not isinstance(entry, dict):
+            return None
+        status = entry.get("status") or {}
+        outputs = tuple(
+            ref
+            for node_id, output in (entry.get("outputs") or {}).items()
+            for ref in protocol._outputs(str(node_id), output)
+        )
+        raw_prompt = entry.get("prompt")
+        graph = raw_prompt[2] if isinstance(raw_prompt, list) and len(raw_prompt) > 2 else {}
+        messages = tuple((str(m[0]), dict(m[1] or {})) for m in status.get("messages") or () if len(m) == 2)
+        return cls(prompt_id, status.get("status_str"), bool(status.get("completed")), outputs, messages, graph)
+
+    @property
+    def saved(self) -> tuple[OutputRef, ...]:
+        """Files written by output nodes (SaveImage); PreviewImage's ``temp`` files are skipped."""
+        return tuple(ref for ref in self.outputs if ref.type == "output")
+
+    def timestamp(self, event: str) -> int | None:
+        for name, data in self.messages:
+            if name == event:
+                return data.get("timestamp")
+        return None
+
+    def raise_for_outcome(self) -> None:
+        """Raise :class:`ExecutionFailed` or :class:`ExecutionInterrupted` unless the prompt succeeded."""
+        for name, data in self.messages:
+            if name == "execution_error":
+                raise _execution_failed(protocol.decode_text(json.dumps({"type": name, "data": data})), self.prompt)
+            if name == "execution_interrupted":
+                raise ExecutionInterrupted(node_id=data.get("node_id"), node_type=data.get("node_type"))
+        if self.status_str not in (None, "success"):
+            raise ExecutionFailed(f"ComfyUI reports the prompt ended with status {self.status_str!r}.")
+
+
+def _execution_failed(event: Event, graph: dict[str, Any] | None) -> ExecutionFailed:
+    assert isinstance(event, protocol.ExecutionErrorEvent)
+    where = protocol.describe_node(graph, event.node_id, event.node_type)
+    return ExecutionFailed(
+        f"ComfyUI failed while running {where}: {event.exception_type or 'error'}: {event.exception_message}",
+        node_id=event.node_id, node_type=event.node_type,
+        exception_type=event.exception_type, exception_message=event.exception_message,
+    )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished prompt: its id, the files it saved, and the server's own timestamps (ms)."""
+
+    prompt_id: str
+    outputs: tuple[OutputRef, ...]
+    history: HistoryEntry = field(repr=False)
+
+    @property
+    def execution_ms(self) -> int | None:
+        start, end = self.history.timestamp("execution_start"), self.history.timestamp("execution_success")
+        return end - start if start is not None and end is not None else None
+
+
+class EventStream:
+    """The event WebSocket of one client id; iterate it for typed :mod:`comfy.protocol` events."""
+
+    def __init__(self, client: ComfyClient, client_id: str, *, feature_flags: bool = True) -> None:
+        self._client = client
+        self.client_id = client_id
+        self._feature_flags = feature_flags
+        self._stack = AsyncExitStack()
+        self._ws: httpx_ws.AsyncWebSocketSession | None = None
+
+    async def __aenter__(self) -> EventStream:
+        url = self._client.url("/ws") + f"?clientId={self.client_id}"
+        try:
+            with map_errors("opening the event WebSocket"):
+                self._ws = await self._stack.enter_async_context(httpx_ws.aconnect_ws(
+                    url, self._client.http, max_message_size_bytes=MAX_FRAME_BYTES,
+                    keepalive_ping_interval_seconds=self._client.ping_interval,
+                    keepalive_ping_timeout_seconds=self._client.ping_interval,
+                ))
+                if self._feature_flags:
+                    # Must be the first frame on the socket, or the server ignores it (protocol note 4).
+                    await self._ws.send_text(json.dumps(protocol.FEATURE_FLAGS_HELLO))
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stack.aclose()
+        except BaseExceptionGroup as group:
+            leaf = _unwrap_group(group)
+            if not isinstance(leaf, (httpx_ws.HTTPXWSException, httpx.HTTPError, OSError)):
+                raise leaf from None
+        except (httpx_ws.HTTPXWSException, httpx.HTTPError, OSError):
+            pass  # closing a socket that already broke
+
+    async def receive(self, timeout: float | None = None) -> Event:
+        """The next event; raises TimeoutError when none came in ``timeout`` s, ServerUnavailable on a drop."""
+        assert self._ws is not None, "use the stream inside 'async with'"
+        with map_errors("reading the event WebSocket"):
+            while True:
+                frame = await self._ws.receive(timeout=timeout)
+                if isinstance(frame, wsproto.events.TextMessage):
+                    return protocol.decode_text(frame.data)
+                if isinstance(frame, wsproto.events.BytesMessage):
+                    return protocol.decode_binary(bytes(frame.data))
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self.receive()
+
+
+class ComfyClient:
+    """HTTP + WebSocket access to one ComfyUI server.
+
+    >>> client = ComfyClient("http://127.0.0.1:8188")
+    >>> client.url("/prompt")
+    'http://127.0.0.1:8188/prompt'
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        http: httpx.AsyncClient | None = None,
+        timeout: httpx.Timeout | None = None,
+        ping_interval: float = 20.0,
+        idle_check: float = 15.0,
+        reconnect_window: float = 120.0,
+        preview_method: str | None = "auto",
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._owns_http = http is None
+        self.http = http or httpx.AsyncClient(
+            headers=dict(headers or {}), timeout=timeout or httpx.Timeout(60.0, connect=10.0),
+            follow_redirects=True,
+        )
+        self.ping_interval = ping_interval
+        #: With no event for this long, ask /history and /queue whether the prompt is still alive.
+        self.idle_check = idle_check
+        #: How long a dropped socket may fail to reconnect before following gives up.
+        self.reconnect_window = reconnect_window
+        self.preview_method = preview_method
+        self._object_info: ObjectInfo | None = None
+        self._object_info_lock = asyncio.Lock()
+        self._closed = False
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    async def __aenter__(self) -> ComfyClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._owns_http:
+                await self.http.aclose()
+
+    # -- plain requests ---------------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+        with map_errors(what):
+            response = await self.http.request(method, self.url(path), **kwargs)
+        if response.status_code >= 500:
+            raise ServerUnavailable(f"ComfyUI answered HTTP {response.status_code} to {what}.")
+        if response.status_code in (401, 403):
+            raise ServerUnavailable(
+                f"ComfyUI (or a proxy in front of it) refused {what} with HTTP {response.status_code}; "
+                "check COMFYUI_URL and COMFYUI_HEADERS."
+            )
+        return response
+
+    async def _json(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
+        response = await self._request(method, path, what, **kwargs)
+        if response.status_code != 200:
+            raise ServerError(f"ComfyUI answered HTTP {response.status_code} to {what}.")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ProtocolError(f"ComfyUI's answer to {what} is not JSON.") from exc
+
+    async def system_stats(self) -> dict[str, Any]:
+        """``GET /system_stats``: versions, RAM, and each device's name and VRAM."""
+        return await self._json("GET", "/system_stats", "system_stats")
+
+    async def object_info(self, *, refresh: bool = False) -> ObjectInfo:
+        """``GET /object_info``, cached (it is ~400 KB); ``refresh`` fetches it again."""
+        async with self._object_info_lock:
+            if self._object_info is None or refresh:
+                self._object_info = ObjectInfo(await self._json("GET", "/object_info", "object_info"))
+            return self._object_info
+
+    async def checkpoints(self) -> list[str]:
+        return (await self.object_info()).checkpoints
+
+    async def samplers(self) -> list[str]:
+        return (await self.object_info()).samplers
+
+    async def schedulers(self) -> list[str]:
+        return (await self.object_info()).schedulers
+
+    async def queue_remaining(self) -> int:
+        body = await self._json("GET", "/prompt", "prompt status")
+        return int((body.get("exec_info") or {}).get("queue_remaining", 0))
+
+    async def queue(self) -> tuple[list[str], list[str]]:
+        """``GET /queue``: the ids of the running and the pending prompts."""
+        body = await self._json("GET", "/queue", "queue")
+        ids = lambda items: [str(item[1]) for item in items or () if isinstance(item, list) and len(item) > 1]  # noqa: E731
+        return ids(body.get("queue_running")), ids(body.get("queue_pending"))
+
+    async def upload_image(self, data: bytes, filename: str, *, overwrite: bool = False, subfolder: str = "") -> str:
+        """``POST /upload/image``; returns the name to put in LoadImage (ComfyUI may rename it)."""
+        form = {"type": "input", "subfolder": subfolder}
+        if overwrite:
+            form["overwrite"] = "true"
+        body = await self._json("POST", "/upload/image", "upload_image",
+                                files={"image": (filename, data, "image/png")}, data=form)
+        name = str(body.get("name") or filename)
+        return f"{body['subfolder']}/{name}" if body.get("subfolder") else name
+
+    async def queue_prompt(
+        self,
+        prompt: dict[str, Any],
+        *,
+        client_id: str,
+        prompt_id: str | None = None,
+        extra_data: dict[str, Any] | None = None,
+        front: bool = False,
+    ) -> QueuedPrompt:
+        """``POST /prompt``. Raises :class:`PromptRejected` with ComfyUI's complaints as sentences."""
+        extra = dict(extra_data or {})
+        if self.preview_method:
+            extra.setdefault("preview_method", self.preview_method)  # overrides --preview-method none
+        body: dict[str, Any] = {"prompt": prompt, "client_id": client_id, "extra_data": extra}
+        if prompt_id:
+            body["prompt_id"] = prompt_id
+        if front:
+            body["front"] = True
+        response = await self._request("POST", "/prompt", "queueing the prompt", json=body)
+        try:
+            answer = response.json()
+        except ValueError as exc:
+            raise ProtocolError(f"ComfyUI answered HTTP {response.status_code} to /prompt without JSON.") from exc
+        if response.status_code == 400:
+            message, problems = protocol.describe_rejection(answer, prompt)
+            raise PromptRejected(message, problems=problems, body=answer)
+        if response.status_code != 200 or "prompt_id" not in answer:
+            raise ProtocolError(f"ComfyUI answered HTTP {response.status_code} to /prompt: {str(answer)[:200]}")
+        return QueuedPrompt(str(answer["prompt_id"]), answer.get("number"))
+
+    async def history(self, prompt_id: str) -> HistoryEntry | None:
+        """``GET /history/{id}``; None while the prompt is queued, running or unknown."""
+        body = await self._json("GET", f"/history/{prompt_id}", "history")
+        return HistoryEntry.from_body(prompt_id, body)
+
+    async def view(self, ref: OutputRef) -> AsyncIterator[bytes]:
+        """Stream a file through ``GET /view``."""
+        params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
+        with map_errors(f"downloading {ref.filename}"):
+            async with self.http.stream("GET", self.url("/view"), params=params) as response:
+                if response.status_code == 404:
+                    raise ServerError(f"ComfyUI has no file {ref.filename!r} (type {ref.type}) any more.")
+                if response.status_code != 200:
+                    raise ServerUnavailable(f"ComfyUI answered HTTP {response.status_code} to /view.")
+                async for chunk in response.aiter_bytes():
+                    yield chunk
+
+    async def download(self, ref: OutputRef) -> bytes:
+        return b"".join([chunk async for chunk in self.view(ref)])
+
+    async def interrupt(self, prompt_id: str | None = None) -> None:
+        """``POST /interrupt``: stop the running prompt (only if it is ``prompt_id``, when given)."""
+        await self._request("POST", "/interrupt", "interrupt", json={"prompt_id": prompt_id} if prompt_id else None)
+
+    async def delete_from_queue(self, prompt_ids: list[str]) -> None:
+        """``POST /queue {"delete": [...]}``: drop prompts that have not started yet."""
+        await self._request("POST", "/queue", "queue delete", json={"delete": prompt_ids})
+
+    async def cancel(self, prompt_id: str) -> None:
+        """Remove a pending prompt or interrupt it if it runs; quietly nothing if it has ended."""
+        running, pending = await self.queue()
+        if prompt_id in pending:
+            await self.delete_from_queue([prompt_id])
+        if prompt_id in running or prompt_id in pending:
+            # Interrupt too when it was pending: it may have started between the two calls.
+            await self.interrupt(prompt_id)
+
+    # -- following a prompt -----------------------------------------------------------------------
+
+    def events(self, client_id: str, *, feature_flags: bool = True) -> EventStream:
+        """The event WebSocket for ``client_id``; open it before submitting so no event is missed."""
+        return EventStream(self, client_id, feature_flags=feature_flags)
+
+    async def run(
+        self,
+        prompt: dict[str, Any],
+        *,
+        client_id: str | None = None,
+        prompt_id: str | None = None,
+        on_event: EventHandler | None = None,
+        timeout: float = 3600.0,
+        extra_data: dict[str, Any] | None = None,
+    ) -> RunResult:
+        """Submit ``prompt`` and follow it to the end; raises a :class:`ServerError` subclass on failure."""
+        client_id = client_id or uuid.uuid4().hex
+        prompt_id = prompt_id or str(uuid.uuid4())
+        deadline = time.monotonic() + timeout
+        async with self.events(client_id) as stream:
+            await self.queue_prompt(prompt, client_id=client_id, prompt_id=prompt_id, extra_data=extra_data)
+            return await self.follow(prompt_id, client_id, on_event=on_event, deadline=deadline, stream=stream)
+
+    async def follow(
+        self,
+        prompt_id: str,
+        client_id: str,
+        *,
+        on_event: EventHandler | None = None,
+        deadline: float | None = None,
+        stream: EventStream | None = None,
+    ) -> RunResult:
+        """Follow a submitted prompt until it ends, across dropped sockets; also re-attaches after a restart.
+
+        Raises :class:`PromptLost` if the server knows nothing of it, :class:`ServerTimeout` past
+        ``deadline`` (a ``time.monotonic()`` value), and the prompt's own failure otherwise.
+        """
+        deadline = deadline if deadline is not None else time.monotonic() + 3600.0
+        backoff, down_since = 0.25, None
+        while True:
+            try:
+                if stream is not None:
+                    ended = await self._consume(stream, prompt_id, on_event, deadline)
+                else:
+                    async with self.events(client_id) as fresh:
+                        # Anything may have happened while we were away: ask before listening.
+                        ended = await self._ended_or_lost(prompt_id)
+                        backoff, down_since = 0.25, None
+                        ended = ended or await self._consume(fresh, prompt_id, on_event, deadline)
+                if ended:
+                    return await self._result(prompt_id)
+            except ServerUnavailable as exc:
+                now = time.monotonic()
+                down_since = down_since or now
+                if now - down_since + backoff > self.reconnect_window:
+                    raise  # the server is gone, not blinking: let the caller decide (retry, fail over)
+                if now + backoff > deadline:
+                    raise ServerTimeout(f"Gave up following prompt {prompt_id}: {exc}") from exc
+                logger.warning("Event socket for prompt %s dropped (%s); reconnecting in %.2fs", prompt_id, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+            stream = None
+
+    async def _consume(self, stream: EventStream, prompt_id: str, on_event: EventHandler | None,
+                       deadline: float) -> bool:
+        """Read events until the prompt's end-of-run signal; True when it ended."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServerTimeout(f"Prompt {prompt_id} did not finish before the job's time limit.")
+            try:
+                event = await stream.receive(timeout=min(self.idle_check, remaining))
+            except TimeoutError:
+                if await self._ended_or_lost(prompt_id):
+                    return True
+                continue
+            if not _concerns(event, prompt_id):
+                continue
+            if on_event is not None:
+                outcome = on_event(event)
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+            if isinstance(event, protocol.Executing) and event.node is None and event.prompt_id == prompt_id:
+                return True
+
+    async def _ended_or_lost(self, prompt_id: str) -> bool:
+        # A silent socket is normal during a long step, but also what a socket detached by a
+        # second connection with our client id looks like (protocol note 6): ask the server.
+        if await self.history(prompt_id) is not None:
+            return True
+        running, pending = await self.queue()
+        if prompt_id not in running and prompt_id not in pending:
+            # The history may have been written between the two calls.
+            if await self.history(prompt_id) is not None:
+                return True
+            raise PromptLost(prompt_id)
+        return False
+
+    async def _result(self, prompt_id: str) -> RunResult:
+        entry = await self.history(prompt_id)
+        if entry is None:
+            raise PromptLost(prompt_id)
+        entry.raise_for_outcome()
+        return RunResult(prompt_id, entry.saved, entry)
+
+    async def ensure_known(self, prompt_id: str) -> None:
+        """Raise :class:`PromptLost` unless the server has the prompt queued, running or in its history."""
+        await self._ended_or_lost(prompt_id)
+
+
+def _concerns(event: Event, prompt_id: str) -> bool:
+    """Whether an event is about our prompt (status and legacy previews carry no prompt id)."""
+    event_prompt = getattr(event, "prompt_id", None)
+    return event_prompt is None or event_prompt == prompt_id

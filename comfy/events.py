@@ -1,0 +1,123 @@
+"""Job events for subscribers in this process (UI sessions, API streams, the CLI's progress bar).
+
+The queue on disk is the source of truth for a job's state; the bus adds what is too fast or too
+large to store (every sampler step, preview images). Publishing never blocks the worker: each
+subscriber has a bounded buffer, and a slow one loses old previews, never a state change.
+Subscribers may live on other threads' event loops (Gradio runs handlers there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["JobEvent", "EventBus", "Subscription", "EventKind"]
+
+EventKind = Literal["queued", "started", "progress", "preview", "succeeded", "failed", "cancelled", "retrying"]
+FINAL_KINDS = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """Something happened to a job. ``job`` is the stored record (as a dict) when the state changed."""
+
+    job_id: str
+    kind: EventKind
+    progress: float | None = None
+    node: str | None = None
+    step: int | None = None
+    steps: int | None = None
+    preview: bytes | None = field(default=None, repr=False)
+    preview_mime: str | None = None
+    message: str | None = None
+    job: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def final(self) -> bool:
+        return self.kind in FINAL_KINDS
+
+
+class Subscription:
+    """An async iterator of :class:`JobEvent`; close it (or use ``async with``) when done."""
+
+    def __init__(self, bus: EventBus, job_id: str | None, maxsize: int) -> None:
+        self._bus = bus
+        self.job_id = job_id
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[JobEvent] = asyncio.Queue(maxsize)
+
+    def _offer(self, event: JobEvent) -> None:
+        # Runs on the subscriber's loop. When full, drop the oldest preview or progress tick.
+        if self._queue.full():
+            kept = [e for e in _drain(self._queue) if e.kind not in ("preview", "progress")]
+            for old in kept[-(self._queue.maxsize - 1):]:
+                self._queue.put_nowait(old)
+        self._queue.put_nowait(event)
+
+    async def get(self, timeout: float | None = None) -> JobEvent:
+        return await asyncio.wait_for(self._queue.get(), timeout)
+
+    def __aiter__(self) -> AsyncIterator[JobEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[JobEvent]:
+        while True:
+            yield await self._queue.get()
+
+    def close(self) -> None:
+        self._bus._remove(self)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _drain(queue: asyncio.Queue[JobEvent]) -> list[JobEvent]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+class EventBus:
+    """Fan-out of job events; also remembers each running job's latest preview for late subscribers."""
+
+    def __init__(self, *, buffer: int = 256) -> None:
+        self._subs: list[Subscription] = []
+        self._lock = threading.Lock()
+        self._buffer = buffer
+        self._latest_preview: dict[str, JobEvent] = {}
+
+    def subscribe(self, job_id: str | None = None) -> Subscription:
+        """Events of one job, or of every job when ``job_id`` is None. Call from a running loop."""
+        sub = Subscription(self, job_id, self._buffer)
+        with self._lock:
+            self._subs.append(sub)
+        return sub
+
+    def _remove(self, sub: Subscription) -> None:
+        with self._lock:
+            if sub in self._subs:
+                self._subs.remove(sub)
+
+    def latest_preview(self, job_id: str) -> JobEvent | None:
+        return self._latest_preview.get(job_id)
+
+    def publish(self, event: JobEvent) -> None:
+        """Deliver to every matching subscriber; safe from any thread, never blocks."""
+        if event.kind == "preview":
+            self._latest_preview[event.job_id] = event
+        elif event.final:
+            self._latest_preview.pop(event.job_id, None)
+        with self._lock:
+            targets = [s for s in self._subs if s.job_id in (None, event.job_id)]
+        for sub in targets:
+            try:
+                sub._loop.call_soon_threadsafe(sub._offer, event)
+            except RuntimeError:  # that subscriber's loop has closed
+                self._remove(sub)

@@ -1,0 +1,121 @@
+"""PNG text chunks, read and written without re-encoding the image.
+
+ComfyUI's SaveImage writes ``tEXt`` chunks ``prompt`` (and ``workflow``) before the first ``IDAT``.
+The studio adds its own chunk beside them, plus AUTOMATIC1111's ``parameters`` line so other tools
+(PNG Info tabs, image sites) read the settings too. The pixels are never touched: the saved file is
+the PNG ComfyUI produced, byte for byte, with chunks inserted.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+__all__ = ["PNG_SIGNATURE", "is_png", "read_text_chunks", "add_text_chunks", "png_size", "a1111_parameters"]
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(data: bytes) -> bool:
+    return data[:8] == PNG_SIGNATURE
+
+
+def _chunks(data: bytes):
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        yield pos, kind, body, pos + 12 + length
+        if kind == b"IEND":
+            return
+        pos += 12 + length
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the IHDR chunk, or None if ``data`` is not a PNG."""
+    if not is_png(data) or len(data) < 24:
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def read_text_chunks(data: bytes) -> dict[str, str]:
+    """Every ``tEXt``, ``zTXt`` and ``iTXt`` chunk as keyword → text.
+
+    >>> png = add_text_chunks(_tiny_png(), {"hello": "wörld"})
+    >>> read_text_chunks(png)
+    {'hello': 'wörld'}
+    """
+    texts: dict[str, str] = {}
+    if not is_png(data):
+        return texts
+    for _, kind, body, _ in _chunks(data):
+        try:
+            if kind == b"tEXt":
+                key, _, value = body.partition(b"\0")
+                texts[key.decode("latin-1")] = value.decode("latin-1")
+            elif kind == b"zTXt":
+                key, _, rest = body.partition(b"\0")
+                texts[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("latin-1")
+            elif kind == b"iTXt":
+                key, _, rest = body.partition(b"\0")
+                compressed, _method = rest[0], rest[1]
+                _lang, _, rest = rest[2:].partition(b"\0")
+                _translated, _, value = rest.partition(b"\0")
+                texts[key.decode("latin-1")] = (zlib.decompress(value) if compressed else value).decode("utf-8")
+        except (zlib.error, UnicodeDecodeError, IndexError):
+            continue  # one damaged chunk must not hide the others
+    return texts
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def _text_chunk(key: str, value: str) -> bytes:
+    keyword = key.encode("latin-1")[:79]
+    try:
+        return _chunk(b"tEXt", keyword + b"\0" + value.encode("latin-1"))
+    except UnicodeEncodeError:  # tEXt is Latin-1 only; iTXt carries UTF-8
+        return _chunk(b"iTXt", keyword + b"\0\0\0\0\0" + value.encode("utf-8"))
+
+
+def add_text_chunks(data: bytes, texts: dict[str, str]) -> bytes:
+    """Insert text chunks before the first IDAT; a chunk of the same keyword is replaced."""
+    if not is_png(data):
+        raise ValueError("not a PNG file")
+    keys = {k.encode("latin-1")[:79] for k in texts}
+    out = [PNG_SIGNATURE]
+    inserted = False
+    for start, kind, body, end in _chunks(data):
+        if kind in (b"tEXt", b"iTXt", b"zTXt") and body.partition(b"\0")[0] in keys:
+            continue
+        if kind == b"IDAT" and not inserted:
+            out.extend(_text_chunk(k, v) for k, v in texts.items())
+            inserted = True
+        out.append(data[start:end])
+    if not inserted:
+        raise ValueError("PNG has no image data")
+    return b"".join(out)
+
+
+def a1111_parameters(params: dict[str, Any]) -> str:
+    """The ``parameters`` text AUTOMATIC1111 writes, so its PNG Info (and image sites) can read ours."""
+    lines = [str(params.get("prompt") or "")]
+    if params.get("negative_prompt"):
+        lines.append(f"Negative prompt: {params['negative_prompt']}")
+    fields = [
+        ("Steps", params.get("steps")), ("Sampler", params.get("sampler")),
+        ("Schedule type", params.get("scheduler")), ("CFG scale", params.get("cfg")),
+        ("Seed", params.get("seed")), ("Size", f"{params.get('width')}x{params.get('height')}"
+                                        if params.get("width") else None),
+        ("Model", params.get("checkpoint")),
+        ("Denoising strength", params.get("denoise") if params.get("init_image") else None),
+    ]
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
+    return "\n".join(lines)
+
+
+def _tiny_png() -> bytes:
+    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+    return PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0\0")) + _chunk(b"IEND", b"")

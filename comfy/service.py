@@ -1,0 +1,362 @@
+"""The studio's one facade: what the UI, the REST API and the command line call.
+
+It checks a request completely before a job exists (limits, then the server's own lists of
+checkpoints, samplers and schedulers), stores it in the persistent queue, wakes the worker, and
+lets callers follow a job: the in-process event bus gives every step and preview, and the queue
+on disk catches what a worker in another process did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from . import workflows
+from .client import ComfyClient
+from .errors import ComfyError, ServerError, WorkflowError
+from .events import EventBus, JobEvent
+from .object_info import ObjectInfo
+from .params import GenerationParams, Limits
+from .queue import Job, JobPage, JobQueue, JobState
+from .settings import Settings
+from .storage import LocalStore
+from .worker import Worker
+
+__all__ = ["Studio", "BackendStatus", "Models", "redact_url"]
+
+logger = logging.getLogger(__name__)
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password or query (tokens), for pages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+@dataclass(frozen=True)
+class Models:
+    checkpoints: list[str]
+    samplers: list[str]
+    schedulers: list[str]
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    url: str
+    reachable: bool
+    error: str | None = None
+    gpu: str | None = None
+    vram_total: int | None = None
+    vram_free: int | None = None
+    queue_remaining: int | None = None
+    comfyui_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Studio:
+    """Queue, worker, client and storage, put together from :class:`Settings`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: ComfyClient | None = None,
+        queue: JobQueue | None = None,
+        store: LocalStore | None = None,
+        bus: EventBus | None = None,
+    ) -> None:
+        self.settings = settings
+        self.limits = Limits.from_settings(settings)
+        self.client = client or ComfyClient(
+            settings.comfyui_urls[0],
+            headers=settings.backend_headers(),
+            timeout=_timeout(settings),
+            ping_interval=settings.ws_ping_interval,
+        )
+        self.queue = queue or JobQueue(settings.queue_dir, max_attempts=settings.max_attempts)
+        self.store = store or LocalStore(settings.outputs_dir, settings.inputs_dir)
+        self.bus = bus or EventBus()
+        self.worker = Worker(
+            self.queue, self.client, self.store, bus=self.bus, max_in_flight=settings.max_in_flight,
+            lease_seconds=settings.lease_seconds, job_timeout=settings.job_timeout,
+        )
+        self._object_info_file = settings.data_dir / "object_info.json"
+        self._worker_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    async def start(self, *, worker: bool = True) -> None:
+        """Start the worker in the running event loop (it first re-attaches jobs left running)."""
+        if worker and self._worker_task is None:
+            self._stop = asyncio.Event()
+            self._worker_task = asyncio.create_task(self.worker.run(self._stop), name="studio-worker")
+
+    async def aclose(self) -> None:
+        """Stop the worker; prompts still running on ComfyUI are re-attached at the next start."""
+        if self._worker_task is not None:
+            self._stop.set()
+            await asyncio.gather(self._worker_task, return_exceptions=True)
+            self._worker_task = None
+        await self.client.aclose()
+        self.queue.close()
+
+    async def __aenter__(self) -> Studio:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- what the backend offers ------------------------------------------------------------------
+
+    async def object_info(self, *, refresh: bool = False) -> ObjectInfo | None:
+        """The server's node catalogue, or the last one seen when it is unreachable (None if never)."""
+        try:
+            info = await self.client.object_info(refresh=refresh)
+        except ServerError as exc:
+            logger.warning("Using the cached node list: %s", exc)
+            return self._cached_object_info()
+        self._keep_object_info(info)
+        return info
+
+    def _keep_object_info(self, info: ObjectInfo) -> None:
+        if not self._object_info_file.exists() or getattr(self, "_kept_info", None) is not info:
+            self._object_info_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._object_info_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(info.raw), encoding="utf-8")
+            tmp.replace(self._object_info_file)
+            self._kept_info = info
+
+    def _cached_object_info(self) -> ObjectInfo | None:
+        try:
+            return ObjectInfo.from_json(self._object_info_file.read_bytes())
+        except (OSError, ValueError, ComfyError):
+            return None
+
+    async def models(self, *, refresh: bool = False) -> Models:
+        info = await self.object_info(refresh=refresh)
+        if info is None:
+            return Models([], [], [])
+        return Models(list(info.checkpoints), list(info.samplers), list(info.schedulers))
+
+    async def backend_status(self) -> BackendStatus:
+        """Reachable or not, GPU and VRAM, ComfyUI's queue length; never raises."""
+        url = redact_url(self.client.base_url)
+        try:
+            stats, remaining = await asyncio.gather(self.client.system_stats(), self.client.queue_remaining())
+        except ComfyError as exc:
+            return BackendStatus(url, False, error=str(exc))
+        device = (stats.get("devices") or [{}])[0]
+        return BackendStatus(
+            url, True, gpu=device.get("name"), vram_total=device.get("vram_total"), vram_free=device.get("vram_free"),
+            queue_remaining=remaining, comfyui_version=(stats.get("system") or {}).get("comfyui_version"),
+        )
+
+    # -- submitting -------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        params: GenerationParams | dict[str, Any],
+        *,
+        count: int = 1,
+        image: bytes | None = None,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+    ) -> list[Job]:
+        """Queue ``count`` jobs (seeds counting up from the first). Raises :class:`WorkflowError` first if anything is wrong."""
+        if isinstance(params, dict):
+            params = GenerationParams.from_dict(params)
+        if not 1 <= count <= 100:
+            raise WorkflowError(f"count is {count}; it must be between 1 and 100.", field="count")
+        params = params.check(self.limits).resolve_seed()
+        if image is not None:
+            _check_image(image, self.settings.max_upload_bytes)
+            params = dataclasses.replace(params, init_image=str(self.store.save_input(image)))
+        params = await self._check_against_server(params)
+        jobs = []
+        for index in range(count):
+            one = params.with_seed((params.seed + index) % 2**64) if count > 1 else params
+            key = f"{idempotency_key}#{index}" if idempotency_key and count > 1 else idempotency_key
+            job, _created = self.queue.enqueue(one.to_dict(), kind="generate", idempotency_key=key, owner=owner)
+            jobs.append(job)
+            self.bus.publish(JobEvent(job.id, "queued", job=job.to_dict()))
+        self.worker.wake()
+        return jobs
+
+    async def _check_against_server(self, params: GenerationParams) -> GenerationParams:
+        info = await self.object_info()
+        if info is None:  # never seen the server: the worker checks when it is back
+            return params
+        if params.checkpoint is None:
+            params = dataclasses.replace(params, checkpoint=workflows.default_checkpoint(info))
+        template = workflows.load_template("img2img" if params.init_image else "txt2img")
+        probe = dataclasses.replace(params, init_image=_UPLOAD_PLACEHOLDER if params.init_image else None)
+        workflows.validate(workflows.bind(template, probe), info, pending_uploads=True)
+        return params
+
+    async def submit_workflow(
+        self,
+        workflow: dict[str, Any] | str | bytes,
+        *,
+        inputs: dict[tuple[str, str], Any] | None = None,
+        images: dict[str, bytes] | None = None,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Job:
+        """Queue any API-format workflow, with ``inputs`` set and ``images`` (node id → PNG) for LoadImage nodes.
+
+        ``params`` records the studio parameters that were bound onto it, for history and metadata.
+        """
+        graph = workflows.parse_workflow(workflow)
+        if inputs:
+            graph = workflows.apply_inputs(graph, inputs)
+        kept: dict[str, str] = {}
+        for node_id, data in (images or {}).items():
+            if node_id not in graph:
+                raise WorkflowError(f"The workflow has no node {node_id} to take an image.", field=f"node {node_id}")
+            _check_image(data, self.settings.max_upload_bytes)
+            kept[node_id] = str(self.store.save_input(data))
+        info = await self.object_info()
+        if info is not None:
+            workflows.validate(graph, info, pending_uploads=True)
+        job, _created = self.queue.enqueue({**(params or {}), "images": kept}, kind="workflow", workflow=graph,
+                                           idempotency_key=idempotency_key, owner=owner)
+        self.bus.publish(JobEvent(job.id, "queued", job=job.to_dict()))
+        self.worker.wake()
+        return job
+
+    async def submit_params_to_workflow(
+        self,
+        workflow: dict[str, Any] | str | bytes,
+        values: dict[str, Any],
+        *,
+        count: int = 1,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+    ) -> list[Job]:
+        """Queue a user's workflow with some studio parameters (prompt, steps, ...) bound onto it.
+
+        Only the parameters given are written; the workflow keeps its own values for the rest. With
+        ``count`` > 1 the seeds count up from the given one (or from a random one).
+        """
+        if isinstance(workflow, bytes) and workflow[:8] == b"\x89PNG\r\n\x1a\n":
+            graph = workflows.workflow_from_png(workflow)
+        else:
+            graph = workflows.parse_workflow(workflow)
+        if not 1 <= count <= 100:
+            raise WorkflowError(f"count is {count}; it must be between 1 and 100.", field="count")
+        base = GenerationParams.from_dict({"prompt": values.get("prompt", "-"), **values})
+        base.check(self.limits)
+        if count > 1 or values.get("seed") == -1:
+            values = {**values, "seed": base.resolve_seed().seed}
+        jobs = []
+        for index in range(count):
+            one = {**values, "seed": (values["seed"] + index) % 2**64} if "seed" in values else values
+            key = f"{idempotency_key}#{index}" if idempotency_key and count > 1 else idempotency_key
+            jobs.append(await self.submit_workflow(workflows.bind_values(graph, one), idempotency_key=key,
+                                                   owner=owner, params=one))
+        return jobs
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job:
+        return self.queue.get(job_id)
+
+    def jobs(self, *, states: Collection[JobState] | None = None, owner: str | None = None, limit: int = 50,
+             cursor: int | None = None) -> JobPage:
+        return self.queue.list(states=states, owner=owner, limit=limit, cursor=cursor)
+
+    def position(self, job_id: str) -> int | None:
+        return self.queue.position(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job: a queued one never runs; a running one is stopped on the server too."""
+        job = self.queue.cancel(job_id)
+        if job.state is JobState.CANCELLED:
+            self.bus.publish(JobEvent(job.id, "cancelled", job=job.to_dict(), message="Cancelled."))
+        elif job.cancel_requested:
+            self.worker.request_cancel(job_id)
+        return job
+
+    async def follow(self, job_id: str, *, poll_interval: float = 0.5) -> AsyncIterator[JobEvent]:
+        """Events of one job until it ends; the current state comes first, so late callers catch up."""
+        sub = self.bus.subscribe(job_id)
+        try:
+            job = self.queue.get(job_id)
+            yield JobEvent(job.id, _kind(job), progress=job.progress, node=job.node, step=job.step,
+                           steps=job.steps, job=job.to_dict())
+            if job.state.is_final:
+                return
+            seen = job
+            while True:
+                try:
+                    event = await sub.get(timeout=poll_interval)
+                except asyncio.TimeoutError:
+                    # A worker in another process writes only to the queue on disk.
+                    job = self.queue.get(job_id)
+                    if job != seen:
+                        seen = job
+                        yield JobEvent(job.id, _kind(job), progress=job.progress, node=job.node, step=job.step,
+                                       steps=job.steps, job=job.to_dict(), message=job.note)
+                        if job.state.is_final:
+                            return
+                    continue
+                yield event
+                if event.final:
+                    return
+        finally:
+            sub.close()
+
+    async def wait(self, job_id: str, *, timeout: float | None = None) -> Job:
+        """Wait until the job ends and return it (raises ``TimeoutError`` after ``timeout``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async for event in self.follow(job_id):
+            if event.final:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"Job {job_id} did not finish in {timeout} s.")
+        return self.queue.get(job_id)
+
+
+_UPLOAD_PLACEHOLDER = "studio-upload.png"
+
+
+def _kind(job: Job) -> str:
+    return {JobState.QUEUED: "queued", JobState.RUNNING: "progress", JobState.SUCCEEDED: "succeeded",
+            JobState.FAILED: "failed", JobState.CANCELLED: "cancelled"}[job.state]
+
+
+def _timeout(settings: Settings) -> httpx.Timeout:
+    return httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout)
+
+
+def _check_image(data: bytes, limit: int) -> None:
+    """Refuse what is not an image, or is too big, with a sentence that says so."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > limit:
+        raise WorkflowError(f"The image is {len(data) / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.",
+                            field="image")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise WorkflowError("The uploaded file is not an image that can be read (PNG, JPEG or WebP).",
+                            field="image") from exc
+

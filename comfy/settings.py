@@ -1,0 +1,159 @@
+"""All of ComfyUI Studio's settings, read once from the environment and ``.env``.
+
+Names fixed by the product (``COMFYUI_URL``) keep exactly that spelling; the studio's own settings
+carry the ``STUDIO_`` prefix so they never collide with ComfyUI's or RunPod's variables.
+Build it with :func:`load_settings` in an entry point and pass it down; nothing reads the
+environment anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+
+def _env(name: str, field: str) -> AliasChoices:
+    # The env name is the contract; the field name is accepted too, so tests can pass kwargs.
+    return AliasChoices(name, field)
+
+
+class Settings(BaseSettings):
+    """ComfyUI Studio's configuration (see the README's configuration table)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        hide_input_in_errors=True,  # a SecretStr would otherwise be echoed in a ValidationError
+        populate_by_name=True,
+    )
+
+    # -- the backend ------------------------------------------------------------------------------
+    comfyui_url: str = Field(
+        "http://127.0.0.1:8188",
+        validation_alias=_env("COMFYUI_URL", "comfyui_url"),
+        description="ComfyUI server URL, e.g. a RunPod pod's https://<pod>-8188.proxy.runpod.net.",
+    )
+    comfyui_headers: SecretStr | None = Field(
+        None,
+        validation_alias=_env("COMFYUI_HEADERS", "comfyui_headers"),
+        description='Extra request headers for an authenticating proxy, as JSON: {"Authorization": "Bearer ..."}.',
+    )
+    connect_timeout: float = Field(10.0, gt=0, validation_alias=_env("STUDIO_CONNECT_TIMEOUT", "connect_timeout"))
+    request_timeout: float = Field(60.0, gt=0, validation_alias=_env("STUDIO_REQUEST_TIMEOUT", "request_timeout"))
+    job_timeout: float = Field(
+        3600.0, gt=0, validation_alias=_env("STUDIO_JOB_TIMEOUT", "job_timeout"),
+        description="Longest a job may run on the backend before it fails as timed out (seconds).",
+    )
+    ws_ping_interval: float = Field(
+        20.0, gt=0, validation_alias=_env("STUDIO_WS_PING_INTERVAL", "ws_ping_interval"),
+        description="WebSocket keep-alive ping; RunPod's proxy drops connections idle for ~100 s.",
+    )
+    max_in_flight: int = Field(
+        2, ge=1, le=64, validation_alias=_env("STUDIO_MAX_IN_FLIGHT", "max_in_flight"),
+        description="Prompts kept queued on a backend at once; 2 keeps the GPU busy between jobs.",
+    )
+
+    # -- the studio's own state --------------------------------------------------------------------
+    data_dir: Path = Field(Path("data"), validation_alias=_env("STUDIO_DATA_DIR", "data_dir"))
+    max_attempts: int = Field(
+        3, ge=1, le=20, validation_alias=_env("STUDIO_MAX_ATTEMPTS", "max_attempts"),
+        description="How often a job is submitted at most when the backend loses it or cannot be reached.",
+    )
+    lease_seconds: float = Field(
+        30.0, gt=0, validation_alias=_env("STUDIO_LEASE_SECONDS", "lease_seconds"),
+        description="A worker that stops renewing its claim for this long is presumed dead.",
+    )
+
+    # -- input limits ---------------------------------------------------------------------------------
+    max_width: int = Field(2048, ge=64, validation_alias=_env("STUDIO_MAX_WIDTH", "max_width"))
+    max_height: int = Field(2048, ge=64, validation_alias=_env("STUDIO_MAX_HEIGHT", "max_height"))
+    max_steps: int = Field(150, ge=1, validation_alias=_env("STUDIO_MAX_STEPS", "max_steps"))
+    max_batch_size: int = Field(16, ge=1, validation_alias=_env("STUDIO_MAX_BATCH_SIZE", "max_batch_size"))
+    max_prompt_length: int = Field(
+        10_000, ge=1, validation_alias=_env("STUDIO_MAX_PROMPT_LENGTH", "max_prompt_length")
+    )
+    max_upload_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, validation_alias=_env("STUDIO_MAX_UPLOAD_BYTES", "max_upload_bytes")
+    )
+
+    @field_validator("comfyui_url")
+    @classmethod
+    def _check_urls(cls, value: str) -> str:
+        urls = [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+        if not urls:
+            raise ValueError("give at least one URL, such as http://127.0.0.1:8188")
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("each URL must start with http:// or https:// and name a host")
+        return ",".join(urls)
+
+    @field_validator("comfyui_headers")
+    @classmethod
+    def _check_headers(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _parse_headers(value.get_secret_value())
+        return value
+
+    @property
+    def comfyui_urls(self) -> list[str]:
+        """The backend URLs, in the order given."""
+        return self.comfyui_url.split(",")
+
+    def backend_headers(self) -> dict[str, str]:
+        """The extra headers for every request to the backend (secret: never log the result)."""
+        if self.comfyui_headers is None:
+            return {}
+        return _parse_headers(self.comfyui_headers.get_secret_value())
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.data_dir / "queue"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @property
+    def inputs_dir(self) -> Path:
+        return self.data_dir / "inputs"
+
+
+def _parse_headers(raw: str) -> dict[str, str]:
+    # Deliberately vague messages: the value is a secret and must not be echoed back.
+    try:
+        headers = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ValueError('must be a JSON object such as {"Authorization": "Bearer <token>"}') from None
+    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise ValueError('must be a JSON object of strings such as {"Authorization": "Bearer <token>"}')
+    return headers
+
+
+def _env_name(field_name: str) -> str:
+    field = Settings.model_fields.get(field_name)
+    alias = field.validation_alias if field else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return field_name.upper()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; raises :class:`ConfigError` naming each variable that is wrong."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = str(err["loc"][0]) if err["loc"] else "?"
+            lines.append(f"{_env_name(loc)}: {err['msg']}")
+        raise ConfigError("Invalid configuration:\n  " + "\n  ".join(lines)) from None

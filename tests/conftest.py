@@ -1,0 +1,44 @@
+"""Shared fixtures: a fake ComfyUI on loopback that replays the captured protocol, and a studio on it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from comfy.service import Studio
+from comfy.settings import Settings
+from tests.fakes.comfy_server import FakeComfy
+
+
+@pytest.fixture
+def fake_comfy() -> Iterator[FakeComfy]:
+    server = FakeComfy(step_time=0.005, node_time=0.001)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def make_settings(tmp_path, url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {"comfyui_url": url, "data_dir": tmp_path / "data", "lease_seconds": 5.0}
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(tmp_path, fake_comfy: FakeComfy) -> Settings:
+    return make_settings(tmp_path, fake_comfy.url)
+
+
+@pytest.fixture
+async def studio(settings: Settings) -> AsyncIterator[Studio]:
+    service = Studio(settings)
+    service.client.idle_check = 0.5  # reconcile quickly when a test drops sockets
+    service.worker.poll_interval = 0.02
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.aclose()

@@ -1,0 +1,7 @@
+"""Test doubles that speak real protocols over real sockets (see ``comfy_server``)."""
+
+from __future__ import annotations
+
+from tests.fakes.comfy_server import FIXTURES_DIR, FakeComfy, load_workflow
+
+__all__ = ["FIXTURES_DIR", "FakeComfy", "load_workflow"]
