@@ -68,6 +68,10 @@ def chunks_fixture(name: str) -> dict[str, Any]:
     return json.loads((FIXTURES_DIR / "images" / f"{name}.chunks.json").read_text(encoding="utf-8"))
 
 
+def texts_of(name: str) -> dict[str, str]:
+    return {chunk["keyword"]: chunk["text"] for chunk in chunks_fixture(name)["text_chunks"]}
+
+
 # --------------------------------------------------------------------------- normalisation
 
 
@@ -226,7 +230,8 @@ async def test_static_get_matches_fixture_byte_for_byte(http: httpx.AsyncClient,
 async def test_object_info_is_served_byte_exact(http: httpx.AsyncClient) -> None:
     response = await http.get("/object_info")
     assert response.content == (FIXTURES_DIR / "object_info.json").read_bytes()
-    assert response.headers["content-length"] == envelope("object_info_envelope")["response"]["headers"]["Content-Length"]
+    recorded = envelope("object_info_envelope")["response"]["headers"]["Content-Length"]
+    assert response.headers["content-length"] == recorded
 
 
 @pytest.mark.parametrize("name", ["models_unknown_folder", "view_missing_file"])
@@ -314,7 +319,8 @@ async def test_reject_next_answers_once_with_the_fixture_body(fake: FakeComfy, h
     fake.reject_next = "unknown_ckpt_name"
     body = {"prompt": load_workflow("txt2img")}
     rejected = await http.post("/prompt", json=body)
-    assert (rejected.status_code, rejected.json()) == (400, envelope("post_prompt_400_unknown_ckpt_name")["response"]["body"])
+    captured = envelope("post_prompt_400_unknown_ckpt_name")["response"]["body"]
+    assert (rejected.status_code, rejected.json()) == (400, captured)
     assert fake.reject_next is None and fake.prompts == []
     accepted = await http.post("/prompt", json=body)
     assert (accepted.status_code, accepted.json()["number"]) == (200, 1)
@@ -356,7 +362,8 @@ async def test_txt2img_legacy_then_feature_flags_then_cached_rerun_replay_the_ca
             frames += await recv_until(ws, end_of(ids[-1]))
         assert [shape(f) for f in frames] == captured_frames(name), name
 
-    for prompt_id, history in zip(ids, ["history_by_id_txt2img", "history_by_id_txt2img_with_workflow", "history_by_id_cached"]):
+    histories = ["history_by_id_txt2img", "history_by_id_txt2img_with_workflow", "history_by_id_cached"]
+    for prompt_id, history in zip(ids, histories):
         response = await http.get(f"/history/{prompt_id}")
         assert norm_history(response.json()) == norm_history(envelope(history)["response"]["body"])
     assert sorted(fake.file_names()) == ["ComfyUI_00001_.png", "ComfyUI_00002_.png"]  # the rerun wrote nothing
@@ -378,7 +385,7 @@ async def test_output_png_has_comfyuis_chunks_and_view_headers(fake: FakeComfy, 
         order, texts = png_chunks(data)
         expected = chunks_fixture(fixture)
         assert order == expected["chunk_order"]
-        assert texts == {c["keyword"]: c["text"] for c in expected["text_chunks"]}
+        assert texts == texts_of(fixture)
         assert png_size(data) == (64, 64)
     jpeg = await http.get(envelope("view_preview_param_jpeg")["request"]["path"])
     assert jpeg.headers["content-type"] == "image/jpeg" and jpeg.content[:3] == b"\xff\xd8\xff"
@@ -431,7 +438,8 @@ async def test_fail_next_fails_vae_decode_once(fake: FakeComfy, http: httpx.Asyn
     assert kinds[-4:] == ["executing", "execution_error", "status", "executing"] and "executed" not in kinds
     error = frames[-3]["data"]
     assert (error["node_id"], error["node_type"], error["executed"]) == ("8", "VAEDecode", ["4", "5", "7", "6", "3"])
-    assert error.keys() == envelope("history_by_id_execution_error")["response"]["body"].popitem()[1]["status"]["messages"][2][1].keys()
+    captured = envelope("history_by_id_execution_error")["response"]["body"].popitem()[1]
+    assert error.keys() == captured["status"]["messages"][2][1].keys()
     status = (await http.get(f"/history/{prompt_id}")).json()[prompt_id]["status"]
     assert (status["status_str"], status["completed"], fake.fail_next) == ("error", False, False)
     await run(http, fake, {"prompt": load_workflow("txt2img")})  # next one is fine (and not cached: 8 failed)
@@ -451,7 +459,7 @@ async def test_no_weights_run_replays_the_capture(fake: FakeComfy, http: httpx.A
     view = await http.get("/view", params=temp)
     assert view.status_code == 200 and png_chunks(view.content)[0] == ["IHDR", "tEXt", "IDAT", "IEND"]
     saved = (await http.get("/view", params={"filename": "noweights_00001_.png", "type": "output"})).content
-    assert png_chunks(saved)[1] == {c["keyword"]: c["text"] for c in chunks_fixture("no_weights_output.png")["text_chunks"]}
+    assert png_chunks(saved)[1] == texts_of("no_weights_output.png")
 
 
 async def test_img2img_then_observer_without_client_id_replay_the_captures(
@@ -468,7 +476,7 @@ async def test_img2img_then_observer_without_client_id_replay_the_captures(
     assert norm_history(history) == norm_history(envelope("history_by_id_img2img")["response"]["body"])
     output = (await http.get("/view", params={"filename": "img2img_00001_.png", "type": "output"})).content
     texts = png_chunks(output)[1]
-    assert texts == {c["keyword"]: c["text"] for c in chunks_fixture("img2img_output.png")["text_chunks"]}  # is_changed too
+    assert texts == texts_of("img2img_output.png")  # LoadImage's injected is_changed hash included
     assert png_size(output) == (64, 64)  # the uploaded image's size
 
     observer = captured_frames("observer_of_prompt_without_client_id", counters=True)
@@ -526,7 +534,8 @@ async def test_queue_delete_clear_and_targeted_interrupt_replay_the_capture(
         assert queue_got == expected
     assert fake.deleted == [ids[1]]
     assert fake.interrupts == [{"prompt_id": ids[2]}, {"prompt_id": ids[0]}]
-    assert (await http.get(f"/history/{ids[1]}")).json() == envelope("history_by_id_deleted_from_queue")["response"]["body"]
+    deleted = envelope("history_by_id_deleted_from_queue")["response"]["body"]
+    assert (await http.get(f"/history/{ids[1]}")).json() == deleted
 
 
 async def test_reconnect_with_same_client_id_replays_the_capture(fake: FakeComfy, http: httpx.AsyncClient) -> None:

@@ -386,7 +386,12 @@ class _Validator:
 
     @staticmethod
     def _check_value(
-        inputs: dict[str, Any], x: str, input_type: Any, extra: dict[str, Any], config: list[Any], custom: tuple[str, ...]
+        inputs: dict[str, Any],
+        x: str,
+        input_type: Any,
+        extra: dict[str, Any],
+        config: list[Any],
+        custom: tuple[str, ...],
     ) -> dict[str, Any] | bool:
         """A widget value: converts it in place (as ComfyUI does) and checks min/max/combo."""
         val = inputs[x]
@@ -411,19 +416,26 @@ class _Validator:
         if x in custom:
             return True
         if "min" in extra and val < extra["min"]:
-            return _range_error("value_smaller_than_min", f"Value {val} smaller than min of {extra['min']}", x, config, val)
+            message = f"Value {val} smaller than min of {extra['min']}"
+            return _range_error("value_smaller_than_min", message, x, config, val)
         if "max" in extra and val > extra["max"]:
-            return _range_error("value_bigger_than_max", f"Value {val} bigger than max of {extra['max']}", x, config, val)
+            message = f"Value {val} bigger than max of {extra['max']}"
+            return _range_error("value_bigger_than_max", message, x, config, val)
         if isinstance(input_type, list) or input_type == "COMBO":
             options = extra.get("options", []) if input_type == "COMBO" else input_type
             if val not in options:
                 # ComfyUI does not send back gigantic lists (e.g. scanned model paths).
                 long_list = len(options) > 20
+                listed = f"(list of length {len(options)})" if long_list else str(options)
                 return {
                     "type": "value_not_in_list",
                     "message": "Value not in list",
-                    "details": f"{x}: '{val}' not in {f'(list of length {len(options)})' if long_list else str(options)}",
-                    "extra_info": {"input_name": x, "input_config": None if long_list else config, "received_value": val},
+                    "details": f"{x}: '{val}' not in {listed}",
+                    "extra_info": {
+                        "input_name": x,
+                        "input_config": None if long_list else config,
+                        "received_value": val,
+                    },
                 }
         return True
 
@@ -669,7 +681,8 @@ def _expand_prefix(prefix: str, width: int, height: int) -> str:
 
     def date(match: re.Match[str]) -> str:
         fmt = match.group(1)
-        for token, code in (("yyyy", "%Y"), ("yy", "%y"), ("MM", "%m"), ("dd", "%d"), ("hh", "%H"), ("mm", "%M"), ("ss", "%S")):
+        tokens = (("yyyy", "%Y"), ("yy", "%y"), ("MM", "%m"), ("dd", "%d"), ("hh", "%H"), ("mm", "%M"), ("ss", "%S"))
+        for token, code in tokens:
             fmt = fmt.replace(token, code)
         return time.strftime(fmt, now)
 
@@ -853,10 +866,8 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | No
         if part.startswith(b"--"):
             break
         head, _, data = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
-        disposition = next(
-            (line for line in head.decode("utf-8", "replace").split("\r\n") if line.lower().startswith("content-disposition")),
-            "",
-        )
+        lines = head.decode("utf-8", "replace").split("\r\n")
+        disposition = next((line for line in lines if line.lower().startswith("content-disposition")), "")
         params = dict(re.findall(r'(\w+)="([^"]*)"', disposition))
         if "name" in params:
             fields[params["name"]] = (params.get("filename"), data.removesuffix(b"\r\n"))
@@ -1283,7 +1294,8 @@ class FakeComfy:
         classes = {n: run.prompt[n]["class_type"] for n in order}
         for node_id, cls in classes.items():
             source = run.prompt[node_id]["inputs"].get("samples")
-            if cls == "VAEDecode" and _is_link(source) and run.prompt.get(source[0], {}).get("class_type") == "EmptySD3LatentImage":
+            upstream = run.prompt.get(source[0], {}).get("class_type") if _is_link(source) else None
+            if cls == "VAEDecode" and upstream == "EmptySD3LatentImage":  # 16 latent channels vs an SD1.5 VAE
                 return node_id
         if not self.fail_next:
             return None
@@ -1314,10 +1326,13 @@ class FakeComfy:
     def _send_progress_state(self, run: _Run) -> None:
         self._send("progress_state", run.progress_state(), run.client_id)
 
-    def _progress(self, run: _Run, node_id: str, state: str, value: float | None = None, maximum: float | None = None) -> None:
+    def _progress(
+        self, run: _Run, node_id: str, state: str, value: float = 0.0, maximum: float = 1.0
+    ) -> None:
+        """ProgressRegistry start/update (running, floats 0.0/1.0 unless steps) and finish (value = max)."""
         entry = run.progress_entry(node_id)
         if state == "running":
-            entry.update(state="running", value=0.0 if value is None else value, max=1.0 if maximum is None else maximum)
+            entry.update(state="running", value=value, max=maximum)
         else:
             entry.update(state="finished", value=entry["max"])
         self._send_progress_state(run)
@@ -1514,7 +1529,8 @@ class FakeComfy:
             ("/upload/image", self._post_upload_image, "POST"),
         ]
         for prefix in ("", "/api"):  # server.py registers every route again under /api
-            routes.extend(Route(prefix + path, self._guarded(handler), methods=[method]) for path, handler, method in table)
+            for path, handler, method in table:
+                routes.append(Route(prefix + path, self._guarded(handler), methods=[method]))
             routes.append(WebSocketRoute(prefix + "/ws", self._websocket))
         return Starlette(routes=routes, exception_handlers={404: self._not_found, 405: self._not_allowed})
 
@@ -1583,12 +1599,13 @@ class FakeComfy:
             name, self.reject_next = self.reject_next, None
             return self._rejection(name)
         if "prompt" not in body:
-            error = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}
+            error = _error("no_prompt", "No prompt provided", "No prompt provided")
             return _json_response({"error": error, "node_errors": {}}, 400)
         original = copy.deepcopy(body)
         prompt = body["prompt"]
         prompt_id = str(body.get("prompt_id", uuid.uuid4()))
-        valid, error, outputs, node_errors = self._validator.validate_prompt(prompt, body.get("partial_execution_targets"))
+        partial = body.get("partial_execution_targets")
+        valid, error, outputs, node_errors = self._validator.validate_prompt(prompt, partial)
         extra = body.get("extra_data", {})
         if "client_id" in body:
             extra["client_id"] = body["client_id"]
@@ -1724,7 +1741,8 @@ class FakeComfy:
     async def _get_view_metadata(self, request: Request) -> Response:
         envelope = self._fx.envelope("view_metadata_checkpoint")
         wanted = envelope["request"]["path"].split("?")[0].rsplit("/", 1)[-1]
-        if request.path_params["folder"] == wanted and request.query_params.get("filename") in self._fx.body("models_checkpoints"):
+        known = self._fx.body("models_checkpoints")
+        if request.path_params["folder"] == wanted and request.query_params.get("filename") in known:
             return _json_response(self._fx.body("view_metadata_checkpoint"))
         return Response(status_code=404)
 
@@ -1791,10 +1809,10 @@ class FakeComfy:
                 data = json.loads(text)
                 if first_message and data.get("type") == "feature_flags":
                     hub.flags[conn.sid] = data.get("data", {})
+                    reply = _text_frame("feature_flags", self._fx.body("features"))
                     async with hub.lock:
                         if conn.sid in hub.sockets:
-                            await hub.write(hub.sockets[conn.sid], _text_frame("feature_flags", self._fx.body("features")),
-                                            self._busy())
+                            await hub.write(hub.sockets[conn.sid], reply, self._busy())
                 first_message = False
             except Exception:  # noqa: BLE001 - ComfyUI logs bad client frames and carries on
                 logger.debug("fake ComfyUI: ignoring client frame %r", text[:200], exc_info=True)
