@@ -85,6 +85,36 @@ class Settings(BaseSettings):
         50 * 1024 * 1024, ge=1024, validation_alias=_env("STUDIO_MAX_UPLOAD_BYTES", "max_upload_bytes")
     )
 
+    # -- serving: the studio UI and the REST API ---------------------------------------------------
+    server_name: str = Field("127.0.0.1", validation_alias=_env("GRADIO_SERVER_NAME", "server_name"))
+    server_port: int = Field(7860, ge=1, le=65535, validation_alias=_env("GRADIO_SERVER_PORT", "server_port"))
+    share: bool = Field(False, validation_alias=_env("SHARE", "share"),
+                        description="Make a public Gradio share link (refused without AUTH_USERS).")
+    allow_share_without_auth: bool = Field(
+        False, validation_alias=_env("STUDIO_ALLOW_SHARE_WITHOUT_AUTH", "allow_share_without_auth"),
+        description="Allow a public share link with no login (anyone with the link can use the GPU).",
+    )
+    auth_users: SecretStr | None = Field(
+        None, validation_alias=_env("AUTH_USERS", "auth_users"),
+        description="UI logins as user:password pairs separated by commas; a password may be a "
+                    "pbkdf2_sha256$<iterations>$<salt>$<hash> hash.",
+    )
+    api_keys: SecretStr | None = Field(
+        None, validation_alias=_env("API_KEYS", "api_keys"),
+        description="REST API keys separated by commas (Authorization: Bearer <key>); none = open API.",
+    )
+    rate_limit_per_minute: int = Field(
+        120, ge=0, validation_alias=_env("STUDIO_RATE_LIMIT_PER_MINUTE", "rate_limit_per_minute"),
+        description="REST requests per minute per API key (or per client IP); 0 turns the limit off.",
+    )
+    max_request_bytes: int = Field(
+        25 * 1024 * 1024, ge=1024, validation_alias=_env("STUDIO_MAX_REQUEST_BYTES", "max_request_bytes")
+    )
+    sync_wait_seconds: float = Field(
+        120.0, gt=0, validation_alias=_env("STUDIO_SYNC_WAIT_SECONDS", "sync_wait_seconds"),
+        description="How long POST /api/v1/generate waits before answering 202 with the job to poll.",
+    )
+
     @field_validator("comfyui_url")
     @classmethod
     def _check_urls(cls, value: str) -> str:
@@ -104,6 +134,13 @@ class Settings(BaseSettings):
             _parse_headers(value.get_secret_value())
         return value
 
+    @field_validator("auth_users")
+    @classmethod
+    def _check_users(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _parse_pairs(value.get_secret_value())
+        return value
+
     @property
     def comfyui_urls(self) -> list[str]:
         """The backend URLs, in the order given."""
@@ -114,6 +151,16 @@ class Settings(BaseSettings):
         if self.comfyui_headers is None:
             return {}
         return _parse_headers(self.comfyui_headers.get_secret_value())
+
+    def users(self) -> dict[str, str]:
+        """UI logins, user -> password or password hash (secret: never log the result)."""
+        return _parse_pairs(self.auth_users.get_secret_value()) if self.auth_users else {}
+
+    def keys(self) -> list[str]:
+        """REST API keys (secret: never log the result)."""
+        if self.api_keys is None:
+            return []
+        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
 
     @property
     def queue_dir(self) -> Path:
@@ -137,6 +184,20 @@ def _parse_headers(raw: str) -> dict[str, str]:
     if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
         raise ValueError('must be a JSON object of strings such as {"Authorization": "Bearer <token>"}')
     return headers
+
+
+def _parse_pairs(raw: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        user, sep, password = item.partition(":")
+        if not sep or not user.strip() or not password:
+            raise ValueError("must be user:password pairs separated by commas, e.g. alice:s3cret,bob:hunter2")
+        pairs[user.strip()] = password
+    if not pairs:
+        raise ValueError("names no user; give user:password pairs or leave it unset")
+    return pairs
 
 
 def _env_name(field_name: str) -> str:

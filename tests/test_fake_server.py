@@ -587,6 +587,18 @@ async def test_a_late_feature_flags_hello_is_ignored(fake: FakeComfy, http: http
     assert {f[:8] for f in frames if isinstance(f, bytes)} == {b"\x00\x00\x00\x01\x00\x00\x00\x01"}
 
 
+async def test_interrupting_a_prompt_without_client_id_is_broadcast(fake: FakeComfy, http: httpx.AsyncClient) -> None:
+    fake.step_time = 0.2
+    async with connect(fake, http, "watcher") as ws:
+        await recv(ws)
+        prompt_id = await submit(http, {"prompt": with_seed(9, steps=20)})
+        await recv_until(ws, is_type("progress", value=1))
+        await http.post("/interrupt", json={"prompt_id": prompt_id})
+        frames = await recv_until(ws, is_type("status", status={"exec_info": {"queue_remaining": 0}}))
+    assert [f["type"] for f in frames if isinstance(f, dict)][-2:] == ["execution_interrupted", "status"]
+    assert frames[-2]["data"]["node_type"] == "KSampler"
+
+
 async def test_previews_can_be_switched_off(fake: FakeComfy, http: httpx.AsyncClient) -> None:
     fake.previews = False
     async with connect(fake, http, "nopreview") as ws:
@@ -629,8 +641,9 @@ async def test_batch_and_size_follow_the_graph_and_stay_cheap(fake: FakeComfy, h
     assert time.monotonic() - started < 2
     images = (await http.get(f"/history/{prompt_id}")).json()[prompt_id]["outputs"]["9"]["images"]
     assert images == [{"filename": f"batch_{n:05}_.png", "subfolder": "big", "type": "output"} for n in range(1, 5)]
-    data = (await http.get("/view", params=images[3])).content
-    assert png_size(data) == (512, 512)
+    files = [(await http.get("/view", params=image)).content for image in images]
+    assert {png_size(data) for data in files} == {(512, 512)}
+    assert len(set(files)) == 4  # batch items are distinct files, not copies
 
 
 async def test_upload_naming_matches_the_captures(fake: FakeComfy, http: httpx.AsyncClient) -> None:

@@ -640,26 +640,27 @@ class _PngFactory:
     """
 
     def __init__(self) -> None:
-        self._bodies: dict[tuple[int, int], bytes] = {}
+        self._bodies: dict[tuple[int, int, int], bytes] = {}
         self._lock = threading.Lock()
 
-    def make(self, width: int, height: int, texts: list[tuple[str, str]]) -> bytes:
+    def make(self, width: int, height: int, texts: list[tuple[str, str]], variant: int = 0) -> bytes:
+        """``variant`` changes the pixels (batch items must not be byte-identical files)."""
         header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
         text = b"".join(_png_chunk(b"tEXt", k.encode("latin-1") + b"\0" + v.encode("latin-1")) for k, v in texts)
-        return _PNG_SIGNATURE + header + text + self._body(width, height)
+        return _PNG_SIGNATURE + header + text + self._body(width, height, variant % 16)
 
-    def _body(self, width: int, height: int) -> bytes:
+    def _body(self, width: int, height: int, variant: int) -> bytes:
         with self._lock:
-            body = self._bodies.get((width, height))
+            body = self._bodies.get((width, height, variant))
             if body is None:
-                body = self._bodies[(width, height)] = self._render(width, height)
+                body = self._bodies[(width, height, variant)] = self._render(width, height, variant)
             return body
 
     @staticmethod
-    def _render(width: int, height: int) -> bytes:
+    def _render(width: int, height: int, variant: int) -> bytes:
         red = Image.linear_gradient("L").rotate(90).resize((width, height))
         green = Image.linear_gradient("L").resize((width, height))
-        blue = Image.new("L", (width, height), 96)
+        blue = Image.new("L", (width, height), (96 + 37 * variant) % 256)
         raw = Image.merge("RGB", (red, green, blue)).tobytes()
         stride = width * 3
         scanlines = b"".join(b"\x00" + raw[i : i + stride] for i in range(0, len(raw), stride))
@@ -1479,11 +1480,11 @@ class FakeComfy:
         normalized = posixpath.normpath(_expand_prefix(prefix, width, height))
         subfolder, base = posixpath.dirname(normalized), posixpath.basename(normalized)
         counter = self._files.next_counter(kind, subfolder, base)
-        png = self._png.make(width, height, self._png_texts(run))
+        texts = self._png_texts(run)
         images = []
-        for _ in range(batch):
+        for index in range(batch):
             name = f"{base}_{counter:05}_.png"
-            self._files.put(kind, subfolder, name, png)
+            self._files.put(kind, subfolder, name, self._png.make(width, height, texts, index))
             images.append({"filename": name, "subfolder": subfolder, "type": kind})
             counter += 1
         return {"images": images}
