@@ -34,6 +34,10 @@ class JobEvent:
     preview_mime: str | None = None
     message: str | None = None
     job: dict[str, Any] | None = field(default=None, repr=False)
+    #: On ``succeeded``: seconds spent waiting in our queue, executing on ComfyUI, downloading outputs.
+    timings: dict[str, float] | None = None
+    #: On ``failed`` / ``retrying``: the error's code (``prompt_rejected``, ``server_unavailable``...).
+    error_code: str | None = None
 
     @property
     def final(self) -> bool:

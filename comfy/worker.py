@@ -228,9 +228,16 @@ class Worker:
     async def _run_job(self, job: Job, *, attach: bool) -> None:
         try:
             result, prefetch = await self._execute(job, attach=attach)
+            executed = time.monotonic()
             stored = await self._save(job, result, prefetch)
+            download_s = time.monotonic() - executed
             finished = self.queue.finish(job.id, self.id, outputs=[s.to_dict() for s in stored])
-            self._publish(job.id, "succeeded", progress=1.0, job=finished)
+            timings = {
+                "queue_wait_s": max((finished.started_at or finished.queued_at) - finished.queued_at, 0.0),
+                "execution_s": (result.execution_ms or 0) / 1000,
+                "download_s": download_s,
+            }
+            self._publish(job.id, "succeeded", progress=1.0, job=finished, timings=timings)
         except asyncio.CancelledError:
             raise
         except ExecutionInterrupted as exc:
@@ -254,7 +261,7 @@ class Worker:
             if job.id not in self._submitted:
                 # Nothing reached the server: the job waits for it without using up an attempt.
                 released = self.queue.release(job.id, self.id, f"waiting for the backend: {exc}")
-                self._publish(job.id, "retrying", job=released, message=released.note)
+                self._publish(job.id, "retrying", job=released, message=released.note, error_code=exc.code)
                 return
         elif isinstance(exc, ServerTimeout) and getattr(exc, "job_timeout", False):
             self._fail(job.id, exc, retry=False)
@@ -392,10 +399,10 @@ class Worker:
             return
         if job.state is JobState.QUEUED:
             logger.info("Job %s will be retried: %s", job_id, message)
-            self._publish(job_id, "retrying", job=job, message=message)
+            self._publish(job_id, "retrying", job=job, message=message, error_code=code)
         else:
             logger.info("Job %s failed: %s", job_id, message)
-            self._publish(job_id, "failed", job=job, message=message)
+            self._publish(job_id, "failed", job=job, message=message, error_code=code)
 
     def _publish(self, job_id: str, kind: str, *, job: Job | None = None, **fields: Any) -> None:
         self.bus.publish(JobEvent(job_id, kind, job=job.to_dict() if job else None, **fields))  # type: ignore[arg-type]
