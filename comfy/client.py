@@ -458,6 +458,10 @@ class ComfyClient:
                 if ended:
                     return await self._result(prompt_id)
             except ServerUnavailable as exc:
+                if stream is not None:
+                    # Close the dead socket first: when a socket closes, ComfyUI unregisters its client
+                    # id, which would silence the new socket if this one closed after it connected.
+                    await stream.aclose()
                 now = time.monotonic()
                 down_since = down_since or now
                 if now - down_since + backoff > self.reconnect_window:

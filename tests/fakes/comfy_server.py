@@ -881,9 +881,22 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | No
 class FakeComfy:
     """A ComfyUI 0.8.0 look-alike on a real loopback port (see the module docstring).
 
-    Knobs (plain attributes, settable at any time from the test thread): ``step_time``, ``node_time``,
-    ``previews``, ``view_delay``, ``reject_next``, ``fail_next``, ``drop_sockets_after``, ``hold``.
-    Observations: ``prompts``, ``interrupts``, ``deleted``.
+    Knobs, settable at any time from the test thread:
+
+    * ``step_time`` seconds per KSampler/KSamplerAdvanced step (``steps`` of them, whatever ``denoise``);
+      ``node_time`` seconds for every other executed node; ``previews`` sends one binary frame per step.
+    * ``view_delay`` seconds before ``/view`` answers (404s included).
+    * ``reject_next = "<name>"``: the next POST /prompt gets ``http/post_prompt_400_<name>.json`` (or
+      ``post_prompt_<name>.json``, e.g. ``malformed_json``), status and body; ``number`` still counts.
+    * ``fail_next``: the next prompt that runs raises ``execution_error`` at its first VAEDecode to run,
+      else at its last non-output node. (A VAEDecode fed by EmptySD3LatentImage always fails, as captured.)
+    * ``drop_sockets_after = n``: after n more frames written while work is queued or running (every
+      socket write counts), every WebSocket is cut without a close frame; the run goes on. Resets to None.
+    * ``hold``: the executor does not start the next prompt until it is False again.
+
+    Observations: ``prompts`` (accepted POST /prompt bodies, as sent), ``interrupts`` (POST /interrupt
+    bodies, None when empty), ``deleted`` (ids actually removed by ``POST /queue {"delete": [...]}``),
+    ``client_ids`` (registered sockets) and ``file_names(kind)``.
     """
 
     def __init__(
