@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
 
     sub.add_parser("models", help="checkpoints, samplers and schedulers on the server")
+    sub.add_parser("hash-password", help="print a password hash to use in AUTH_USERS (reads the password)")
     sub.add_parser("status", help="whether the server answers, its GPU and queue")
     return parser
 
@@ -181,7 +182,21 @@ async def _run_worker(studio: Studio, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _hash_password() -> int:
+    import getpass
+
+    from .auth import hash_password
+
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise WorkflowError("The password is empty.", field="password")
+    print(hash_password(password))
+    return EXIT_OK
+
+
 async def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "hash-password":
+        return _hash_password()
     settings = load_settings()
     async with Studio(settings) as studio:
         if args.command == "generate":

@@ -285,6 +285,16 @@ class Studio:
     def position(self, job_id: str) -> int | None:
         return self.queue.position(job_id)
 
+    def move_to_front(self, job_id: str) -> Job:
+        """Run a queued job next. Raises :class:`QueueError` if it is not queued any more."""
+        self.queue.move(job_id, to_index=0)
+        return self.queue.get(job_id)
+
+    def active_jobs(self, *, owner: str | None = None) -> list[Job]:
+        """Queued and running jobs, oldest first (the order they run in)."""
+        page = self.queue.list(states=[JobState.QUEUED, JobState.RUNNING], owner=owner, limit=1000)
+        return sorted(page.jobs, key=lambda job: job.seq)
+
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one never runs; a running one is stopped on the server too."""
         job = self.queue.cancel(job_id)
