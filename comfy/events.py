@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +39,8 @@ class JobEvent:
     timings: dict[str, float] | None = None
     #: On ``failed`` / ``retrying``: the error's code (``prompt_rejected``, ``server_unavailable``...).
     error_code: str | None = None
+    #: When the worker saw it (epoch seconds): how late a subscriber is, is ``time.time() - at``.
+    at: float = field(default_factory=time.time)
 
     @property
     def final(self) -> bool:
@@ -63,6 +66,10 @@ class Subscription:
 
     async def get(self, timeout: float | None = None) -> JobEvent:
         return await asyncio.wait_for(self._queue.get(), timeout)
+
+    def drain(self) -> list[JobEvent]:
+        """The events already waiting, without waiting for more."""
+        return _drain(self._queue)
 
     def __aiter__(self) -> AsyncIterator[JobEvent]:
         return self._iterate()

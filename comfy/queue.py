@@ -651,6 +651,26 @@ class JobQueue:
 
         return self._change(job_id, change)
 
+    def annotate(self, job_id: str, *, outputs: list[dict[str, Any]] | None = None, note: str | None = None) -> Job:
+        """Change the ``outputs`` and ``note`` of a FINAL job, for what happens after it ended (an upload's
+        object keys, "upload pending: <reason>"). ``None`` leaves a field as it is; ``note=""`` clears it.
+
+        Raises :class:`JobNotFound`, or :class:`QueueError` when the job is not final (its worker owns it).
+        """
+        with self._txn() as txn:
+            old = txn.record(job_id)
+            if not JobState(old["state"]).is_final:
+                raise QueueError(f"Job {job_id} is {old['state']}; only a finished job can be annotated.")
+            new = dict(old)
+            if outputs is not None:
+                new["outputs"] = outputs
+            if note is not None:
+                new["note"] = note or None
+            if new == old:
+                return Job.from_dict(old)
+            txn.save(old, new)
+        return Job.from_dict(new)
+
     def fail(self, job_id: str, worker_id: str | None, *, code: str, message: str, retry: bool = False) -> Job:
         """Record a failure: with ``retry`` and attempts left (and no cancel asked), back to the front of the
         queue; otherwise FAILED with ``error``. A job already final is returned unchanged."""

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -25,12 +25,16 @@ from . import workflows
 from .client import ComfyClient
 from .errors import ComfyError, ServerError, WorkflowError
 from .events import EventBus, JobEvent
+from .library import WorkflowLibrary
 from .object_info import ObjectInfo
 from .params import GenerationParams, Limits
 from .queue import Job, JobPage, JobQueue, JobState
 from .settings import Settings
 from .storage import LocalStore
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from .s3 import Uploader, UploadStatus
 
 __all__ = ["Studio", "BackendStatus", "Models", "redact_url"]
 
@@ -79,6 +83,7 @@ class Studio:
         queue: JobQueue | None = None,
         store: LocalStore | None = None,
         bus: EventBus | None = None,
+        s3_client: Any = None,
     ) -> None:
         self.settings = settings
         self.limits = Limits.from_settings(settings)
@@ -91,13 +96,22 @@ class Studio:
         self.queue = queue or JobQueue(settings.queue_dir, max_attempts=settings.max_attempts)
         self.store = store or LocalStore(settings.outputs_dir, settings.inputs_dir)
         self.bus = bus or EventBus()
+        self.library = WorkflowLibrary(settings.data_dir / "workflows")
+        #: Copies outputs to S3 in the background when S3_BUCKET is set (boto3 is imported only then).
+        self.uploader: Uploader | None = None
+        if settings.s3_bucket:
+            from .s3 import Uploader
+
+            self.uploader = Uploader.from_settings(settings, self.queue, client=s3_client)
         self.worker = Worker(
             self.queue, self.client, self.store, bus=self.bus, max_in_flight=settings.max_in_flight,
-            lease_seconds=settings.lease_seconds, job_timeout=settings.job_timeout,
+            lease_seconds=settings.lease_seconds, job_timeout=settings.job_timeout, uploader=self.uploader,
         )
         self._object_info_file = settings.data_dir / "object_info.json"
         self._worker_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._upload_task: asyncio.Task[None] | None = None
+        self._upload_stop = asyncio.Event()
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -106,6 +120,9 @@ class Studio:
         if worker and self._worker_task is None:
             self._stop = asyncio.Event()
             self._worker_task = asyncio.create_task(self.worker.run(self._stop), name="studio-worker")
+        if self.uploader is not None and self._upload_task is None:  # uploads resume even without a worker
+            self._upload_stop = asyncio.Event()
+            self._upload_task = asyncio.create_task(self.uploader.run(self._upload_stop), name="studio-uploader")
 
     async def aclose(self) -> None:
         """Stop the worker; prompts still running on ComfyUI are re-attached at the next start."""
@@ -113,6 +130,12 @@ class Studio:
             self._stop.set()
             await asyncio.gather(self._worker_task, return_exceptions=True)
             self._worker_task = None
+        if self._upload_task is not None:  # after the worker: its last jobs are scheduled by now
+            self._upload_stop.set()
+            await asyncio.gather(self._upload_task, return_exceptions=True)
+            self._upload_task = None
+        if self.uploader is not None:
+            self.uploader.close()
         await self.client.aclose()
         self.queue.close()
 
@@ -121,6 +144,34 @@ class Studio:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    # -- outputs ----------------------------------------------------------------------------------
+
+    def image_urls(self, job: Job | str) -> list[str]:
+        """Where to show a job's images: presigned URLs once S3 has them, else their local paths.
+
+        Raises :class:`JobNotFound`, or :class:`StorageError` when a URL cannot be signed and the local
+        copy is gone (``S3_KEEP_LOCAL=false``).
+        """
+        if isinstance(job, str):
+            job = self.queue.get(job)
+        if self.uploader is None:
+            return [output["path"] for output in job.outputs]
+        return self.uploader.urls(job)
+
+    def upload_status(self, job_id: str) -> UploadStatus:
+        """``uploaded`` (with the object keys), ``pending`` (with the reason) or ``off``."""
+        if self.uploader is None:
+            from .s3 import OFF
+
+            return OFF
+        return self.uploader.status(job_id)
+
+    def storage_health(self) -> dict[str, Any]:
+        """For ``/health``: local only, or the bucket, whether it answers and what to fix if not."""
+        if self.uploader is None:
+            return {"configured": False, "storage": "local", "reachable": None, "error": None}
+        return {"storage": "s3", **self.uploader.health()}
 
     # -- what the backend offers ------------------------------------------------------------------
 

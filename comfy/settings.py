@@ -9,10 +9,12 @@ environment anywhere else.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -114,6 +116,101 @@ class Settings(BaseSettings):
         120.0, gt=0, validation_alias=_env("STUDIO_SYNC_WAIT_SECONDS", "sync_wait_seconds"),
         description="How long POST /api/v1/generate waits before answering 202 with the job to poll.",
     )
+
+    # -- S3 storage (optional: on when S3_BUCKET is set; see comfy/s3.py) ----------------------------
+    s3_bucket: str | None = Field(
+        None, validation_alias=_env("S3_BUCKET", "s3_bucket"),
+        description="Bucket that receives every output (AWS S3, Cloudflare R2, MinIO, a Hugging Face bucket); "
+                    "unset = local files only.",
+    )
+    s3_prefix: str = Field(
+        "", validation_alias=_env("S3_PREFIX", "s3_prefix"),
+        description="Key prefix: objects go to <prefix>/jobs/<job_id>/image_<n>.png and .../metadata.json.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, validation_alias=_env("S3_ENDPOINT_URL", "s3_endpoint_url"),
+        description="For S3-compatible stores: https://<account>.r2.cloudflarestorage.com, http://minio:9000, "
+                    "https://s3.hf.co/<namespace>; unset = AWS.",
+    )
+    s3_region: str | None = Field(
+        None, validation_alias=_env("S3_REGION", "s3_region"),
+        description="Region (us-east-1, auto for R2); unset = boto3's default (AWS_REGION, the profile).",
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", validation_alias=_env("S3_ADDRESSING_STYLE", "s3_addressing_style"),
+        description="path (MinIO, most self-hosted stores), virtual (bucket.host), or auto.",
+    )
+    s3_access_key_id: SecretStr | None = Field(
+        None, validation_alias=_env("S3_ACCESS_KEY_ID", "s3_access_key_id"),
+        description="The studio's own S3 key; unset = boto3's default chain (AWS_ACCESS_KEY_ID/"
+                    "AWS_SECRET_ACCESS_KEY, a profile, an instance role).",
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        None, validate_default=True,  # so the pair is checked even when only the key id is set
+        validation_alias=_env("S3_SECRET_ACCESS_KEY", "s3_secret_access_key"),
+    )
+    s3_presign_seconds: int = Field(
+        3600, ge=1, le=604_800, validation_alias=_env("S3_PRESIGN_SECONDS", "s3_presign_seconds"),
+        description="Lifetime of the presigned URLs shown in the gallery and the API (at most 7 days, SigV4).",
+    )
+    s3_keep_local: bool = Field(
+        True, validation_alias=_env("S3_KEEP_LOCAL", "s3_keep_local"),
+        description="Keep the local copy after upload; false deletes it once the bucket has it.",
+    )
+
+    @field_validator("s3_bucket", "s3_endpoint_url", "s3_region", mode="before")
+    @classmethod
+    def _s3_blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _check_s3_bucket(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{2,254}", value.strip()):
+            raise ValueError("must be a bucket name (3-255 letters, digits, dots, hyphens or underscores), "
+                             "without s3:// or a path; put a folder in S3_PREFIX")
+        return value.strip() if value is not None else None
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _check_s3_prefix(cls, value: str) -> str:
+        prefix = value.strip().strip("/")
+        if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+            raise ValueError("must be a key prefix such as studio/outputs (no empty, . or .. parts)")
+        return prefix
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_s3_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query:
+            raise ValueError("must be an http:// or https:// URL naming a host, without credentials or a query")
+        return value.strip().rstrip("/")
+
+    @field_validator("s3_region")
+    @classmethod
+    def _check_s3_region(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]{1,40}", value.strip()):
+            raise ValueError("must be a region name such as us-east-1 (or auto for Cloudflare R2)")
+        return value.strip() if value is not None else None
+
+    @field_validator("s3_access_key_id", "s3_secret_access_key")
+    @classmethod
+    def _check_s3_key_pair(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            value = None
+        if info.field_name == "s3_secret_access_key":
+            # Messages name the variables only: the values are secrets.
+            key_id = info.data.get("s3_access_key_id")
+            if key_id is not None and value is None:
+                raise ValueError("is required when S3_ACCESS_KEY_ID is set (set both, or neither to use "
+                                 "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)")
+            if key_id is None and value is not None:
+                raise ValueError("is set but S3_ACCESS_KEY_ID is not; set both, or neither")
+        return value
+    # -- end of S3 storage ---------------------------------------------------------------------------
 
     @field_validator("comfyui_url")
     @classmethod

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import protocol, workflows
 from .client import ComfyClient, RunResult
@@ -37,6 +37,9 @@ from .params import GenerationParams
 from .progress import ProgressTracker
 from .queue import Job, JobQueue, JobState, owner_alive, worker_id as new_worker_id
 from .storage import LocalStore, StoredImage
+
+if TYPE_CHECKING:
+    from .s3 import Uploader
 
 __all__ = ["Worker", "build_prompt"]
 
@@ -94,8 +97,11 @@ class Worker:
         job_timeout: float = 3600.0,
         poll_interval: float = 0.25,
         worker_id: str | None = None,
+        uploader: Uploader | None = None,
     ) -> None:
         self.queue = queue
+        #: Uploads succeeded jobs' outputs to S3 in the background (None: local files only).
+        self.uploader = uploader
         self.client = client
         self.store = store
         self.bus = bus or EventBus()
@@ -232,6 +238,7 @@ class Worker:
             stored = await self._save(job, result, prefetch)
             download_s = time.monotonic() - executed
             finished = self.queue.finish(job.id, self.id, outputs=[s.to_dict() for s in stored])
+            self._schedule_upload(finished)
             timings = {
                 "queue_wait_s": max((finished.started_at or finished.queued_at) - finished.queued_at, 0.0),
                 "execution_s": (result.execution_ms or 0) / 1000,
@@ -378,6 +385,14 @@ class Worker:
         ]
 
     # -- bookkeeping --------------------------------------------------------------------------------
+
+    def _schedule_upload(self, job: Job) -> None:
+        if self.uploader is None or job.state is not JobState.SUCCEEDED:
+            return
+        try:
+            self.uploader.schedule(job)
+        except Exception:  # the job succeeded: never fail it here; the uploader's start-up scan catches it up
+            logger.exception("Could not schedule the upload of job %s; it is retried at the next start", job.id)
 
     def _cancel_requested(self, job_id: str) -> bool:
         try:

@@ -1,0 +1,124 @@
+"""ComfyUI Studio: the studio page at / and the REST API beside it, in one process.
+
+    python app.py                      # http://127.0.0.1:7860
+    python app.py --share              # plus a public Gradio link (needs AUTH_USERS)
+
+Settings come from the environment and .env (see the README); this file only wires things together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+
+from comfy import ConfigError, Settings, Studio, load_settings, redact_url
+from comfy.api import create_api
+from comfy.auth import PasswordChecker
+from ui import CSS, HEAD, build_ui, outputs_paths
+
+logger = logging.getLogger("comfyui_studio")
+
+ON_SPACES = bool(os.environ.get("SPACE_ID"))
+
+
+def browser_secret(settings: Settings) -> str:
+    """A secret kept in the data folder, so form values saved in browsers stay readable after restarts."""
+    path = Path(settings.data_dir) / "browser_state.secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def create_app(settings: Settings, *, studio: Studio | None = None) -> FastAPI:
+    """The FastAPI app: REST API routes, with the Gradio page mounted at /."""
+    studio = studio or Studio(settings)
+    api = create_api(studio, settings)
+    users = settings.users()
+    blocks = build_ui(studio, settings, auth_on=bool(users), browser_secret=browser_secret(settings))
+    blocks.queue(default_concurrency_limit=8)
+    return gr.mount_gradio_app(
+        api, blocks, path="/", auth=PasswordChecker(users) if users else None,
+        auth_message="Log in to ComfyUI Studio." if users else None,
+        allowed_paths=outputs_paths(settings), css=CSS, head=HEAD, footer_links=["api", "gradio", "settings"],
+        server_name=settings.server_name, server_port=settings.server_port,
+    )
+
+
+def check_sharing(settings: Settings) -> None:
+    """Refuse a public link that would let anyone on the internet use the GPU, unless told to."""
+    if not settings.share:
+        return
+    if ON_SPACES:
+        raise ConfigError("SHARE is not available on Hugging Face Spaces: the Space already has a public URL.")
+    if not settings.users() and not settings.allow_share_without_auth:
+        raise ConfigError(
+            "A share link makes the studio public. Set AUTH_USERS (user:password pairs) first, or set "
+            "STUDIO_ALLOW_SHARE_WITHOUT_AUTH=1 if you really want a link anyone can use."
+        )
+
+
+def _open_share_link(server: uvicorn.Server, host: str, port: int) -> None:
+    from gradio import networking
+
+    while not server.started:
+        time.sleep(0.1)
+    try:
+        url = networking.setup_tunnel(host if host != "0.0.0.0" else "127.0.0.1", port,
+                                      secrets.token_urlsafe(32), None, None)
+    except Exception as exc:  # noqa: BLE001 - the local studio keeps running without the link
+        logger.error("Could not create a share link (%s); the studio is still on http://%s:%s", exc, host, port)
+        return
+    print(f"Public URL: {url}  (valid for up to a week; everyone needs the AUTH_USERS login)", flush=True)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="ComfyUI Studio")
+    parser.add_argument("--share", action="store_true", help="make a public Gradio link (same as SHARE=1)")
+    parser.add_argument("--host", help="address to listen on (GRADIO_SERVER_NAME, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (GRADIO_SERVER_PORT, default 7860)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    overrides: dict[str, object] = {}
+    if args.share:
+        overrides["share"] = True
+    if args.host:
+        overrides["server_name"] = args.host
+    if args.port:
+        overrides["server_port"] = args.port
+    try:
+        settings = load_settings(**overrides)
+        check_sharing(settings)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.server_name, port=settings.server_port,
+                                           log_level="warning", ws="wsproto", timeout_graceful_shutdown=5))
+    if settings.share:
+        threading.Thread(target=_open_share_link, args=(server, settings.server_name, settings.server_port),
+                         daemon=True).start()
+    print(f"ComfyUI Studio on http://{settings.server_name}:{settings.server_port}  "
+          f"(backend {redact_url(settings.comfyui_urls[0])}; REST API docs at /docs)", flush=True)
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

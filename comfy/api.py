@@ -1,0 +1,193 @@
+"""ComfyUI Studio's REST API: a FastAPI app on the same :class:`Studio` (queue, worker) as the UI.
+
+``app.py`` mounts the Gradio UI onto this app at ``/``; every route here lives elsewhere:
+
+    GET  /healthz  /readyz  /health  /metrics              open (no key): liveness, readiness, status, Prometheus
+    GET  /models                                           checkpoints, samplers, schedulers
+    POST /api/v1/generate/            /generate/batch      generate and wait (202 past STUDIO_SYNC_WAIT_SECONDS)
+    POST /api/v1/jobs                 /workflows/jobs      queue (202); Idempotency-Key honoured
+    GET  /api/v1/jobs                 /jobs/{id}           list (cursor), one job; DELETE cancels
+    GET  /api/v1/jobs/{id}/events     WS /ws/jobs/{id}     live events (SSE / WebSocket)
+    GET  /api/v1/jobs/{id}/images/{n} /artifacts/{name}    output files;  /preview: the latest preview
+    GET  /docs  /openapi.json                              the documentation of all of the above
+
+See :mod:`comfy.api_guard` for keys, rate limits and size limits, :mod:`comfy.api_errors` for the
+error shape, :mod:`comfy.metrics` for the metric names. Nothing here imports gradio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.routing import Match
+
+from .api_errors import ApiError, Scrubber, error_response, install_error_handlers
+from .api_guard import ApiContext, BodyLimitMiddleware, Caller, Guard
+from .api_jobs import jobs_router
+from .api_models import (
+    API_PREFIX, BackendOut, ErrorResponse, HealthOut, ModelsOut, ReadyOut, StorageOut, WorkerOut,
+)
+from .api_stream import stream_router
+from .health import probe_dir, queue_counts, queue_writable, worker_running
+from .metrics import CONTENT_TYPE, HttpMetricsMiddleware, StudioMetrics
+from .service import BackendStatus, Studio, redact_url
+from .settings import Settings
+
+__all__ = ["create_api"]
+
+#: A readiness probe answers within this many seconds, whatever the backend does.
+READY_TIMEOUT = 5.0
+
+DESCRIPTION = """
+Scripts and services use ComfyUI Studio the way artists do: the same queue, the same models, the
+same outputs as the studio UI served at `/`.
+
+**Keys.** When `API_KEYS` is set (comma-separated), every `/api/v1` route, `/models` and
+`/ws/jobs/{id}` need `Authorization: Bearer <key>`; each key sees only its own jobs, and its
+idempotency keys are its own. `/healthz`, `/readyz`, `/health`, `/metrics` and these docs stay open.
+The studio UI's logins (`AUTH_USERS`) are separate: they guard the UI, not the API.
+
+**Limits.** `STUDIO_RATE_LIMIT_PER_MINUTE` requests a minute per key (per client IP on an open API;
+0 = off) → 429 with `Retry-After`. Bodies over `STUDIO_MAX_REQUEST_BYTES` → 413.
+
+**Errors** are always `{"error": {"code", "message"}}`, plus `field` when one field is to blame:
+400 the studio refused the parameters, 401 no or wrong key, 404 no such job or route, 409 idempotency
+key reused with another body (or nothing left to cancel), 413 too large, 422 malformed request,
+429 rate limited, 502 ComfyUI failed the job, 503 ComfyUI (or our storage) unavailable, 504 timed out.
+
+**URLs** in answers (`location`, image `url`) are root-relative: prefix them with the address you called.
+"""
+
+_OPEN = ["/healthz", "/readyz", "/health", "/metrics"]
+
+
+def create_api(studio: Studio, settings: Settings, *, manage_studio: bool = True,
+               keepalive: float = 15.0) -> FastAPI:
+    """The REST API for ``studio``. With ``manage_studio`` the app's lifespan starts and closes the studio.
+
+    ``keepalive`` is the idle time between keep-alive messages on event streams (seconds).
+    """
+    scrub = Scrubber(_secrets(settings))
+    ctx = ApiContext(studio, settings, Guard(settings), scrub, keepalive=keepalive)
+    metrics = StudioMetrics(studio)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_studio:
+            await studio.start()
+        await metrics.start()
+        try:
+            yield
+        finally:
+            await metrics.aclose()
+            if manage_studio:
+                await studio.aclose()
+
+    app = FastAPI(title="ComfyUI Studio API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+    app.state.studio_metrics = metrics
+    install_error_handlers(app, scrub)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics, prefixes=("/api/", "/models", "/ws/", *_OPEN))
+    routers = [_health_router(ctx, metrics), jobs_router(ctx), stream_router(ctx)]
+    for router in routers:
+        app.include_router(router)
+    _add_api_not_found(app, routers)
+    return app
+
+
+def _health_router(ctx: ApiContext, metrics: StudioMetrics) -> APIRouter:
+    router = APIRouter(tags=["health"])
+    studio = ctx.studio
+
+    @router.get("/healthz", summary="Liveness: the process answers")
+    def healthz() -> dict[str, str]:
+        """Touches nothing: 200 while the process serves requests."""
+        return {"status": "ok"}
+
+    @router.get("/readyz", response_model=ReadyOut, summary="Readiness: ComfyUI answers, the queue is writable",
+                responses={503: {"model": ErrorResponse, "description": "Not ready; the message says why."}})
+    async def readyz() -> ReadyOut:
+        try:
+            backend = await asyncio.wait_for(studio.backend_status(), READY_TIMEOUT)
+        except TimeoutError:
+            raise ApiError(503, "backend_unavailable", f"ComfyUI did not answer within {READY_TIMEOUT:.0f} s.",
+                           headers={"Retry-After": "5"}) from None
+        if not backend.reachable:
+            raise ApiError(503, "backend_unavailable", f"ComfyUI at {backend.url} does not answer: {backend.error}",
+                           headers={"Retry-After": "5"})
+        problem = await asyncio.to_thread(queue_writable, studio)
+        if problem:
+            raise ApiError(503, "queue_unavailable", problem, headers={"Retry-After": "5"})
+        return ReadyOut(status="ready", backend=backend.url, queue=queue_counts(studio) or {})
+
+    @router.get("/health", response_model=HealthOut, summary="Status: backend, GPU, queues, worker, storage")
+    async def health() -> HealthOut:
+        """Always 200 (``status`` says ``degraded`` when something is wrong); secrets are never shown."""
+        try:
+            status = await asyncio.wait_for(studio.backend_status(), READY_TIMEOUT)
+        except TimeoutError:
+            status = BackendStatus(redact_url(studio.client.base_url), False, error="No answer in time.")
+        backend = status.to_dict()
+        backend["error"] = ctx.scrub(status.error) if status.error else None
+        storage = await asyncio.to_thread(probe_dir, ctx.settings.data_dir)
+        counts = await asyncio.to_thread(queue_counts, studio)
+        worker = WorkerOut(running=worker_running(studio), in_flight=len(studio.worker.running),
+                           backend_down=ctx.scrub(studio.worker.backend_down) if studio.worker.backend_down else None)
+        ok = backend["reachable"] and storage.writable and counts is not None and worker.running
+        return HealthOut(status="ok" if ok else "degraded", backend=BackendOut(**backend), queue=counts or {},
+                         worker=worker, storage=StorageOut(**storage.__dict__))
+
+    @router.get("/models", response_model=ModelsOut, tags=["models"], summary="Checkpoints, samplers, schedulers",
+                responses={401: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
+                           422: {"model": ErrorResponse}})
+    async def models(refresh: bool = Query(False, description="Ask ComfyUI again instead of the cached list."),
+                     caller: Caller = Depends(ctx.caller)) -> ModelsOut:
+        """What the backend offers (its ``object_info``); the last list seen while it is unreachable."""
+        found = await studio.models(refresh=refresh)
+        return ModelsOut(checkpoints=found.checkpoints, samplers=found.samplers, schedulers=found.schedulers)
+
+    @router.get("/metrics", response_class=Response, summary="Prometheus metrics",
+                responses={200: {"content": {CONTENT_TYPE: {}}}})
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return router
+
+
+def _add_api_not_found(app: FastAPI, routers: list[APIRouter]) -> None:
+    """Unknown ``/api/v1/...`` paths answer our 404 (or 405) even once the UI is mounted at ``/``."""
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+    async def not_found(request: Request) -> JSONResponse:
+        allowed: set[str] = set()
+        for route in (route for router in routers for route in router.routes):
+            match, _ = route.matches({**request.scope, "method": "__none__"})
+            if match is Match.PARTIAL:
+                allowed |= set(getattr(route, "methods", None) or ())
+        if allowed:
+            return error_response(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}.",
+                                  headers={"Allow": ", ".join(sorted(allowed))})
+        return error_response(404, "not_found", f"Nothing at {request.url.path}; see /docs for the API's routes.")
+
+    app.add_api_route(f"{API_PREFIX}/{{path:path}}", not_found, methods=methods, include_in_schema=False)
+
+
+def _secrets(settings: Settings) -> list[str]:
+    """Every configured secret value, to scrub from messages."""
+    found: list[str] = list(settings.keys())
+    found += list(settings.backend_headers().values())
+    found += [value.split(" ", 1)[-1] for value in settings.backend_headers().values()]
+    found += list(settings.users().values())
+    for url in settings.comfyui_urls:
+        parts = urlsplit(url)
+        if parts.password:
+            found.append(parts.password)
+        if parts.query:
+            found.append(parts.query)
+    return found

@@ -1,0 +1,338 @@
+"""``/api/v1``: generate (waiting), submit jobs, follow them, cancel them, fetch their images.
+
+Every route here needs the caller's key when ``API_KEYS`` is set (see :mod:`comfy.api_guard`), and a
+caller sees only the jobs it made. Idempotency: ``Idempotency-Key`` on any POST makes a retry with
+the same key and body return the same job (409 for the same key with another body); keys are scoped
+per API key. A random seed (-1) under an idempotency key is drawn from the key, so a retry is "the
+same body" and not a new random request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import re
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Path as PathParam, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from . import workflows
+from .api_errors import ApiError, api_field, error_response
+from .api_guard import ApiContext, Caller
+from .api_models import (
+    API_PREFIX, BatchAccepted, BatchResult, ErrorResponse, GenerateRequest, GenerateResult, JobAccepted, JobList,
+    JobOut, JobStatus, WorkflowJobRequest, accepted, decode_image, job_out, job_url, result_of,
+)
+from .errors import JobNotFound, StorageError, WorkflowError
+from .params import GenerationParams, RANDOM_SEED
+from .queue import Job, JobState
+
+__all__ = ["jobs_router", "visible_job", "root_of", "JOB_ID"]
+
+#: Job ids are 16 lowercase hex digits; anything else is refused before touching storage.
+JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+MAX_BATCH = 50
+
+_E = {"model": ErrorResponse}
+COMMON = {401: _E, 404: _E, 422: _E, 429: _E}
+SUBMIT = {**COMMON, 400: _E, 409: _E, 413: _E, 503: _E}
+
+#: How a job's failure answers the synchronous endpoint (by the job's error code).
+_FAILED_STATUS = {"invalid_request": 400, "prompt_rejected": 400, "server_timeout": 504,
+                  "server_unavailable": 503, "storage_error": 503}
+
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", max_length=200,
+    description="Retry-safe submission: the same key and body give the same job; another body gives 409.",
+)]
+
+
+def root_of(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def visible_job(ctx: ApiContext, caller: Caller, job_id: str) -> Job:
+    """The job if it exists and the caller may see it; :class:`JobNotFound` otherwise (no hint which)."""
+    if not JOB_ID.match(job_id):
+        raise JobNotFound(job_id[:40])
+    job = ctx.studio.job(job_id)
+    if not ctx.may_see(caller, job.owner):
+        raise JobNotFound(job_id)
+    return job
+
+
+def _seed_for(owner: str | None, key: str, body: Any) -> int:
+    """The random seed of an idempotent request: the same key and body always draw the same one."""
+    text = json.dumps([owner, key, body], sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") % 2**53
+
+
+def _engine_params(req: GenerateRequest, owner: str | None, key: str | None) -> dict[str, Any]:
+    params = req.engine_params()
+    if params["seed"] == RANDOM_SEED and key:
+        params["seed"] = _seed_for(owner, key, req.model_dump(exclude={"init_image"}))
+    return params
+
+
+def _prefixed(index: int, exc: WorkflowError) -> ApiError:
+    field = api_field(exc.field)
+    return ApiError(400, exc.code, f"Item {index}: {exc}", field=f"[{index}].{field}" if field else f"[{index}]")
+
+
+async def _submit(ctx: ApiContext, req: GenerateRequest, caller: Caller, key: str | None) -> Job:
+    image = decode_image(req.init_image, "init_image") if req.init_image else None
+    [job] = await ctx.studio.submit(_engine_params(req, caller.owner, key), image=image, idempotency_key=key,
+                                    owner=caller.owner)
+    return job
+
+
+async def _wait(ctx: ApiContext, job_id: str, deadline: float) -> tuple[Job | None, dict[str, float] | None, str]:
+    """Follow a job until it ends: (job, timings, "done"), or (None, None, "timeout" / "backend_down")."""
+    try:
+        async with asyncio.timeout_at(deadline), contextlib.aclosing(ctx.studio.follow(job_id)) as events:
+            async for event in events:
+                if event.kind == "retrying" and event.error_code == "server_unavailable":
+                    return None, None, "backend_down"  # nothing reached ComfyUI: it is down
+                if event.final:
+                    return ctx.studio.job(job_id), event.timings, "done"
+    except TimeoutError:
+        pass
+    return None, None, "timeout"
+
+
+def _backend_down(ctx: ApiContext, cancel: list[str]) -> ApiError:
+    for job_id in cancel:
+        with contextlib.suppress(JobNotFound):
+            ctx.studio.cancel(job_id)
+    reason = ctx.studio.worker.backend_down or "it does not answer"
+    return ApiError(503, "backend_unavailable", f"ComfyUI cannot be reached ({reason}); nothing was queued. "
+                    "Try again later, or use POST /api/v1/jobs to queue work that waits for it.",
+                    headers={"Retry-After": "10"})
+
+
+def _check_backend(ctx: ApiContext) -> None:
+    if ctx.studio.worker.backend_down:
+        raise _backend_down(ctx, [])
+
+
+def _answer(job: Job, timings: dict[str, float] | None, root: str) -> Response:
+    if job.state is JobState.SUCCEEDED:
+        return JSONResponse(result_of(job, timings, root).model_dump(mode="json"))
+    if job.state is JobState.CANCELLED:
+        return error_response(409, "cancelled", "The job was cancelled before it finished.", job_id=job.id)
+    error = job.error or {"code": "failed", "message": "The job failed."}
+    return error_response(_FAILED_STATUS.get(error["code"], 502), error["code"], error["message"], job_id=job.id)
+
+
+def jobs_router(ctx: ApiContext) -> APIRouter:
+    router = APIRouter(prefix=API_PREFIX)
+    caller_dep = Depends(ctx.caller)
+    studio = ctx.studio
+
+    async def generate(request: Request, body: GenerateRequest, idempotency_key: IdempotencyKey = None,
+                       caller: Caller = caller_dep) -> Response:
+        _check_backend(ctx)
+        job = await _submit(ctx, body, caller, idempotency_key)
+        loop = asyncio.get_running_loop()
+        done, timings, outcome = await _wait(ctx, job.id, loop.time() + ctx.settings.sync_wait_seconds)
+        if outcome == "backend_down":
+            raise _backend_down(ctx, [job.id])
+        if done is None:
+            current = studio.job(job.id)
+            location = job_url(job.id, root_of(request))
+            return JSONResponse(accepted(current, root_of(request)).model_dump(), status_code=202,
+                                headers={"Location": location})
+        return _answer(done, timings, root_of(request))
+
+    generate_doc = dict(
+        response_model=GenerateResult, tags=["generate"],
+        responses={**SUBMIT, 202: {"model": JobAccepted, "description": "Still running after "
+                                   "STUDIO_SYNC_WAIT_SECONDS: poll the Location."},
+                   502: _E, 504: _E},
+        summary="Generate and wait for the images",
+        description="Queues one job and waits for it. 200 with the images when it ends in time; 202 with the "
+                    "job's URL (Location header and body) when it takes longer than STUDIO_SYNC_WAIT_SECONDS; "
+                    "503 when ComfyUI is down (nothing is queued then); 502/504/400 when the job fails.",
+    )
+    router.add_api_route("/generate/", generate, methods=["POST"], **generate_doc)  # type: ignore[arg-type]
+    router.add_api_route("/generate", generate, methods=["POST"], include_in_schema=False,
+                         response_model=GenerateResult)
+
+    @router.post("/generate/batch", response_model=BatchResult, tags=["generate"], summary="Generate several, wait",
+                 responses={**SUBMIT, 202: {"model": BatchAccepted, "description": "Not all ended in time."}})
+    async def generate_batch(
+        request: Request,
+        items: Annotated[list[GenerateRequest], Body(min_length=1, max_length=MAX_BATCH)],
+        idempotency_key: IdempotencyKey = None,
+        caller: Caller = caller_dep,
+    ) -> Response:
+        """Queues every item (all are checked first), waits for all; results in the order given.
+        A failed item is in the results with its ``error``; the whole answer is 202 if any is still running."""
+        _check_backend(ctx)
+        for index, item in enumerate(items):
+            try:
+                GenerationParams.from_dict(item.engine_params()).check(studio.limits)
+            except WorkflowError as exc:
+                raise _prefixed(index, exc) from exc
+        jobs: list[Job] = []
+        for index, item in enumerate(items):
+            key = f"{idempotency_key}#b{index}" if idempotency_key else None
+            try:
+                jobs.append(await _submit(ctx, item, caller, key))
+            except (WorkflowError, ApiError) as exc:
+                for job in jobs:
+                    studio.cancel(job.id)
+                if isinstance(exc, ApiError):
+                    exc.field = f"[{index}].{exc.field}"
+                    raise
+                raise _prefixed(index, exc) from exc
+        deadline = asyncio.get_running_loop().time() + ctx.settings.sync_wait_seconds
+        waited = await asyncio.gather(*(_wait(ctx, job.id, deadline) for job in jobs))
+        if any(outcome == "backend_down" for _, _, outcome in waited):
+            raise _backend_down(ctx, [job.id for job in jobs])
+        root = root_of(request)
+        if any(done is None for done, _, _ in waited):
+            body = BatchAccepted(jobs=[accepted(studio.job(job.id), root) for job in jobs])
+            return JSONResponse(body.model_dump(), status_code=202)
+        results = [result_of(done, timings, root) for done, timings, _ in waited if done is not None]
+        return JSONResponse(BatchResult(results=results).model_dump(mode="json"))
+
+    @router.post("/jobs", status_code=202, response_model=JobAccepted, responses=SUBMIT, tags=["jobs"],
+                 summary="Queue a job")
+    async def create_job(request: Request, body: GenerateRequest, idempotency_key: IdempotencyKey = None,
+                         caller: Caller = caller_dep) -> Response:
+        """Queues a job with the studio's parameters and answers at once; follow it at ``location``."""
+        job = await _submit(ctx, body, caller, idempotency_key)
+        return _accepted_response(job, request)
+
+    @router.post("/workflows/jobs", status_code=202, response_model=JobAccepted, responses=SUBMIT,
+                 tags=["jobs"], summary="Queue any API-format workflow")
+    async def create_workflow_job(request: Request, body: WorkflowJobRequest, idempotency_key: IdempotencyKey = None,
+                                  caller: Caller = caller_dep) -> Response:
+        """Queues a ComfyUI workflow exported with *Export (API)*: ``values`` binds studio parameters by role,
+        ``inputs`` sets node inputs directly, ``images`` feeds LoadImage nodes (base64)."""
+        graph = workflows.parse_workflow(body.workflow)
+        values = _workflow_values(ctx, body, caller.owner, idempotency_key)
+        if values:
+            graph = workflows.bind_values(graph, values)
+        images = {node: decode_image(data, f"images.{node}") for node, data in body.images.items()}
+        inputs = {(node, name): value for node, given in body.inputs.items() for name, value in given.items()}
+        job = await studio.submit_workflow(graph, inputs=inputs, images=images, idempotency_key=idempotency_key,
+                                           owner=caller.owner, params=values or None)
+        return _accepted_response(job, request)
+
+    @router.get("/jobs", response_model=JobList, responses=COMMON, tags=["jobs"], summary="List jobs, newest first")
+    def list_jobs(
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=200, description="Jobs per page.")] = 50,
+        cursor: Annotated[int | None, Query(ge=0, description="next_cursor of the previous page.")] = None,
+        state: Annotated[list[JobStatus] | None, Query(description="Only these states (repeat to give several).")]
+        = None,
+        caller: Caller = caller_dep,
+    ) -> JobList:
+        page = studio.jobs(states=[JobState(s) for s in state] if state else None,
+                           owner=None if ctx.guard.open else caller.owner, limit=limit, cursor=cursor)
+        pending = {job_id: at for at, job_id in enumerate(studio.queue.pending_ids())} \
+            if any(j.state is JobState.QUEUED for j in page.jobs) else {}
+        root = root_of(request)
+        return JobList(jobs=[job_out(j, position=pending.get(j.id), root=root) for j in page.jobs],
+                       next_cursor=page.next_cursor, total=page.total)
+
+    @router.get("/jobs/{job_id}", response_model=JobOut, responses=COMMON, tags=["jobs"], summary="One job")
+    def get_job(request: Request, job_id: str, caller: Caller = caller_dep) -> JobOut:
+        """State, progress 0..1, the node running, queue position, images with URLs, timestamps and error."""
+        job = visible_job(ctx, caller, job_id)
+        position = studio.position(job.id) if job.state is JobState.QUEUED else None
+        return job_out(job, position=position, root=root_of(request))
+
+    @router.delete("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], summary="Cancel a job",
+                   responses={**COMMON, 202: {"model": JobOut, "description": "Running: ComfyUI was told to stop."},
+                              409: _E})
+    async def cancel_job(request: Request, job_id: str, caller: Caller = caller_dep) -> Response:
+        """A queued job is cancelled at once (200); a running one is stopped on ComfyUI too (202, it becomes
+        ``cancelled`` moments later). 409 for a job that already succeeded or failed."""
+        job = visible_job(ctx, caller, job_id)
+        if job.state in (JobState.SUCCEEDED, JobState.FAILED):
+            raise ApiError(409, "already_finished", f"Job {job.id} already {job.state.value}; nothing to cancel.",
+                           extra={"job_id": job.id})
+        job = studio.cancel(job.id)
+        status = 200 if job.state is JobState.CANCELLED else 202
+        return JSONResponse(job_out(job, root=root_of(request)).model_dump(mode="json"), status_code=status)
+
+    image_doc = {200: {"content": {"image/png": {}}, "description": "The file, with its content type."}, **COMMON}
+
+    @router.get("/jobs/{job_id}/images/{index}", response_class=FileResponse, responses=image_doc,
+                tags=["artifacts"], summary="One output image by position")
+    def get_image(job_id: str, index: Annotated[int, PathParam(ge=0, le=10_000)],
+                  caller: Caller = caller_dep) -> FileResponse:
+        job = visible_job(ctx, caller, job_id)
+        if index >= len(job.outputs):
+            raise ApiError(404, "not_found", f"Job {job.id} has {len(job.outputs)} image(s); there is no #{index}.")
+        return _file(ctx, job.outputs[index])
+
+    @router.get("/jobs/{job_id}/artifacts/{filename}", response_class=FileResponse, responses=image_doc,
+                tags=["artifacts"], summary="One output file by name")
+    def get_artifact(job_id: str, filename: str, caller: Caller = caller_dep) -> FileResponse:
+        job = visible_job(ctx, caller, job_id)
+        for output in job.outputs:
+            if str(output.get("key", "")).rsplit("/", 1)[-1] == filename:
+                return _file(ctx, output)
+        raise ApiError(404, "not_found", f"Job {job.id} has no file named {filename[:100]!r}.")
+
+    @router.get("/jobs/{job_id}/preview", tags=["artifacts"], summary="The latest preview of a running job",
+                responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, **COMMON},
+                response_class=Response)
+    def get_preview(job_id: str, caller: Caller = caller_dep) -> Response:
+        job = visible_job(ctx, caller, job_id)
+        event = studio.bus.latest_preview(job.id)
+        if event is None or event.preview is None:
+            raise ApiError(404, "not_found", f"Job {job.id} has no preview now (only running jobs have one).")
+        return Response(event.preview, media_type=event.preview_mime or "image/jpeg",
+                        headers={"Cache-Control": "no-store"})
+
+    return router
+
+
+def _accepted_response(job: Job, request: Request) -> JSONResponse:
+    body = accepted(job, root_of(request))
+    return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.location})
+
+
+def _workflow_values(ctx: ApiContext, body: WorkflowJobRequest, owner: str | None, key: str | None) -> dict[str, Any]:
+    """The studio parameters to bind, in the engine's names, checked, with a random seed resolved."""
+    values = dict(body.values)
+    if "cfg_scale" in values:
+        values["cfg"] = values.pop("cfg_scale")
+    if "init_image" in values:
+        raise ApiError(400, "invalid_request", "Send images in 'images' (node id -> base64), not in values.",
+                       field="values.init_image")
+    if not values:
+        return values
+    try:
+        GenerationParams.from_dict({"prompt": values.get("prompt", "-"), **values}).check(ctx.studio.limits)
+    except WorkflowError as exc:
+        raise ApiError(400, exc.code, str(exc), field=f"values.{api_field(exc.field)}") from exc
+    if values.get("seed") == RANDOM_SEED:
+        values["seed"] = _seed_for(owner, key, body.model_dump(exclude={"images"})) if key else secrets.randbelow(2**53)
+    return values
+
+
+def _file(ctx: ApiContext, output: dict[str, Any]) -> FileResponse:
+    """The output's file, after checking its key stays inside the outputs folder."""
+    key = str(output.get("key", ""))
+    try:
+        path = ctx.studio.store.path_for(key)
+    except StorageError:
+        raise ApiError(404, "not_found", "That file does not exist.") from None
+    outputs = Path(ctx.studio.store.outputs_dir).resolve()
+    resolved = path.resolve()
+    if not resolved.is_relative_to(outputs) or not resolved.is_file():
+        raise ApiError(404, "artifact_missing", "The file is no longer on the server.")
+    return FileResponse(resolved, media_type=output.get("content_type") or "application/octet-stream",
+                        filename=resolved.name, content_disposition_type="inline",
+                        headers={"Cache-Control": "private, max-age=3600"})

@@ -1,0 +1,319 @@
+"""The REST API's request and response bodies (pydantic), and how jobs become them.
+
+Requests are strict (``"20"`` is not a number of steps) and refuse unknown fields, so a typo is a
+422 that names it instead of a silently ignored option. The bounds here are the engine's hard ones;
+the limits an operator configures (``STUDIO_MAX_STEPS``...) are checked by the engine and answer 400.
+
+URLs in responses are root-relative (``/api/v1/jobs/<id>/images/0``): they stay right behind any
+proxy (RunPod, Hugging Face) without trusting forwarded headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .api_errors import ApiError
+from .params import MAX_SEED
+from .queue import Job
+
+__all__ = [
+    "API_PREFIX", "Artifact", "BackendOut", "BatchAccepted", "BatchResult", "ErrorBody", "ErrorResponse",
+    "FieldProblem", "GenerateRequest", "GenerateResult", "HealthOut", "ImageOut", "JobAccepted", "JobError",
+    "JobList", "JobOut", "JobStatus", "ModelsOut", "ReadyOut", "StorageOut", "WorkerOut", "WorkflowJobRequest",
+    "accepted", "artifacts", "decode_image", "job_out", "job_url", "result_of",
+]
+
+API_PREFIX = "/api/v1"
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable, machine-readable: not_found, invalid_request, validation_error, ...")
+    message: str = Field(description="A sentence for a person.")
+    field: str | None = Field(None, description="The request field to fix, when one is to blame.")
+    job_id: str | None = Field(None, description="The job concerned (e.g. the one an idempotency key names).")
+    details: list[FieldProblem] | None = Field(None, description="Every validation problem (422 only).")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# -- requests ---------------------------------------------------------------------------------------
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+class GenerateRequest(BaseModel):
+    """The studio's generation parameters (what the UI's form sets)."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True,
+        json_schema_extra={"examples": [{"prompt": "a lighthouse at dawn, oil painting", "steps": 20, "seed": 42}]},
+    )
+
+    prompt: str = Field(min_length=1, description="What to draw.")
+    negative_prompt: str = Field("", description="What to avoid.")
+    checkpoint: str | None = Field(None, description="A checkpoint from GET /models; the server's first by default.")
+    sampler: str = Field("euler", description="A sampler from GET /models.")
+    scheduler: str = Field("normal", description="A scheduler from GET /models.")
+    steps: int = Field(20, ge=1, description="Sampling steps (at most STUDIO_MAX_STEPS).")
+    cfg_scale: float = Field(7.0, ge=0, le=100, description="Classifier-free guidance scale.")
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed; the one used is returned.")
+    width: int = Field(512, ge=64, multiple_of=8, description="Pixels, a multiple of 8 (at most STUDIO_MAX_WIDTH).")
+    height: int = Field(512, ge=64, multiple_of=8, description="Pixels, a multiple of 8 (at most STUDIO_MAX_HEIGHT).")
+    batch_size: int = Field(1, ge=1, description="Images per job (at most STUDIO_MAX_BATCH_SIZE).")
+    denoise: float = Field(1.0, ge=0, le=1, description="How much of the init image to repaint (img2img).")
+    init_image: str | None = Field(
+        None, description="For img2img: a PNG, JPEG or WebP as base64 (a data: URL is accepted too)."
+    )
+
+    def engine_params(self) -> dict[str, Any]:
+        """The engine's :class:`GenerationParams` fields (``cfg_scale`` is ``cfg`` there), without the image."""
+        values = self.model_dump(exclude={"init_image", "cfg_scale"})
+        values["cfg"] = self.cfg_scale
+        return values
+
+
+class WorkflowJobRequest(BaseModel):
+    """Any ComfyUI workflow in API format (Export (API) in ComfyUI), with optional changes."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True,
+        json_schema_extra={"examples": [{
+            "workflow": {"3": {"class_type": "KSampler", "inputs": {"seed": 1}}},
+            "values": {"prompt": "a fox in the snow", "seed": 7},
+            "inputs": {"3": {"steps": 12}},
+        }]},
+    )
+
+    workflow: dict[str, Any] = Field(description="The API-format graph: node id -> {class_type, inputs}.")
+    values: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Studio parameters bound onto the graph by role (prompt, negative_prompt, seed, steps, "
+                    "cfg_scale, sampler, scheduler, width, height, checkpoint, denoise); seed -1 is random.",
+    )
+    inputs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Direct overrides: node id -> {input name: value}."
+    )
+    images: dict[str, str] = Field(
+        default_factory=dict, description="Images for LoadImage nodes: node id -> PNG/JPEG/WebP as base64."
+    )
+
+
+# -- responses --------------------------------------------------------------------------------------
+
+
+class ImageOut(BaseModel):
+    url: str = Field(description="Root-relative URL of the image file.")
+    width: int | None
+    height: int | None
+    content_type: str
+
+
+class Artifact(ImageOut):
+    index: int
+    filename: str
+    size: int | None = None
+    node_id: str | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobStatus
+    location: str = Field(description="Root-relative URL to poll (GET) or cancel (DELETE) the job.")
+    events: str = Field(description="Root-relative URL of the job's Server-Sent Events stream.")
+
+
+class BatchAccepted(BaseModel):
+    jobs: list[JobAccepted]
+
+
+class GenerateResult(BaseModel):
+    job_id: str
+    status: JobStatus
+    images: list[ImageOut]
+    metadata: dict[str, Any] = Field(
+        description="seed, generation_time (s, started to finished), queue_wait, execution_time, download_time "
+                    "(s, when known) and the parameters used."
+    )
+    error: JobError | None = None
+
+
+class BatchResult(BaseModel):
+    results: list[GenerateResult]
+
+
+class JobOut(BaseModel):
+    job_id: str
+    kind: Literal["generate", "workflow"]
+    status: JobStatus
+    progress: float = Field(description="0..1")
+    node: str | None = Field(description="The node running now, as ComfyUI names it.")
+    step: int | None
+    steps: int | None
+    position: int | None = Field(description="Place in our queue, 0 = next; null unless queued.")
+    attempts: int
+    cancel_requested: bool
+    note: str | None
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    images: list[Artifact]
+    error: JobError | None
+    params: dict[str, Any]
+    location: str
+    events: str
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: int | None = Field(description="Pass as ?cursor= for the next (older) page; null on the last.")
+    total: int | None = Field(description="Jobs matching the filter, all pages together.")
+
+
+class ModelsOut(BaseModel):
+    checkpoints: list[str]
+    samplers: list[str]
+    schedulers: list[str]
+
+
+class BackendOut(BaseModel):
+    url: str = Field(description="The ComfyUI URL without credentials or query.")
+    reachable: bool
+    error: str | None = None
+    gpu: str | None = None
+    vram_total: int | None = None
+    vram_free: int | None = None
+    queue_remaining: int | None = Field(None, description="Prompts pending or running on ComfyUI.")
+    comfyui_version: str | None = None
+
+
+class WorkerOut(BaseModel):
+    running: bool
+    in_flight: int = Field(description="Prompts this worker has on ComfyUI now.")
+    backend_down: str | None = Field(None, description="Why the worker is waiting for the backend, if it is.")
+
+
+class StorageOut(BaseModel):
+    writable: bool
+    free_bytes: int | None
+    total_bytes: int | None
+    error: str | None = None
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded"]
+    backend: BackendOut
+    queue: dict[str, int] = Field(description="Our jobs by state.")
+    worker: WorkerOut
+    storage: StorageOut
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready"]
+    backend: str
+    queue: dict[str, int]
+
+
+# -- conversions ------------------------------------------------------------------------------------
+
+
+def job_url(job_id: str, root: str = "") -> str:
+    return f"{root}{API_PREFIX}/jobs/{job_id}"
+
+
+def _time(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+def artifacts(job: Job, root: str = "") -> list[Artifact]:
+    out = []
+    for index, output in enumerate(job.outputs):
+        key = str(output.get("key", ""))
+        out.append(Artifact(
+            index=index, url=f"{job_url(job.id, root)}/images/{index}", filename=key.rsplit("/", 1)[-1],
+            width=output.get("width"), height=output.get("height"),
+            content_type=output.get("content_type") or "application/octet-stream",
+            size=output.get("size"), node_id=output.get("node_id"),
+        ))
+    return out
+
+
+def _public_params(job: Job) -> dict[str, Any]:
+    """The job's parameters as the API names them, without local file paths."""
+    params = dict(job.params)
+    if "cfg" in params:
+        params["cfg_scale"] = params.pop("cfg")
+    if params.get("init_image"):
+        params["init_image"] = True  # the kept copy's path is the server's business
+    if isinstance(params.get("images"), dict):
+        params["images"] = sorted(params["images"])  # node ids that received an image
+    return params
+
+
+def job_out(job: Job, *, position: int | None = None, root: str = "") -> JobOut:
+    return JobOut(
+        job_id=job.id, kind=job.kind, status=job.state.value, progress=job.progress, node=job.node,  # type: ignore[arg-type]
+        step=job.step, steps=job.steps, position=position, attempts=job.attempts,
+        cancel_requested=job.cancel_requested, note=job.note, queued_at=_time(job.queued_at),
+        started_at=_time(job.started_at), finished_at=_time(job.finished_at), images=artifacts(job, root),
+        error=JobError(**job.error) if job.error else None, params=_public_params(job),
+        location=job_url(job.id, root), events=f"{job_url(job.id, root)}/events",
+    )
+
+
+def accepted(job: Job, root: str = "") -> JobAccepted:
+    return JobAccepted(job_id=job.id, status=job.state.value, location=job_url(job.id, root),  # type: ignore[arg-type]
+                       events=f"{job_url(job.id, root)}/events")
+
+
+def result_of(job: Job, timings: dict[str, float] | None = None, root: str = "") -> GenerateResult:
+    """What the synchronous endpoint answers for a job that ended."""
+    metadata: dict[str, Any] = _public_params(job)
+    metadata.pop("images", None)
+    if job.started_at is not None and job.finished_at is not None:
+        metadata["generation_time"] = round(job.finished_at - job.started_at, 4)
+    if timings:
+        metadata["queue_wait"] = round(timings.get("queue_wait_s", 0.0), 4)
+        metadata["execution_time"] = round(timings.get("execution_s", 0.0), 4)
+        metadata["download_time"] = round(timings.get("download_s", 0.0), 4)
+    elif job.started_at is not None and job.queued_at is not None:
+        metadata["queue_wait"] = round(max(job.started_at - job.queued_at, 0.0), 4)
+    images = [ImageOut(url=a.url, width=a.width, height=a.height, content_type=a.content_type)
+              for a in artifacts(job, root)]
+    return GenerateResult(job_id=job.id, status=job.state.value, images=images, metadata=metadata,  # type: ignore[arg-type]
+                          error=JobError(**job.error) if job.error else None)
+
+
+def decode_image(data: str, field: str) -> bytes:
+    """Bytes of a base64 image (or ``data:...;base64,`` URL); a 400 naming ``field`` when it is not base64."""
+    text = data.strip()
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            raise ApiError(400, "invalid_request", f"{field} must be base64 data (a data: URL with ;base64).",
+                           field=field)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_request", f"{field} is not valid base64.", field=field) from None

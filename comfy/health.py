@@ -1,0 +1,77 @@
+"""Small probes of the studio's own state, for /health, /readyz and the metrics.
+
+None of them raises: each answers what it found, so a health page never fails for the reason it
+is meant to report.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ComfyError
+from .queue import JobState
+from .service import Studio
+
+__all__ = ["StorageState", "probe_dir", "queue_counts", "queue_writable", "worker_running"]
+
+
+def worker_running(studio: Studio) -> bool:
+    """True while the studio's worker task is alive in this process."""
+    task = studio._worker_task  # the engine has no public flag for it (yet)
+    return task is not None and not task.done()
+
+
+@dataclass(frozen=True)
+class StorageState:
+    writable: bool
+    free_bytes: int | None
+    total_bytes: int | None
+    error: str | None = None
+
+
+def probe_dir(path: Path) -> StorageState:
+    """Create, write, fsync and delete a small file in ``path`` (made if missing); report free space."""
+    error = None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path, prefix=".probe-", suffix=".tmp")
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError as exc:
+        error = exc.strerror or type(exc).__name__
+    try:
+        usage = shutil.disk_usage(path)
+        free, total = usage.free, usage.total
+    except OSError:
+        free = total = None
+    return StorageState(error is None, free, total, error)
+
+
+def queue_counts(studio: Studio) -> dict[str, int] | None:
+    """Our jobs by state, or None when the queue cannot be read."""
+    try:
+        return {state.value: count for state, count in studio.queue.counts().items()}
+    except ComfyError:
+        return None
+
+
+def queue_writable(studio: Studio) -> str | None:
+    """None when the queue can be read and its folder written; otherwise why not."""
+    if queue_counts(studio) is None:
+        return "The job queue cannot be read."
+    state = probe_dir(studio.settings.queue_dir)
+    if not state.writable:
+        return f"The job queue's folder cannot be written: {state.error}."
+    return None
+
+
+#: States in the order the health page lists them.
+STATES = [state.value for state in JobState]

@@ -1,0 +1,94 @@
+"""End to end in a real headless Chromium (Debian's package) driven by Playwright, against the real app.
+
+Open the page, type a prompt, Generate, see progress advance and a preview appear, see the image land
+in the gallery, reload and find the job in the history. Screenshots go to tests/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.comfy_server import FakeComfy
+from tests.ui_support import running_app
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).parent / "screenshots"
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must install Debian's chromium (see .ci/run)")
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture
+def browser():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+@pytest.mark.slow
+def test_generate_in_the_browser_then_reload_and_find_it(browser, tmp_path: Path) -> None:
+    expect = sync_api.expect
+    with FakeComfy(step_time=0.25, node_time=0.02) as fake, running_app(fake.url, tmp_path / "data") as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        expect(page.locator("#status")).to_contain_text("Connected", timeout=30_000)
+        expect(page.locator("#checkpoint input")).to_have_value("random-sd15.safetensors", timeout=30_000)
+        page.locator("#prompt textarea").fill("a lighthouse at dawn, oil painting")
+        page.locator("#generate-btn").click()
+
+        # Progress advances step by step, and a latent preview appears.
+        progress = page.locator("#progress .job.running .detail")
+        expect(progress).to_contain_text("step", timeout=30_000)
+        first = progress.inner_text()
+        expect(progress).not_to_have_text(first, timeout=15_000)
+        expect(page.locator("#preview img")).to_be_visible(timeout=15_000)
+        _shot(page, "01-generating")
+
+        # The finished image lands in the gallery, served as the saved PNG.
+        gallery_img = page.locator("#gallery img").first
+        expect(gallery_img).to_be_visible(timeout=60_000)
+        expect(page.locator("#progress")).to_contain_text("done", timeout=30_000)
+        src = gallery_img.get_attribute("src") or ""
+        assert ".png" in src and "webp" not in src, src
+        _shot(page, "02-done")
+
+        # Reload: the settings are still there and the job is in the history.
+        page.locator("#prompt textarea").fill("a lighthouse at dawn, oil painting, reload me")
+        page.wait_for_timeout(500)  # the browser stores form values on change
+        page.reload()
+        expect(page.locator("#prompt textarea")).to_have_value("a lighthouse at dawn, oil painting, reload me",
+                                                               timeout=30_000)
+        page.get_by_role("tab", name="Queue & history").click()
+        table = page.locator("#jobs-table")
+        expect(table).to_contain_text("succeeded", timeout=30_000)
+        expect(table).to_contain_text("a lighthouse at dawn, oil painting")
+        _shot(page, "03-history")
+
+        # Pick the job: its images and settings; "Use these settings" fills the Generate form.
+        table.locator("[role=gridcell]").filter(has_text="succeeded").first.click()
+        expect(page.locator("#job-detail")).to_contain_text("succeeded", timeout=15_000)
+        expect(page.locator("#job-images img").first).to_be_visible(timeout=15_000)
+        _shot(page, "04-job-detail")
+        page.get_by_role("button", name="Use these settings").click()
+        expect(page.locator("#prompt textarea")).to_have_value("a lighthouse at dawn, oil painting", timeout=15_000)
+        assert len(fake.prompts) == 1
+

@@ -1,0 +1,60 @@
+"""Running the real app (python app.py) in a subprocess against the fake ComfyUI, for UI and API tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_app(comfy_url: str, data_dir: Path, **env: str) -> Iterator[str]:
+    """Start ``python app.py`` on a free loopback port; yields its base URL; stops it afterwards."""
+    port = free_port()
+    environ = {**os.environ, "COMFYUI_URL": comfy_url, "STUDIO_DATA_DIR": str(data_dir),
+               "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+               "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(data_dir / "gradio-tmp"),
+               "PYTHONPATH": str(ROOT), **env}
+    log = open(data_dir.parent / f"app-{port}.log", "wb")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"app exited: {(data_dir.parent / f'app-{port}.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("app did not start in 60 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def app_log(data_dir: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in data_dir.parent.glob("app-*.log"))

@@ -1,0 +1,466 @@
+"""What the page's events do: each handler validates UI input, calls the engine, and shapes the answer.
+
+Handlers never talk to ComfyUI, parse protocol frames or touch the queue's storage: they call
+:class:`comfy.Studio`. Engine errors become ``gr.Error`` messages that say what to fix; anything
+unexpected is logged with its trace and shown as one plain sentence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import io
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from comfy import ComfyError, GenerationParams, Job, JobEvent, JobState, Studio, WorkflowError
+from comfy import workflows
+from comfy.pnginfo import read_png_info
+
+from . import render
+
+__all__ = ["Handlers", "FORM_FIELDS", "friendly"]
+
+logger = logging.getLogger(__name__)
+
+#: The Generate form, in the order its components are passed to handlers.
+FORM_FIELDS = ["prompt", "negative_prompt", "checkpoint", "sampler", "scheduler", "steps", "cfg", "seed", "width",
+               "height", "batch_size", "batch_count", "denoise"]
+WATCH_LIMIT = 64  # jobs one page follows at once
+GALLERY_LIMIT = 48  # newest results shown under the preview; the history pages through the rest
+
+
+def _to_gr_error(exc: Exception) -> gr.Error:
+    if isinstance(exc, ComfyError):
+        return gr.Error(str(exc), title="Cannot do that" if isinstance(exc, WorkflowError) else "Backend problem")
+    logger.exception("Unexpected error in a UI handler")
+    return gr.Error(f"Something went wrong ({type(exc).__name__}); the details are in the server log.")
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn engine errors into readable ``gr.Error`` modals, for plain and async handlers."""
+    if asyncio.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:  # noqa: BLE001 - shown as a sentence, logged with its trace
+                raise _to_gr_error(exc) from exc
+        return run_async
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise _to_gr_error(exc) from exc
+    return run
+
+
+def _owner(request: gr.Request | None, auth_on: bool) -> str | None:
+    """With logins on, each user has their own jobs; without, the studio is one shared workspace."""
+    return getattr(request, "username", None) if auth_on else None
+
+
+def _decode_data_url(value: str) -> bytes:
+    if value.startswith("data:"):
+        value = value.split(",", 1)[-1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise WorkflowError("init_image must be a base64 string (or a data: URL) of a PNG or JPEG.",
+                            field="init_image") from None
+
+
+class Handlers:
+    """The UI's behaviour, bound to one :class:`Studio` (shared by every browser session)."""
+
+    def __init__(self, studio: Studio, *, auth_on: bool = False) -> None:
+        self.studio = studio
+        self.auth_on = auth_on
+        #: session hash -> job ids that page follows (the newest batch and what is still running).
+        self._watched: dict[str, list[str]] = {}
+
+    # -- models and status ------------------------------------------------------------------------
+
+    @friendly
+    async def load_models(self, checkpoint: str | None, sampler: str | None, scheduler: str | None,
+                          refresh: bool = False) -> tuple[Any, Any, Any]:
+        models = await self.studio.models(refresh=refresh)
+        if refresh and not models.checkpoints:
+            gr.Warning("The backend could not be reached, so the lists could not be refreshed.")
+
+        def pick(choices: list[str], current: str | None, default: str | None) -> Any:
+            value = current if current in choices else (default if default in choices else
+                                                         (choices[0] if choices else current))
+            return gr.update(choices=choices, value=value)
+
+        return (pick(models.checkpoints, checkpoint, None), pick(models.samplers, sampler, "euler"),
+                pick(models.schedulers, scheduler, "normal"))
+
+    @friendly
+    async def restore_form(self, stored: dict[str, Any] | None, *current: Any) -> list[Any]:
+        """After a (re)load: the backend's lists, then the values this browser had saved, where still valid."""
+        stored = stored or {}
+        values = dict(zip(FORM_FIELDS, current))
+        values.update({k: v for k, v in stored.items() if k in values and v is not None})
+        lists = await self.load_models(values["checkpoint"], values["sampler"], values["scheduler"])
+        dropdowns = dict(zip(("checkpoint", "sampler", "scheduler"), lists))
+        return [dropdowns.get(name) or gr.update(value=values[name]) for name in FORM_FIELDS]
+
+    async def status(self) -> str:
+        status = await self.studio.backend_status()
+        return render.status_html(status, self.studio.queue.counts())
+
+    # -- generating -------------------------------------------------------------------------------
+
+    def _params(self, values: dict[str, Any], *, img2img: bool) -> GenerationParams:
+        seed = values.get("seed")
+        params = {
+            "prompt": values["prompt"] or "", "negative_prompt": values.get("negative_prompt") or "",
+            "checkpoint": values.get("checkpoint") or None, "sampler": values.get("sampler") or "euler",
+            "scheduler": values.get("scheduler") or "normal", "steps": int(values.get("steps") or 20),
+            "cfg": float(values.get("cfg") if values.get("cfg") is not None else 7.0),
+            "seed": int(seed) if seed not in (None, "") else -1,
+            "batch_size": int(values.get("batch_size") or 1),
+        }
+        if img2img:
+            params["denoise"] = float(values.get("denoise") if values.get("denoise") is not None else 0.6)
+        else:
+            params["width"] = int(values.get("width") or 512)
+            params["height"] = int(values.get("height") or 512)
+        return GenerationParams.from_dict(params)
+
+    @friendly
+    async def generate(self, mode: str, image: str | None, prompt: str, negative_prompt: str, checkpoint: str | None,
+                       sampler: str | None, scheduler: str | None, steps: float, cfg: float, seed: float | None,
+                       width: float, height: float, batch_size: float, batch_count: float, denoise: float,
+                       request: gr.Request) -> tuple[list[str], int]:
+        """Queue the batch and return at once; the watcher streams its progress."""
+        values = {"prompt": prompt, "negative_prompt": negative_prompt, "checkpoint": checkpoint, "sampler": sampler,
+                  "scheduler": scheduler, "steps": steps, "cfg": cfg, "seed": seed, "width": width, "height": height,
+                  "batch_size": batch_size, "batch_count": batch_count, "denoise": denoise}
+        img2img = mode == "img2img"
+        data = None
+        if img2img:
+            if not image:
+                raise WorkflowError("Image to image needs an image: upload or paste one first.", field="image")
+            data = Path(image).read_bytes()
+        params = self._params(values, img2img=img2img)
+        count = int(values.get("batch_count") or 1)
+        jobs = await self.studio.submit(params, count=count, image=data, owner=_owner(request, self.auth_on))
+        self._watch(request, [job.id for job in jobs])
+        gr.Info(f"Queued {len(jobs)} job(s)" + (f", seed {jobs[0].params['seed']}" if jobs else "") + ".")
+        return self.watched(request), int(jobs[0].params["seed"])
+
+    def _watch(self, request: gr.Request | None, job_ids: list[str]) -> None:
+        key = getattr(request, "session_hash", None) or "default"
+        keep = [i for i in self._watched.get(key, []) if not self._final(i)]
+        self._watched[key] = (keep + [i for i in job_ids if i not in keep])[-WATCH_LIMIT:]
+
+    def watched(self, request: gr.Request | None) -> list[str]:
+        return list(self._watched.get(getattr(request, "session_hash", None) or "default", []))
+
+    def forget_session(self, request: gr.Request) -> None:
+        self._watched.pop(getattr(request, "session_hash", None) or "default", None)
+
+    def _final(self, job_id: str) -> bool:
+        try:
+            return self.studio.job(job_id).state.is_final
+        except ComfyError:
+            return True
+
+    @friendly
+    def stop(self, request: gr.Request) -> None:
+        """Cancel this page's unfinished jobs; the running one is interrupted on ComfyUI as well."""
+        stopped = 0
+        for job_id in self.watched(request):
+            job = self.studio.job(job_id)
+            if not job.state.is_final:
+                self.studio.cancel(job_id)
+                stopped += 1
+        gr.Info(f"Stopping {stopped} job(s)." if stopped else "Nothing is running.")
+
+    def restore_jobs(self, stored: list[str] | None, request: gr.Request) -> list[str]:
+        """After a reload: follow again the jobs this browser was following."""
+        known = []
+        for job_id in stored or []:
+            try:
+                self.studio.job(job_id)
+                known.append(job_id)
+            except ComfyError:
+                continue
+        key = getattr(request, "session_hash", None) or "default"
+        self._watched[key] = known[-WATCH_LIMIT:]
+        return self.watched(request)
+
+    async def watch(self, request: gr.Request) -> AsyncIterator[tuple[str, Any, list[Any]]]:
+        """Stream progress, the latest preview and finished images until this page's jobs are done."""
+        sub = self.studio.bus.subscribe()
+        live: dict[str, JobEvent] = {}
+        preview: Image.Image | None = None
+        try:
+            while True:
+                ids = self.watched(request)
+                jobs = [self.studio.job(i) for i in ids]
+                yield self._render_watch(jobs, live, preview)
+                if all(job.state.is_final for job in jobs):
+                    return
+                try:
+                    event = await sub.get(timeout=1.0)
+                except asyncio.TimeoutError:
+                    continue
+                for event in [event, *sub.drain()]:  # coalesce a burst into one update
+                    if event.job_id not in ids:
+                        continue
+                    if event.kind == "preview" and event.preview:
+                        preview = _decode_preview(event.preview) or preview
+                    else:
+                        live[event.job_id] = event
+        finally:
+            sub.close()
+
+    def _render_watch(self, jobs: list[Job], live: dict[str, JobEvent], preview: Any) -> tuple[str, Any, list[Any]]:
+        positions = {job.id: self.studio.position(job.id) for job in jobs if job.state is JobState.QUEUED}
+        shown = [j for j in jobs if not j.state.is_final] or jobs[-4:]
+        gallery = [(o["path"], f"seed {job.params.get('seed', '-')}") for job in reversed(jobs)
+                   for o in job.outputs if Path(o["path"]).is_file()][:GALLERY_LIMIT]
+        if gallery and all(job.state.is_final for job in jobs):
+            preview = gallery[0][0]  # done: the latent preview gives way to the newest image
+        return render.progress_html(shown, live, positions), preview, gallery
+
+    # -- queue & history --------------------------------------------------------------------------
+
+    @friendly
+    def history(self, state: str, cursor: int | None, request: gr.Request) -> tuple[list[list[Any]], list[Any], int | None]:
+        states = None if state in ("", "all", None) else [JobState(state)]
+        page = self.studio.jobs(states=states, owner=_owner(request, self.auth_on), limit=25, cursor=cursor)
+        positions = {job.id: self.studio.position(job.id) for job in page.jobs if job.state is JobState.QUEUED}
+        thumbs = [(job.outputs[0]["path"], render.job_caption(job)) for job in page.jobs
+                  if job.outputs and Path(job.outputs[0]["path"]).is_file()]
+        return render.job_rows(page.jobs, positions), thumbs, page.next_cursor
+
+    def _own(self, job_id: str, request: gr.Request) -> Job:
+        job = self.studio.job(job_id)
+        owner = _owner(request, self.auth_on)
+        if owner is not None and job.owner != owner:
+            raise WorkflowError("That job belongs to someone else.", field="job")
+        return job
+
+    @friendly
+    def job_detail(self, job_id: str | None, request: gr.Request) -> tuple[str, dict[str, Any], list[Any]]:
+        if not job_id:
+            return "Select a job in the table.", {}, []
+        job = self._own(job_id, request)
+        images = [(o["path"], f"image {i + 1}") for i, o in enumerate(job.outputs) if Path(o["path"]).is_file()]
+        settings = {k: v for k, v in job.params.items() if k != "images"}
+        return render.job_summary(job, self.studio.position(job.id)), settings, images
+
+    @friendly
+    def cancel_job(self, job_id: str | None, request: gr.Request) -> None:
+        if not job_id:
+            raise WorkflowError("Select a job first.", field="job")
+        job = self._own(job_id, request)
+        if job.state.is_final:
+            gr.Info(f"Job {job_id} has already {job.state.value}.")
+            return
+        self.studio.cancel(job_id)
+        gr.Info("Cancelled." if job.state is JobState.QUEUED else "Stopping it on the backend.")
+
+    @friendly
+    def move_to_front(self, job_id: str | None, request: gr.Request) -> None:
+        if not job_id:
+            raise WorkflowError("Select a queued job first.", field="job")
+        self._own(job_id, request)
+        self.studio.move_to_front(job_id)
+        gr.Info("It runs next.")
+
+    @friendly
+    def reuse_settings(self, job_id: str | None, request: gr.Request) -> list[Any]:
+        """The form values of a finished job ("use these settings")."""
+        if not job_id:
+            raise WorkflowError("Select a job first.", field="job")
+        job = self._own(job_id, request)
+        if job.kind != "generate":
+            raise WorkflowError("That job ran a loaded workflow; reopen it in the Workflow tab.", field="job")
+        return self.form_values(job.params)
+
+    def form_values(self, params: dict[str, Any]) -> list[Any]:
+        """gr.update()s for the form fields, leaving alone what ``params`` does not say."""
+        return [gr.update(value=params[name]) if params.get(name) is not None else gr.update()
+                for name in FORM_FIELDS if name != "batch_count"] + [gr.update()]
+
+    @friendly
+    def send_to_img2img(self, job_id: str | None, request: gr.Request) -> str:
+        if not job_id:
+            raise WorkflowError("Select a finished job first.", field="job")
+        job = self._own(job_id, request)
+        if not job.outputs:
+            raise WorkflowError("That job has no image yet.", field="job")
+        return job.outputs[0]["path"]
+
+    # -- PNG info ---------------------------------------------------------------------------------
+
+    @friendly
+    def png_info(self, path: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        if not path:
+            return "Drop a PNG to read its settings.", {}, {}
+        info = read_png_info(Path(path).read_bytes())
+        source = {"comfyui_studio": "ComfyUI Studio", "a1111": "AUTOMATIC1111-style parameters",
+                  "comfyui": "a ComfyUI workflow", "none": "nothing: this PNG carries no generation settings"}
+        return f"Settings read from **{source[info.source]}**.", info.params, info.texts
+
+    @friendly
+    def png_to_form(self, params: dict[str, Any] | None) -> list[Any]:
+        if not params or not params.get("prompt"):
+            raise WorkflowError("This PNG has no settings to use.", field="image")
+        return self.form_values(params)
+
+    # -- workflows --------------------------------------------------------------------------------
+
+    @friendly
+    async def load_workflow(self, file: str | None, pasted: str | None, saved: str | None) -> dict[str, Any]:
+        """Parse a workflow (file, pasted JSON or a saved one) and discover its editable inputs."""
+        if file:
+            data = Path(file).read_bytes()
+            graph = (workflows.workflow_from_png(data) if data[:4] == b"\x89PNG" else workflows.parse_workflow(data))
+            name = Path(file).stem
+        elif pasted and pasted.strip():
+            graph, name = workflows.parse_workflow(pasted), "pasted workflow"
+        elif saved:
+            graph, name = self.studio.library.load(saved), saved
+        else:
+            raise WorkflowError("Choose a workflow file, paste its JSON, or pick a saved one.", field="workflow")
+        info = await self.studio.object_info()
+        if info is not None:
+            workflows.validate(graph, info, pending_uploads=True)
+        inputs = workflows.discover_inputs(graph, info)
+        return {"name": name, "graph": graph, "inputs": [_input_dict(i) for i in inputs]}
+
+    @friendly
+    def save_workflow(self, loaded: dict[str, Any] | None, name: str) -> Any:
+        if not loaded:
+            raise WorkflowError("Load a workflow first.", field="workflow")
+        saved = self.studio.library.save(name or loaded["name"], loaded["graph"])
+        gr.Info(f"Saved as {saved!r}.")
+        return gr.update(choices=self.studio.library.names(), value=saved)
+
+    @friendly
+    async def run_workflow(self, loaded: dict[str, Any] | None, values: list[Any], request: gr.Request) -> list[str]:
+        """Queue the loaded workflow with the values of its widgets (in the order of ``loaded["inputs"]``)."""
+        if not loaded:
+            raise WorkflowError("Load a workflow first.", field="workflow")
+        inputs: dict[tuple[str, str], Any] = {}
+        images: dict[str, bytes] = {}
+        for spec, value in zip(loaded["inputs"], values):
+            if spec["kind"] == "image":
+                if value:
+                    images[spec["node_id"]] = Path(value).read_bytes()
+            elif value is not None:
+                inputs[(spec["node_id"], spec["input_name"])] = _coerce(spec, value)
+        job = await self.studio.submit_workflow(loaded["graph"], inputs=inputs, images=images,
+                                                owner=_owner(request, self.auth_on))
+        self._watch(request, [job.id])
+        gr.Info(f"Queued workflow {loaded['name']!r}.")
+        return self.watched(request)
+
+    # -- the Gradio API (named endpoints for gradio_client) ------------------------------------------
+
+    async def api_generate(self, prompt: str, negative_prompt: str = "", checkpoint: str = "",
+                           sampler: str = "euler", scheduler: str = "normal", steps: int = 20, cfg: float = 7.0,
+                           seed: int = -1, width: int = 512, height: int = 512, batch_size: int = 1,
+                           batch_count: int = 1, denoise: float = 1.0, init_image: str = "",
+                           request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]
+        """Queue a generation; returns {"job_ids": [...], "seeds": [...]} at once. init_image: base64 PNG/JPEG."""
+        try:
+            params = GenerationParams(prompt=prompt, negative_prompt=negative_prompt, checkpoint=checkpoint or None,
+                                      sampler=sampler, scheduler=scheduler, steps=int(steps), cfg=float(cfg),
+                                      seed=int(seed), width=int(width), height=int(height),
+                                      batch_size=int(batch_size), denoise=float(denoise))
+            image = _decode_data_url(init_image) if init_image else None
+            jobs = await self.studio.submit(params, count=int(batch_count), image=image,
+                                            owner=_owner(request, self.auth_on))
+        except ComfyError as exc:
+            raise _to_gr_error(exc) from exc
+        return {"job_ids": [j.id for j in jobs], "seeds": [j.params["seed"] for j in jobs]}
+
+    async def api_job_status(self, job_id: str, request: gr.Request = None) -> AsyncIterator[dict[str, Any]]:  # type: ignore[assignment]
+        """Follow a job: yields its state on every change (queued place, progress, node), ending when done."""
+        try:
+            self._own(job_id, request)
+            async for event in self.studio.follow(job_id):
+                if event.kind == "preview":
+                    continue
+                yield self._status_dict(job_id, event)
+                if event.final:
+                    return
+        except ComfyError as exc:
+            raise _to_gr_error(exc) from exc
+
+    def _status_dict(self, job_id: str, event: JobEvent) -> dict[str, Any]:
+        job = self.studio.job(job_id)
+        return {
+            "job_id": job_id, "state": job.state.value, "event": event.kind,
+            "progress": event.progress if event.progress is not None else job.progress,
+            "node": event.node or job.node, "step": event.step, "steps": event.steps,
+            "position": self.studio.position(job_id), "seed": job.params.get("seed"),
+            "images": [o["path"] for o in job.outputs], "error": job.error, "at": event.at,
+        }
+
+    def api_cancel(self, job_id: str, request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]
+        """Cancel a job (a running one is interrupted on ComfyUI too); returns its state."""
+        try:
+            self._own(job_id, request)
+            job = self.studio.cancel(job_id)
+        except ComfyError as exc:
+            raise _to_gr_error(exc) from exc
+        return {"job_id": job.id, "state": job.state.value, "cancel_requested": job.cancel_requested}
+
+    def api_jobs(self, state: str = "", limit: int = 20, request: gr.Request = None) -> list[dict[str, Any]]:  # type: ignore[assignment]
+        """The newest jobs (optionally of one state: queued, running, succeeded, failed, cancelled)."""
+        try:
+            states = [JobState(state)] if state else None
+        except ValueError:
+            raise gr.Error(f"state must be one of: {', '.join(s.value for s in JobState)}.") from None
+        page = self.studio.jobs(states=states, owner=_owner(request, self.auth_on), limit=max(1, min(int(limit), 200)))
+        return [{"job_id": j.id, "state": j.state.value, "prompt": j.params.get("prompt"), "progress": j.progress,
+                 "images": [o["path"] for o in j.outputs], "error": j.error} for j in page.jobs]
+
+
+def _decode_preview(data: bytes) -> Image.Image | None:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image
+    except OSError:
+        return None
+
+
+def _input_dict(item: workflows.EditableInput) -> dict[str, Any]:
+    return {
+        "node_id": item.node_id, "input_name": item.input_name, "label": item.label, "kind": item.kind,
+        "value": item.value, "min": item.min, "max": item.max, "step": item.step,
+        "choices": list(item.choices) if item.choices else None, "multiline": item.multiline,
+        "node_title": item.node_title, "class_type": item.class_type,
+    }
+
+
+def _coerce(spec: dict[str, Any], value: Any) -> Any:
+    if spec["kind"] == "int":
+        return int(value)
+    if spec["kind"] == "float":
+        return float(value)
+    if spec["kind"] == "bool":
+        return bool(value)
+    return value
+

@@ -1,0 +1,136 @@
+"""Pure helpers that turn engine values into what the page shows (HTML snippets, table rows, sizes)."""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from typing import Any
+
+from comfy import BackendStatus, Job, JobEvent, JobState
+
+__all__ = [
+    "ASPECT_RATIOS",
+    "aspect_size",
+    "status_html",
+    "progress_html",
+    "job_rows",
+    "JOB_COLUMNS",
+    "job_caption",
+    "job_summary",
+]
+
+ASPECT_RATIOS = ["1:1", "4:3", "3:2", "16:9", "21:9", "3:4", "2:3", "9:16"]
+
+_STATE_COLOURS = {"queued": "#8a8f98", "running": "#2f7de1", "succeeded": "#1f9d55", "failed": "#d64545",
+                  "cancelled": "#b7791f"}
+
+
+def aspect_size(ratio: str, base: int) -> tuple[int, int]:
+    """Width and height, multiples of 8, with about ``base``² pixels in the given ratio.
+
+    >>> aspect_size("1:1", 512), aspect_size("16:9", 1024), aspect_size("2:3", 512)
+    ((512, 512), (1368, 768), (416, 624))
+    """
+    w, _, h = ratio.partition(":")
+    r = float(w) / float(h)
+    width = base * math.sqrt(r)
+    height = base / math.sqrt(r)
+    return max(64, round(width / 8) * 8), max(64, round(height / 8) * 8)
+
+
+def _gb(value: int | None) -> str:
+    return f"{value / 1024**3:.1f} GB" if value else "?"
+
+
+def status_html(status: BackendStatus, counts: dict[JobState, int]) -> str:
+    """The header line: backend (no secrets), reachable or not, GPU and VRAM, both queues."""
+    ours = ", ".join(f"{n} {state.value}" for state, n in counts.items()
+                     if n and state in (JobState.QUEUED, JobState.RUNNING)) or "idle"
+    url = html.escape(status.url)
+    if not status.reachable:
+        reason = html.escape(status.error or "no answer")
+        return (f'<div class="studio-status down"><span class="dot"></span><b>Backend unreachable</b> · {url} · '
+                f"{reason} Jobs wait in the queue until it answers. · Studio queue: {ours}</div>")
+    gpu = html.escape(status.gpu or "unknown device")
+    vram = f"{_gb(status.vram_total)} VRAM ({_gb(status.vram_free)} free)" if status.vram_total else ""
+    version = f" · ComfyUI {html.escape(status.comfyui_version)}" if status.comfyui_version else ""
+    return (f'<div class="studio-status up"><span class="dot"></span><b>Connected</b> · {url}{version} · {gpu}'
+            f"{' · ' + vram if vram else ''} · ComfyUI queue: {status.queue_remaining} · Studio queue: {ours}</div>")
+
+
+def progress_html(jobs: list[Job], live: dict[str, JobEvent], positions: dict[str, int | None]) -> str:
+    """One bar per watched job that is not done yet, with step, node and place in the queue."""
+    if not jobs:
+        return '<div class="studio-progress idle">Write a prompt and press Generate (Ctrl+Enter).</div>'
+    rows = []
+    for job in jobs:
+        event = live.get(job.id)
+        state = job.state.value
+        percent = round(100 * ((event.progress if event and event.progress is not None else None) or job.progress))
+        if job.state is JobState.QUEUED:
+            place = positions.get(job.id)
+            label = "waiting for the backend" if job.note and "backend" in job.note else (
+                f"queued · #{place + 1} in line" if place is not None else "queued")
+            percent = 0
+        elif job.state is JobState.RUNNING:
+            node = (event.node if event else None) or job.node or "starting"
+            step, steps = (event.step, event.steps) if event else (job.step, job.steps)
+            label = f"{html.escape(node)}" + (f" · step {step} of {steps}" if steps else "")
+        elif job.state is JobState.SUCCEEDED:
+            label, percent = f"done · {len(job.outputs)} image(s)", 100
+        else:
+            label = html.escape((job.error or {}).get("message") or state)
+        prompt = html.escape((job.params.get("prompt") or job.kind)[:80])
+        rows.append(
+            f'<div class="job {state}" data-job="{job.id}" data-state="{state}">'
+            f'<div class="line"><span class="what">{prompt}</span><span class="pct">{percent}%</span></div>'
+            f'<div class="bar"><div class="fill" style="width:{percent}%;background:{_STATE_COLOURS[state]}"></div></div>'
+            f'<div class="detail">{label}</div></div>'
+        )
+    return '<div class="studio-progress">' + "".join(rows) + "</div>"
+
+
+JOB_COLUMNS = ["Job", "State", "Place", "Progress", "Prompt", "Queued at", "Took", "Images"]
+
+
+def _took(job: Job) -> str:
+    if job.started_at and job.finished_at:
+        return f"{job.finished_at - job.started_at:.1f} s"
+    if job.started_at and job.state is JobState.RUNNING:
+        return f"{time.time() - job.started_at:.0f} s…"
+    return ""
+
+
+def job_rows(jobs: list[Job], positions: dict[str, int | None]) -> list[list[Any]]:
+    rows = []
+    for job in jobs:
+        place = positions.get(job.id)
+        rows.append([
+            job.id, job.state.value, "" if place is None else place + 1, f"{job.progress:.0%}",
+            (job.params.get("prompt") or f"[{job.kind}]")[:120],
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.queued_at)), _took(job), len(job.outputs),
+        ])
+    return rows
+
+
+def job_caption(job: Job) -> str:
+    return f"{job.state.value} · {(job.params.get('prompt') or job.kind)[:40]}"
+
+
+def job_summary(job: Job, position: int | None) -> str:
+    """Markdown for the history's detail panel."""
+    lines = [f"**Job `{job.id}`** · {job.state.value}" + (f" · #{position + 1} in queue" if position is not None else "")]
+    if job.error:
+        lines.append(f"**Error:** {job.error.get('message')}")
+    if job.note and not job.state.is_final:
+        lines.append(f"_{job.note}_")
+    timing = [f"queued {time.strftime('%H:%M:%S', time.localtime(job.queued_at))}"]
+    if job.started_at:
+        timing.append(f"waited {max(job.started_at - job.queued_at, 0):.1f} s")
+    if job.started_at and job.finished_at:
+        timing.append(f"ran {job.finished_at - job.started_at:.1f} s")
+    if job.attempts > 1:
+        timing.append(f"{job.attempts} attempts")
+    lines.append(" · ".join(timing))
+    return "\n\n".join(lines)
