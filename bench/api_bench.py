@@ -3,12 +3,14 @@
 (1) Synchronous overhead: for each ``POST /api/v1/generate/`` (one at a time, 64x64, 4 steps), the
     HTTP round trip minus ComfyUI's own execution time (``execution_start`` -> ``execution_success``
     timestamps in the fake's /history). Goal: <= 15 ms at p50 (the design we replace: 355 ms).
+    Split in two with the job's own timestamps: the API's share (request -> job queued, job finished
+    -> response received) and the engine's (queued -> ComfyUI starts, ComfyUI done -> PNG saved).
 (2) Submission throughput: 50 concurrent clients, each POSTing /api/v1/jobs on its own keep-alive
-    connection; jobs/s over the whole run, and the latency of one submission. ComfyUI is held, so the
-    figure is the API and the queue, not the fake's image encoding.
+    connection; jobs/s over the whole run, and the latency of one submission. ComfyUI holds its
+    prompts, so the figure is the API and the queue, not the fake's image encoding.
 
-The API (uvicorn, the studio, its worker) runs in a thread with its own event loop, the fake in
-another, the clients in the main one: as in production, the client's own work is not the server's.
+The fake ComfyUI, the API (uvicorn, the studio and its worker) and the clients each run in their own
+process, as in production: with threads of one process they would also measure the GIL.
 
     python -m bench.api_bench      # a table, then one JSON line
 """
@@ -16,15 +18,16 @@ another, the clients in the main one: as in production, the client's own work is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +37,11 @@ import uvicorn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from comfy.api import create_api  # noqa: E402
-from comfy.service import Studio  # noqa: E402
-from comfy.settings import Settings  # noqa: E402
-from tests.fakes.comfy_server import FakeComfy  # noqa: E402
+from comfy.api import create_api
+from comfy.queue import JobQueue
+from comfy.service import Studio
+from comfy.settings import Settings
+from tests.fakes.comfy_server import FakeComfy
 
 STEPS = 4
 STEP_TIME = 0.02  # 4 steps x 20 ms: ~80 ms of "GPU" per job
@@ -45,13 +49,27 @@ SYNC_REQUESTS = 40
 CLIENTS = 50
 PER_CLIENT = 20
 
+ROWS = [
+    ("(1) sync generate round trip, p50 ms", "sync_round_trip_p50_ms", None),
+    ("(1) ComfyUI execution (its own timestamps), p50 ms", "sync_execution_p50_ms", None),
+    ("(1) overhead = round trip - execution, p50 ms", "sync_overhead_p50_ms", "<= 15"),
+    ("(1) overhead, p99 ms", "sync_overhead_p99_ms", None),
+    ("(1) of which the API (to queued + finished to answer), p50 ms", "sync_api_share_p50_ms", None),
+    ("(1) of which the engine (queue -> ComfyUI -> PNG saved), p50 ms", "sync_engine_share_p50_ms", None),
+    ("(1) overhead p50 ms against the stock fake (no TCP_NODELAY)", "stock_fake_overhead_p50_ms", None),
+    (f"(2) POST /api/v1/jobs, {CLIENTS} concurrent clients, jobs/s", "submit_jobs_per_s", None),
+    ("(2) one submission under that load, p50 ms", "submit_latency_p50_ms", None),
+    ("(2) the same, p99 ms", "submit_latency_p99_ms", None),
+]
+
+
 class NoDelayFake(FakeComfy):
     """The fake ComfyUI with TCP_NODELAY on its connections, as a real ComfyUI (aiohttp) has.
 
     The stock fake binds ``socket.socket(AF_INET, SOCK_STREAM)`` (proto 0), so asyncio never sets
-    TCP_NODELAY on its connections: each response's second write waits for the client's delayed
-    ACK (~40 ms on Linux), which adds ~40-90 ms to every job (/history, /view) that a real server
-    does not. Measured both ways below.
+    TCP_NODELAY on the connections it accepts: the second write of each response waits for the
+    client's delayed ACK (~40 ms on Linux), which adds tens of ms per job (/history, /view) that a
+    real server does not. The stock fake is measured too, for comparison.
     """
 
     def _bind(self) -> socket.socket:
@@ -62,37 +80,60 @@ class NoDelayFake(FakeComfy):
         return sock
 
 
-ROWS = [
-    ("(1) sync generate round trip, p50 ms", "sync_round_trip_p50_ms", None),
-    ("(1) ComfyUI execution (its own timestamps), p50 ms", "sync_execution_p50_ms", None),
-    ("(1) overhead = round trip - execution, p50 ms", "sync_overhead_p50_ms", "<= 15"),
-    ("(1) overhead, p99 ms", "sync_overhead_p99_ms", None),
-    ("(1) overhead p50 ms, stock fake (no TCP_NODELAY: +~40 ms stalls)", "stock_fake_overhead_p50_ms", None),
-    (f"(2) POST /api/v1/jobs with {CLIENTS} concurrent clients, jobs/s", "submit_jobs_per_s", None),
-    ("(2) one submission under that load, p50 ms", "submit_latency_p50_ms", None),
-    ("(2) the same, p99 ms", "submit_latency_p99_ms", None),
-]
+# -- the processes ------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _serving(url: str, data_dir: Path) -> Iterator[tuple[str, Studio]]:
-    settings = Settings(_env_file=None, comfyui_url=url, data_dir=data_dir,  # type: ignore[call-arg]
+def _fake_process(conn: Connection, stock: bool, hold: bool) -> None:
+    """Child process: the fake ComfyUI until told to stop."""
+    fake = (FakeComfy if stock else NoDelayFake)(step_time=STEP_TIME, node_time=0.001)
+    fake.start()
+    fake.hold = hold
+    conn.send(fake.url)
+    conn.recv()
+    fake.stop()
+
+
+def _api_process(conn: Connection, comfy_url: str, data_dir: str) -> None:
+    """Child process: the studio and its REST API (the worker runs in the app's lifespan) until told to stop."""
+    settings = Settings(_env_file=None, comfyui_url=comfy_url, data_dir=Path(data_dir),  # type: ignore[call-arg]
                         rate_limit_per_minute=0, sync_wait_seconds=60)
-    studio = Studio(settings)
-    app = create_api(studio, settings)  # its lifespan starts and stops the studio
+    app = create_api(Studio(settings), settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY, as uvicorn.run gets
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, ws="wsproto"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), name="api", daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", studio
-    finally:
+
+    async def serve() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        conn.send(f"http://127.0.0.1:{sock.getsockname()[1]}")
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
         server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+        await task
+
+    asyncio.run(serve())
+
+
+@contextlib.contextmanager
+def _child(target: Any, *args: Any) -> Iterator[str]:
+    """Run ``target`` in a fresh process; yields the URL it reports, and stops it on exit."""
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=target, args=(theirs, *args), daemon=True)
+    process.start()
+    try:
+        if not ours.poll(60):
+            raise RuntimeError(f"{target.__name__} did not start")
+        yield ours.recv()
+    finally:
+        with contextlib.suppress(OSError):
+            ours.send("stop")
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+
+
+# -- the measurements -----------------------------------------------------------------------------------
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -111,32 +152,38 @@ async def _execution_ms(fake_url: str, prompt_id: str, http: httpx.AsyncClient) 
     return float(stamps["execution_success"] - stamps["execution_start"])
 
 
-async def _sync_overhead(api_url: str, fake_url: str, studio: Studio) -> dict[str, float]:
-    trips, executions, overheads = [], [], []
+async def _sync_overhead(api_url: str, fake_url: str, queue: JobQueue) -> dict[str, float]:
+    trips, executions, overheads, api_shares = [], [], [], []
     async with httpx.AsyncClient(base_url=api_url, timeout=60) as http:
         for seed in range(3):  # warm up: connections, the node list, the template
             assert (await http.post("/api/v1/generate/", json=_body(10_000 + seed))).status_code == 200
         for seed in range(SYNC_REQUESTS):  # a new seed each time, so ComfyUI's cache never skips the work
-            started = time.perf_counter()
+            sent, started = time.time(), time.perf_counter()
             response = await http.post("/api/v1/generate/", json=_body(seed))
             trip = (time.perf_counter() - started) * 1000
+            received = time.time()
             assert response.status_code == 200, response.text
-            prompt_id = studio.job(response.json()["job_id"]).prompt_id
-            assert prompt_id
-            execution = await _execution_ms(fake_url, prompt_id, http)
+            job = queue.get(response.json()["job_id"])
+            assert job.prompt_id and job.queued_at and job.finished_at
+            execution = await _execution_ms(fake_url, job.prompt_id, http)
             trips.append(trip)
             executions.append(execution)
             overheads.append(trip - execution)
+            api_shares.append(((job.queued_at - sent) + (received - job.finished_at)) * 1000)
+    engine_shares = [total - api for total, api in zip(overheads, api_shares)]
     return {
         "sync_round_trip_p50_ms": round(statistics.median(trips), 1),
         "sync_execution_p50_ms": round(statistics.median(executions), 1),
         "sync_overhead_p50_ms": round(statistics.median(overheads), 1),
         "sync_overhead_p99_ms": round(_percentile(overheads, 0.99), 1),
+        "sync_api_share_p50_ms": round(statistics.median(api_shares), 1),
+        "sync_engine_share_p50_ms": round(statistics.median(engine_shares), 1),
     }
 
 
 async def _submit_throughput(api_url: str) -> dict[str, float]:
     latencies: list[float] = []
+    start = asyncio.Event()
 
     async def client(number: int) -> None:
         async with httpx.AsyncClient(base_url=api_url, timeout=60) as http:
@@ -148,7 +195,6 @@ async def _submit_throughput(api_url: str) -> dict[str, float]:
                 latencies.append((time.perf_counter() - began) * 1000)
                 assert response.status_code == 202, response.text
 
-    start = asyncio.Event()
     tasks = [asyncio.create_task(client(n)) for n in range(CLIENTS)]
     await asyncio.sleep(0.5)
     began = time.perf_counter()
@@ -163,19 +209,26 @@ async def _submit_throughput(api_url: str) -> dict[str, float]:
     }
 
 
+async def _sync(data_dir: Path, *, stock: bool) -> dict[str, float]:
+    with _child(_fake_process, stock, False) as fake_url, _child(_api_process, fake_url, str(data_dir)) as api_url:
+        queue = JobQueue(data_dir / "queue")  # the API's queue, read from here (safe across processes)
+        try:
+            return await _sync_overhead(api_url, fake_url, queue)
+        finally:
+            queue.close()
+
+
 async def run() -> dict[str, float]:
+    """Every figure, in one run."""
     figures: dict[str, float] = {"step_time_s": STEP_TIME, "steps": STEPS}
-    with tempfile.TemporaryDirectory() as tmp, FakeComfy(step_time=STEP_TIME, node_time=0.001) as stock:
-        with _serving(stock.url, Path(tmp) / "stock") as (api_url, studio):
-            figures["stock_fake_overhead_p50_ms"] = (await _sync_overhead(api_url, stock.url, studio))[
-                "sync_overhead_p50_ms"]
-    with tempfile.TemporaryDirectory() as tmp, NoDelayFake(step_time=STEP_TIME, node_time=0.001) as fake:
-        with _serving(fake.url, Path(tmp) / "sync") as (api_url, studio):
-            figures.update(await _sync_overhead(api_url, fake.url, studio))
-        fake.hold = True  # jobs stay in our queue: this measures the API and the queue only
-        with _serving(fake.url, Path(tmp) / "submit") as (api_url, _studio):
+    with tempfile.TemporaryDirectory() as tmp:
+        figures.update(await _sync(Path(tmp) / "sync", stock=False))
+        stock = await _sync(Path(tmp) / "stock", stock=True)
+        figures["stock_fake_overhead_p50_ms"] = stock["sync_overhead_p50_ms"]
+        # ComfyUI holds its prompts: the jobs stay in our queue, so this measures the API and the queue.
+        with _child(_fake_process, False, True) as fake_url, \
+                _child(_api_process, fake_url, str(Path(tmp) / "submit")) as api_url:
             figures.update(await _submit_throughput(api_url))
-        fake.hold = False
     return figures
 
 

@@ -30,7 +30,14 @@ from .api_errors import ApiError, Scrubber, error_response, install_error_handle
 from .api_guard import ApiContext, BodyLimitMiddleware, Caller, Guard
 from .api_jobs import jobs_router
 from .api_models import (
-    API_PREFIX, BackendOut, ErrorResponse, HealthOut, ModelsOut, ReadyOut, StorageOut, WorkerOut,
+    API_PREFIX,
+    BackendOut,
+    ErrorResponse,
+    HealthOut,
+    ModelsOut,
+    ReadyOut,
+    StorageOut,
+    WorkerOut,
 )
 from .api_stream import stream_router
 from .health import probe_dir, queue_counts, queue_writable, worker_running

@@ -39,14 +39,14 @@ from .errors import (
 )
 
 __all__ = [
+    "STATUS_BY_ERROR",
     "ApiError",
     "BodyTooLarge",
-    "STATUS_BY_ERROR",
+    "Scrubber",
+    "api_field",
     "error_response",
     "install_error_handlers",
-    "Scrubber",
     "status_for",
-    "api_field",
 ]
 
 logger = logging.getLogger(__name__)

@@ -18,21 +18,36 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Path as PathParam, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from . import workflows
 from .api_errors import ApiError, api_field, error_response
 from .api_guard import ApiContext, Caller
 from .api_models import (
-    API_PREFIX, BatchAccepted, BatchResult, ErrorResponse, GenerateRequest, GenerateResult, JobAccepted, JobList,
-    JobOut, JobStatus, WorkflowJobRequest, accepted, decode_image, job_out, job_url, result_of,
+    API_PREFIX,
+    BatchAccepted,
+    BatchResult,
+    ErrorResponse,
+    GenerateRequest,
+    GenerateResult,
+    JobAccepted,
+    JobList,
+    JobOut,
+    JobStatus,
+    WorkflowJobRequest,
+    accepted,
+    decode_image,
+    job_out,
+    job_url,
+    result_of,
 )
 from .errors import JobNotFound, StorageError, WorkflowError
-from .params import GenerationParams, RANDOM_SEED
+from .params import RANDOM_SEED, GenerationParams
 from .queue import Job, JobState
 
-__all__ = ["jobs_router", "visible_job", "root_of", "JOB_ID"]
+__all__ = ["JOB_ID", "jobs_router", "root_of", "visible_job"]
 
 #: Job ids are 16 lowercase hex digits; anything else is refused before touching storage.
 JOB_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -269,19 +284,19 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
     @router.get("/jobs/{job_id}/images/{index}", response_class=FileResponse, responses=image_doc,
                 tags=["artifacts"], summary="One output image by position")
     def get_image(job_id: str, index: Annotated[int, PathParam(ge=0, le=10_000)],
-                  caller: Caller = caller_dep) -> FileResponse:
+                  caller: Caller = caller_dep) -> Response:
         job = visible_job(ctx, caller, job_id)
         if index >= len(job.outputs):
             raise ApiError(404, "not_found", f"Job {job.id} has {len(job.outputs)} image(s); there is no #{index}.")
-        return _file(ctx, job.outputs[index])
+        return _file(ctx, job, index)
 
     @router.get("/jobs/{job_id}/artifacts/{filename}", response_class=FileResponse, responses=image_doc,
                 tags=["artifacts"], summary="One output file by name")
-    def get_artifact(job_id: str, filename: str, caller: Caller = caller_dep) -> FileResponse:
+    def get_artifact(job_id: str, filename: str, caller: Caller = caller_dep) -> Response:
         job = visible_job(ctx, caller, job_id)
-        for output in job.outputs:
+        for index, output in enumerate(job.outputs):
             if str(output.get("key", "")).rsplit("/", 1)[-1] == filename:
-                return _file(ctx, output)
+                return _file(ctx, job, index)
         raise ApiError(404, "not_found", f"Job {job.id} has no file named {filename[:100]!r}.")
 
     @router.get("/jobs/{job_id}/preview", tags=["artifacts"], summary="The latest preview of a running job",
@@ -322,17 +337,23 @@ def _workflow_values(ctx: ApiContext, body: WorkflowJobRequest, owner: str | Non
     return values
 
 
-def _file(ctx: ApiContext, output: dict[str, Any]) -> FileResponse:
-    """The output's file, after checking its key stays inside the outputs folder."""
-    key = str(output.get("key", ""))
+def _file(ctx: ApiContext, job: Job, index: int) -> Response:
+    """Output ``index`` of ``job``: the local file (its key checked to stay inside the outputs folder) or,
+    when only S3 has it now, a redirect to a presigned URL."""
+    output = job.outputs[index]
     try:
-        path = ctx.studio.store.path_for(key)
+        path = ctx.studio.store.path_for(str(output.get("key", "")))
     except StorageError:
         raise ApiError(404, "not_found", "That file does not exist.") from None
     outputs = Path(ctx.studio.store.outputs_dir).resolve()
     resolved = path.resolve()
-    if not resolved.is_relative_to(outputs) or not resolved.is_file():
-        raise ApiError(404, "artifact_missing", "The file is no longer on the server.")
-    return FileResponse(resolved, media_type=output.get("content_type") or "application/octet-stream",
-                        filename=resolved.name, content_disposition_type="inline",
-                        headers={"Cache-Control": "private, max-age=3600"})
+    if resolved.is_relative_to(outputs) and resolved.is_file():
+        return FileResponse(resolved, media_type=output.get("content_type") or "application/octet-stream",
+                            filename=resolved.name, content_disposition_type="inline",
+                            headers={"Cache-Control": "private, max-age=3600"})
+    if getattr(ctx.studio, "uploader", None) is not None:  # S3_KEEP_LOCAL=false: the bucket has the only copy
+        with contextlib.suppress(StorageError, IndexError):
+            url = ctx.studio.image_urls(job)[index]
+            if url.startswith(("https://", "http://")):
+                return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    raise ApiError(404, "artifact_missing", "The file is no longer on the server.")

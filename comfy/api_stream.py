@@ -35,7 +35,7 @@ from .errors import ComfyError
 from .events import JobEvent
 from .queue import Job, JobState
 
-__all__ = ["stream_router", "event_message"]
+__all__ = ["event_message", "stream_router"]
 
 logger = logging.getLogger(__name__)
 

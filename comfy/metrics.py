@@ -31,7 +31,7 @@ from .events import JobEvent, Subscription
 from .health import queue_counts, worker_running
 from .service import Studio
 
-__all__ = ["CONTENT_TYPE", "StudioMetrics", "HttpMetricsMiddleware"]
+__all__ = ["CONTENT_TYPE", "HttpMetricsMiddleware", "StudioMetrics"]
 
 logger = logging.getLogger(__name__)
 

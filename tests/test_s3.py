@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -223,6 +224,22 @@ async def test_local_copies_are_deleted_only_once_uploaded(tmp_path, moto, bucke
     uploader.close()
     async with httpx.AsyncClient() as http:
         assert [(await http.get(u)).content[:8] for u in urls] == [b"\x89PNG\r\n\x1a\n"] * 2
+
+
+def test_large_files_stream_in_parts(tmp_path, moto, admin, bucket) -> None:
+    settings = s3_settings(tmp_path, moto)
+    client = fast_client(settings)
+    calls: list[str] = []
+    client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    big = tmp_path / "big.png"
+    with big.open("wb") as handle:  # 17 MiB: three 8 MiB parts, read from the file as they go
+        for _ in range(17):
+            handle.write(os.urandom(1024 * 1024))
+    key = S3Store.from_settings(settings, client=client).upload("0123456789abcdef", 3, big)
+    assert key == "studio/jobs/0123456789abcdef/image_3.png"
+    assert calls.count("UploadPart") == 3 and "CreateMultipartUpload" in calls and "PutObject" not in calls
+    head = admin.head_object(Bucket=BUCKET, Key=key)
+    assert head["ContentLength"] == big.stat().st_size and head["ContentType"] == "image/png"
 
 
 # -- nothing lost: outage, wrong credentials, missing bucket, restart ----------------------------------

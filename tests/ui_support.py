@@ -25,6 +25,13 @@ def free_port() -> int:
 @contextmanager
 def running_app(comfy_url: str, data_dir: Path, **env: str) -> Iterator[str]:
     """Start ``python app.py`` on a free loopback port; yields its base URL; stops it afterwards."""
+    with app_process(comfy_url, data_dir, **env) as (url, _proc):
+        yield url
+
+
+@contextmanager
+def app_process(comfy_url: str, data_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like :func:`running_app`, also yielding the process (for its memory use)."""
     port = free_port()
     environ = {**os.environ, "COMFYUI_URL": comfy_url, "STUDIO_DATA_DIR": str(data_dir),
                "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
@@ -46,7 +53,7 @@ def running_app(comfy_url: str, data_dir: Path, **env: str) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError("app did not start in 60 s")
             time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:

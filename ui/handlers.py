@@ -12,6 +12,7 @@ import base64
 import functools
 import io
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,7 @@ class Handlers:
         states = None if state in ("", "all", None) else [JobState(state)]
         page = self.studio.jobs(states=states, owner=_owner(request, self.auth_on), limit=25, cursor=cursor)
         positions = {job.id: self.studio.position(job.id) for job in page.jobs if job.state is JobState.QUEUED}
-        thumbs = [(job.outputs[0]["path"], render.job_caption(job)) for job in page.jobs
+        thumbs = [(job.outputs[0]["path"], f"{job.id} · {render.job_caption(job)}") for job in page.jobs
                   if job.outputs and Path(job.outputs[0]["path"]).is_file()]
         return render.job_rows(page.jobs, positions), thumbs, page.next_cursor
 
@@ -414,7 +415,7 @@ class Handlers:
             "progress": event.progress if event.progress is not None else job.progress,
             "node": event.node or job.node, "step": event.step, "steps": event.steps,
             "position": self.studio.position(job_id), "seed": job.params.get("seed"),
-            "images": [o["path"] for o in job.outputs], "error": job.error, "at": event.at,
+            "images": [o["path"] for o in job.outputs], "error": job.error, "at": event.at, "sent": time.time(),
         }
 
     def api_cancel(self, job_id: str, request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]

@@ -243,7 +243,12 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
             row = data.row_value if getattr(data, "row_value", None) else None
             return str(row[0]) if row else ""
 
+        def pick_thumb(data: gr.SelectData) -> str:
+            caption = (data.value or {}).get("caption") or ""  # "<job id> · state · prompt"
+            return caption.split(" · ", 1)[0]
+
         table.select(pick_row, None, selected, **private)
+        history_gallery.select(pick_thumb, None, selected, **private)
         selected.change(h.job_detail, selected, [detail, job_settings, job_images], **private)
         cancel_btn.click(h.cancel_job, selected, None, **private).then(
             h.job_detail, selected, [detail, job_settings, job_images], **private)

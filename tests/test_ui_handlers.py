@@ -1,0 +1,159 @@
+"""The page's handlers called as plain functions on a studio with the fake ComfyUI (no browser)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+
+from comfy import JobState, Studio, pngmeta
+from comfy.pnginfo import parse_a1111, read_png_info
+from tests.fakes.comfy_server import FakeComfy
+from tests.fixtures_util import COMFY, image
+from ui.handlers import FORM_FIELDS, Handlers
+
+FORM = {"prompt": "a lighthouse", "negative_prompt": "", "checkpoint": "random-sd15.safetensors", "sampler": "euler",
+        "scheduler": "normal", "steps": 3, "cfg": 7.0, "seed": 42, "width": 64, "height": 64, "batch_size": 1,
+        "batch_count": 2, "denoise": 0.6}
+
+
+def request(user: str | None = None, session: str = "s1") -> SimpleNamespace:
+    return SimpleNamespace(username=user, session_hash=session)
+
+
+def form(**changes: object) -> list[object]:
+    values = {**FORM, **changes}
+    return [values[name] for name in FORM_FIELDS]
+
+
+async def drain_watch(handlers: Handlers, req) -> list[tuple]:
+    return [update async for update in handlers.watch(req)]
+
+
+async def test_generate_then_watch_streams_to_the_end(studio: Studio) -> None:
+    h = Handlers(studio)
+    req = request()
+    watched, seed = await h.generate("txt2img", None, *form(), request=req)
+    assert len(watched) == 2 and seed == 42
+    updates = await drain_watch(h, req)
+    html, preview, gallery = updates[-1]
+    assert html.count('data-state="succeeded"') == 2 and "done" in html
+    assert len(gallery) == 2 and all(Path(path).is_file() for path, _ in gallery)
+    assert preview == gallery[0][0]  # the newest image replaces the latent preview
+    assert any("step" in u[0] for u in updates[:-1]) or len(updates) > 1
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    ({"sampler": "nope"}, "sampler 'nope' is not available"),
+    ({"prompt": ""}, "The prompt is empty"),
+    ({"width": 100}, "multiple of 8"),
+])
+async def test_bad_input_becomes_a_readable_gr_error(studio: Studio, changes, words) -> None:
+    h = Handlers(studio)
+    with pytest.raises(gr.Error) as info:
+        await h.generate("txt2img", None, *form(**changes), request=request())
+    assert words in info.value.message and "Traceback" not in info.value.message
+    assert studio.jobs().jobs == []
+
+
+async def test_img2img_needs_an_image_and_uses_it(studio: Studio, tmp_path: Path) -> None:
+    h = Handlers(studio)
+    with pytest.raises(gr.Error, match="needs an image"):
+        await h.generate("img2img", None, *form(), request=request())
+    path = tmp_path / "in.png"
+    path.write_bytes(image("protocol-test-input.png"))
+    watched, _ = await h.generate("img2img", str(path), *form(batch_count=1, denoise=0.45), request=request())
+    job = await studio.wait(watched[0], timeout=30)
+    assert job.state is JobState.SUCCEEDED and job.params["denoise"] == 0.45 and job.params["init_image"]
+
+
+async def test_stop_cancels_this_pages_jobs(studio: Studio, fake_comfy: FakeComfy) -> None:
+    fake_comfy.hold = True
+    h = Handlers(studio)
+    req = request()
+    watched, _ = await h.generate("txt2img", None, *form(batch_count=3), request=req)
+    h.stop(req)
+    fake_comfy.hold = False
+    states = [(await studio.wait(job_id, timeout=30)).state for job_id in watched]
+    assert states == [JobState.CANCELLED] * 3
+
+
+async def test_history_detail_and_reuse(studio: Studio) -> None:
+    h = Handlers(studio)
+    req = request()
+    watched, _ = await h.generate("txt2img", None, *form(batch_count=1), request=req)
+    await studio.wait(watched[0], timeout=30)
+    rows, thumbs, next_cursor = h.history("all", None, req)
+    assert rows[0][0] == watched[0] and rows[0][1] == "succeeded" and len(thumbs) == 1 and next_cursor is None
+    summary, settings, images = h.job_detail(watched[0], req)
+    assert "succeeded" in summary and settings["seed"] == 42 and len(images) == 1
+    updates = h.reuse_settings(watched[0], req)
+    assert updates[FORM_FIELDS.index("prompt")]["value"] == "a lighthouse"
+    assert h.send_to_img2img(watched[0], req).endswith(".png")
+    assert h.history("failed", None, req)[0] == []
+
+
+async def test_with_logins_users_see_only_their_jobs(studio: Studio) -> None:
+    h = Handlers(studio, auth_on=True)
+    ann, bob = request("ann", "a"), request("bob", "b")
+    watched, _ = await h.generate("txt2img", None, *form(batch_count=1), request=ann)
+    assert h.history("all", None, bob)[0] == []
+    assert h.history("all", None, ann)[0][0][0] == watched[0]
+    with pytest.raises(gr.Error, match="someone else"):
+        h.cancel_job(watched[0], bob)
+
+
+def test_png_info_reads_all_three_kinds(tmp_path: Path) -> None:
+    h = Handlers.__new__(Handlers)
+    ours = pngmeta.add_text_chunks(image("txt2img_output.png"), {
+        "comfyui_studio": json.dumps({"params": {"prompt": "ours", "seed": 7, "steps": 3}})})
+    a1111 = pngmeta.add_text_chunks(image("protocol-test-input.png"), {
+        "parameters": "a castle\nNegative prompt: fog\nSteps: 30, Sampler: Euler a, CFG scale: 5.5, Seed: 9, Size: 768x512, "
+                      "Model: sd_xl_base_1.0"})
+    for name, data, expected in [("ours", ours, {"prompt": "ours", "seed": 7}),
+                                 ("a1111", a1111, {"prompt": "a castle", "sampler": "euler_ancestral", "width": 768}),
+                                 ("comfy", image("txt2img_output.png"), {"seed": 42, "steps": 3})]:
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(data)
+        source, params, texts = h.png_info(str(path))
+        assert expected.items() <= params.items(), (name, params)
+        assert texts
+    path = tmp_path / "plain.png"
+    path.write_bytes(image("protocol-test-input.png"))
+    assert "nothing" in h.png_info(str(path))[0]
+    not_png = tmp_path / "x.png"
+    not_png.write_bytes(b"GIF89a")
+    with pytest.raises(gr.Error, match="not a PNG"):
+        h.png_info(str(not_png))
+
+
+def test_a1111_parameters_round_trip_through_our_writer() -> None:
+    params = {"prompt": "a cat, masterpiece", "negative_prompt": "dog", "steps": 25, "sampler": "dpmpp_2m",
+              "scheduler": "karras", "cfg": 6.5, "seed": 123, "width": 640, "height": 448,
+              "checkpoint": "model.safetensors"}
+    assert parse_a1111(pngmeta.a1111_parameters(params)) == params
+    info = read_png_info(pngmeta.add_text_chunks(image("txt2img_output.png"),
+                                                 {"parameters": pngmeta.a1111_parameters(params)}))
+    assert info.source == "a1111" and info.generation_params().seed == 123
+
+
+async def test_workflow_load_discover_and_run(studio: Studio, fake_comfy: FakeComfy) -> None:
+    h = Handlers(studio)
+    loaded = await h.load_workflow(str(COMFY / "workflows" / "txt2img_api.json"), None, None)
+    kinds = {(i["node_id"], i["input_name"]): i["kind"] for i in loaded["inputs"]}
+    assert kinds[("3", "sampler_name")] == "combo" and kinds[("3", "steps")] == "int"
+    values = [("a fox in snow" if (i["node_id"], i["input_name"]) == ("6", "text") else i["value"])
+              for i in loaded["inputs"]]
+    watched = await h.run_workflow(loaded, values, request())
+    job = await studio.wait(watched[-1], timeout=30)
+    assert job.state is JobState.SUCCEEDED
+    assert fake_comfy.prompts[-1]["prompt"]["6"]["inputs"]["text"] == "a fox in snow"
+    h.save_workflow(loaded, "my txt2img")
+    assert studio.library.names() == ["my txt2img"]
+    again = await h.load_workflow(None, None, "my txt2img")
+    assert again["graph"] == loaded["graph"]
+    with pytest.raises(gr.Error, match="API format|Export \\(API\\)"):
+        await h.load_workflow(None, json.dumps({"nodes": [], "links": []}), None)
