@@ -112,7 +112,7 @@ class HistoryEntry:
         outputs = tuple(
             ref
             for node_id, output in (entry.get("outputs") or {}).items()
-            for ref in protocol._outputs(str(node_id), output)
+            for ref in protocol.output_refs(str(node_id), output)
         )
         raw_prompt = entry.get("prompt")
         graph = raw_prompt[2] if isinstance(raw_prompt, list) and len(raw_prompt) > 2 else {}
@@ -134,7 +134,7 @@ class HistoryEntry:
         """Raise :class:`ExecutionFailed` or :class:`ExecutionInterrupted` unless the prompt succeeded."""
         for name, data in self.messages:
             if name == "execution_error":
-                raise _execution_failed(protocol.decode_text(json.dumps({"type": name, "data": data})), self.prompt)
+                raise _execution_failed(protocol.decode_message(name, data), self.prompt)
             if name == "execution_interrupted":
                 raise ExecutionInterrupted(node_id=data.get("node_id"), node_type=data.get("node_type"))
         if self.status_str not in (None, "success"):

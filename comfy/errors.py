@@ -6,6 +6,7 @@
     ├── ServerError                 anything talking to a ComfyUI server
     │   ├── ServerUnavailable       connection refused, DNS, reset, 5xx          [retryable]
     │   ├── ServerTimeout           a request or a run took too long             [retryable]
+    │   │   └── JobTimedOut         the job ran past STUDIO_JOB_TIMEOUT and was stopped  [not retryable]
     │   ├── PromptRejected          400 from /prompt; .problems are sentences    [not retryable]
     │   ├── ExecutionFailed         execution_error; .node_id, .node_type, ...   [not retryable]
     │   ├── ExecutionInterrupted    execution_interrupted (a cancel or someone else's interrupt)
@@ -32,6 +33,7 @@ __all__ = [
     "ServerError",
     "ServerUnavailable",
     "ServerTimeout",
+    "JobTimedOut",
     "PromptRejected",
     "ExecutionFailed",
     "ExecutionInterrupted",
@@ -102,6 +104,18 @@ class NodeProblem:
 
     def __str__(self) -> str:
         return self.message
+
+
+class JobTimedOut(ServerTimeout):
+    """Raised when a job ran longer than its limit; it was stopped on the server and is not retried."""
+
+    retryable = False
+    code = "job_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The job ran longer than its limit of {seconds:.0f} s and was stopped "
+                         "(raise STUDIO_JOB_TIMEOUT for longer jobs).")
+        self.seconds = seconds
 
 
 class PromptRejected(ServerError):

@@ -40,6 +40,8 @@ __all__ = [
     "OutputRef",
     "decode_text",
     "decode_binary",
+    "decode_message",
+    "output_refs",
     "describe_rejection",
     "describe_node",
     "FEATURE_FLAGS_HELLO",
@@ -192,7 +194,8 @@ def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _outputs(node: str, output: Any) -> tuple[OutputRef, ...]:
+def output_refs(node: str, output: Any) -> tuple[OutputRef, ...]:
+    """The files in one node's output (``{"images": [{filename, subfolder, type}, ...]}``)."""
     refs: list[OutputRef] = []
     if isinstance(output, dict):
         for key in ("images", "gifs", "video", "audio"):
@@ -209,6 +212,11 @@ def decode_text(text: str | bytes) -> Event:
         kind, data = msg["type"], msg.get("data") or {}
     except (ValueError, KeyError, TypeError) as exc:
         raise ProtocolError(f"ComfyUI sent a WebSocket message that is not JSON with a type: {str(text)[:80]!r}") from exc
+    return decode_message(kind, data)
+
+
+def decode_message(kind: str, data: Any) -> Event:
+    """Decode one message by type (a WebSocket frame's, or one of the history's ``status.messages``)."""
     try:
         return _decode(kind, data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -227,7 +235,7 @@ def _decode(kind: str, data: dict[str, Any]) -> Event:
         return ProgressState(pid, dict(data.get("nodes") or {}))
     if kind == "executed":
         node = str(data["node"])
-        return Executed(pid, node, _outputs(node, data.get("output")), dict(data.get("output") or {}))
+        return Executed(pid, node, output_refs(node, data.get("output")), dict(data.get("output") or {}))
     if kind == "execution_start":
         return ExecutionStart(str(data["prompt_id"]), data.get("timestamp"))
     if kind == "execution_cached":

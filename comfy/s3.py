@@ -38,12 +38,12 @@ from botocore.config import Config
 
 from .errors import StorageError
 from .storage import safe_name
-from .uploads import METADATA_NAME, OFF, PENDING_NOTE, UploadStatus, Uploader
+from .uploads import METADATA_NAME, OFF, PENDING_NOTE, Uploader, UploadStatus
 
 if TYPE_CHECKING:
     from .settings import Settings
 
-__all__ = ["S3Store", "Uploader", "UploadStatus", "make_s3_client", "public_url", "PENDING_NOTE", "OFF"]
+__all__ = ["OFF", "PENDING_NOTE", "S3Store", "UploadStatus", "Uploader", "make_s3_client", "public_url"]
 
 logger = logging.getLogger(__name__)
 

@@ -108,6 +108,7 @@ class Studio:
             lease_seconds=settings.lease_seconds, job_timeout=settings.job_timeout, uploader=self.uploader,
         )
         self._object_info_file = settings.data_dir / "object_info.json"
+        self._kept_info: ObjectInfo | None = None
         self._worker_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._upload_task: asyncio.Task[None] | None = None
@@ -186,7 +187,8 @@ class Studio:
         return info
 
     def _keep_object_info(self, info: ObjectInfo) -> None:
-        if not self._object_info_file.exists() or getattr(self, "_kept_info", None) is not info:
+        # Written once per fetched catalogue, so a restart with the server down still knows the lists.
+        if self._kept_info is not info:
             self._object_info_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._object_info_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(info.raw), encoding="utf-8")

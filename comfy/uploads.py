@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from .s3 import S3Store
     from .settings import Settings
 
-__all__ = ["Uploader", "UploadBacklog", "UploadStatus", "PENDING_NOTE", "OFF"]
+__all__ = ["OFF", "PENDING_NOTE", "UploadBacklog", "UploadStatus", "Uploader"]
 
 logger = logging.getLogger(__name__)
 

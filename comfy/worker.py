@@ -27,7 +27,7 @@ from .client import ComfyClient, RunResult
 from .errors import (
     ComfyError,
     ExecutionInterrupted,
-    PromptLost,
+    JobTimedOut,
     QueueError,
     ServerTimeout,
     ServerUnavailable,
@@ -270,9 +270,6 @@ class Worker:
                 released = self.queue.release(job.id, self.id, f"waiting for the backend: {exc}")
                 self._publish(job.id, "retrying", job=released, message=released.note, error_code=exc.code)
                 return
-        elif isinstance(exc, ServerTimeout) and getattr(exc, "job_timeout", False):
-            self._fail(job.id, exc, retry=False)
-            return
         self._fail(job.id, exc, retry=exc.retryable)
 
     async def _execute(self, job: Job, *, attach: bool) -> tuple[RunResult, Prefetch]:
@@ -344,13 +341,12 @@ class Worker:
                 return await self.client.follow(job.prompt_id, job.client_id, on_event=on_event, deadline=deadline,
                                                 stream=stream)
         except ServerTimeout as exc:
-            if time.monotonic() >= deadline:
-                # The job's own limit, not a network hiccup: stop it on the server, do not retry.
-                with contextlib.suppress(ComfyError):
-                    await self.client.cancel(job.prompt_id)
-                exc.job_timeout = True  # type: ignore[attr-defined]
-                exc.args = (f"The job ran longer than its limit of {self.job_timeout:.0f} s and was stopped.",)
-            raise
+            if time.monotonic() < deadline:
+                raise
+            # The job's own limit, not a network hiccup: stop it on the server, do not retry.
+            with contextlib.suppress(ComfyError):
+                await self.client.cancel(job.prompt_id)
+            raise JobTimedOut(self.job_timeout) from exc
 
     async def _watch_cancel(self, job: Job, signal: asyncio.Event) -> None:
         """Return once the job is cancelled (in this process or another), after telling the server."""

@@ -417,6 +417,30 @@ async def test_studio_end_to_end_job_succeeds_then_is_uploaded(tmp_path, moto, a
         assert all(o["s3_key"] for o in studio.job(job.id).outputs)
 
 
+async def test_a_failed_schedule_never_fails_the_job_and_is_caught_up_at_the_next_start(
+        tmp_path, moto, bucket, fake_comfy: FakeComfy, caplog) -> None:
+    settings = make_settings(tmp_path, fake_comfy.url, s3_bucket=BUCKET, s3_endpoint_url=moto.url,
+                             s3_region=REGION, s3_access_key_id=KEY_ID, s3_secret_access_key=SECRET)
+
+    class Broken:
+        def schedule(self, job: Job) -> None:
+            raise RuntimeError("the backlog's disk is full")
+
+    async with Studio(settings, s3_client=fast_client(settings)) as studio:
+        studio.worker.uploader = Broken()  # type: ignore[assignment]
+        studio.worker.poll_interval = 0.02
+        await studio.start()
+        [job] = await studio.submit(GenerationParams(prompt="x", steps=2, seed=3, width=64, height=64))
+        assert (await studio.wait(job.id, timeout=30)).state is JobState.SUCCEEDED
+        assert studio.upload_status(job.id).state == "off"
+    assert "Could not schedule the upload of job" in caplog.text
+    async with Studio(settings, s3_client=fast_client(settings)) as studio:  # the next start
+        await studio.start(worker=False)
+        assert studio.uploader is not None
+        status = await studio.uploader.wait_uploaded(job.id, timeout=20)
+        assert status.keys == (f"jobs/{job.id}/image_0.png",)
+
+
 async def test_studio_without_s3_shows_local_paths(tmp_path, studio: Studio) -> None:
     [job] = await studio.submit(GenerationParams(prompt="x", steps=2, seed=1, width=64, height=64))
     done = await studio.wait(job.id, timeout=30)

@@ -230,3 +230,16 @@ async def test_models_and_status(studio: Studio) -> None:
 
 def test_redact_url() -> None:
     assert redact_url("https://user:pw@abc-8188.proxy.runpod.net/x?token=1") == "https://abc-8188.proxy.runpod.net/x"
+
+
+async def test_a_job_past_its_time_limit_is_stopped_and_not_retried(tmp_path, fake_comfy: FakeComfy) -> None:
+    fake_comfy.step_time = 0.1
+    settings = make_settings(tmp_path, fake_comfy.url, job_timeout=0.5)
+    async with Studio(settings) as studio:
+        studio.client.idle_check = 0.2
+        await studio.start()
+        [job] = await studio.submit(GenerationParams(prompt="long", steps=50, seed=1, width=64, height=64))
+        done = await studio.wait(job.id, timeout=30)
+    assert done.state is JobState.FAILED and done.attempts == 1
+    assert done.error["code"] == "job_timeout" and "STUDIO_JOB_TIMEOUT" in done.error["message"]
+    assert fake_comfy.interrupts  # stopped on the server too

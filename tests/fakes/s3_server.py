@@ -20,7 +20,7 @@ import httpx
 from moto.server import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import ThreadedWSGIServer
 
-__all__ = ["MotoS3", "REGION", "ADMIN_KEY", "ADMIN_SECRET"]
+__all__ = ["ADMIN_KEY", "ADMIN_SECRET", "REGION", "MotoS3"]
 
 REGION = "us-east-1"
 #: Any key works while moto does not check auth (its default).
