@@ -37,11 +37,11 @@ import uvicorn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from comfy.api import create_api
-from comfy.queue import JobQueue
-from comfy.service import Studio
-from comfy.settings import Settings
-from tests.fakes.comfy_server import FakeComfy
+from comfy.api import create_api  # noqa: E402
+from comfy.queue import JobQueue  # noqa: E402
+from comfy.service import Studio  # noqa: E402
+from comfy.settings import Settings  # noqa: E402
+from tests.fakes.comfy_server import FakeComfy  # noqa: E402
 
 STEPS = 4
 STEP_TIME = 0.02  # 4 steps x 20 ms: ~80 ms of "GPU" per job
@@ -170,7 +170,7 @@ async def _sync_overhead(api_url: str, fake_url: str, queue: JobQueue) -> dict[s
             executions.append(execution)
             overheads.append(trip - execution)
             api_shares.append(((job.queued_at - sent) + (received - job.finished_at)) * 1000)
-    engine_shares = [total - api for total, api in zip(overheads, api_shares)]
+    engine_shares = [total - api for total, api in zip(overheads, api_shares, strict=True)]
     return {
         "sync_round_trip_p50_ms": round(statistics.median(trips), 1),
         "sync_execution_p50_ms": round(statistics.median(executions), 1),

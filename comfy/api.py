@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import SecretStr
 from starlette.routing import Match
 
 from .api_errors import ApiError, Scrubber, error_response, install_error_handlers
@@ -40,6 +42,7 @@ from .api_models import (
     WorkerOut,
 )
 from .api_stream import stream_router
+from .errors import ComfyError
 from .health import probe_dir, queue_counts, queue_writable, worker_running
 from .metrics import CONTENT_TYPE, HttpMetricsMiddleware, StudioMetrics
 from .service import BackendStatus, Studio, redact_url
@@ -144,11 +147,13 @@ def _health_router(ctx: ApiContext, metrics: StudioMetrics) -> APIRouter:
         backend["error"] = ctx.scrub(status.error) if status.error else None
         storage = await asyncio.to_thread(probe_dir, ctx.settings.data_dir)
         counts = await asyncio.to_thread(queue_counts, studio)
+        objects = await _objects(ctx)
         worker = WorkerOut(running=worker_running(studio), in_flight=len(studio.worker.running),
                            backend_down=ctx.scrub(studio.worker.backend_down) if studio.worker.backend_down else None)
-        ok = backend["reachable"] and storage.writable and counts is not None and worker.running
+        ok = (backend["reachable"] and storage.writable and counts is not None and worker.running
+              and objects.get("reachable") is not False)
         return HealthOut(status="ok" if ok else "degraded", backend=BackendOut(**backend), queue=counts or {},
-                         worker=worker, storage=StorageOut(**storage.__dict__))
+                         worker=worker, storage=StorageOut(**storage.__dict__), objects=objects)
 
     @router.get("/models", response_model=ModelsOut, tags=["models"], summary="Checkpoints, samplers, schedulers",
                 responses={401: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
@@ -165,6 +170,15 @@ def _health_router(ctx: ApiContext, metrics: StudioMetrics) -> APIRouter:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return router
+
+
+async def _objects(ctx: ApiContext) -> dict[str, Any]:
+    """The output store's health (S3 or local), scrubbed; a failure to ask is reported, not raised."""
+    try:
+        found = await asyncio.wait_for(asyncio.to_thread(ctx.studio.storage_health), READY_TIMEOUT)
+    except (TimeoutError, ComfyError, OSError) as exc:
+        return {"storage": "s3", "reachable": False, "error": ctx.scrub(str(exc) or type(exc).__name__)}
+    return {key: ctx.scrub(value) if isinstance(value, str) else value for key, value in found.items()}
 
 
 def _add_api_not_found(app: FastAPI, routers: list[APIRouter]) -> None:
@@ -186,15 +200,17 @@ def _add_api_not_found(app: FastAPI, routers: list[APIRouter]) -> None:
 
 
 def _secrets(settings: Settings) -> list[str]:
-    """Every configured secret value, to scrub from messages."""
-    found: list[str] = list(settings.keys())
-    found += list(settings.backend_headers().values())
-    found += [value.split(" ", 1)[-1] for value in settings.backend_headers().values()]
+    """Every configured secret value (each SecretStr, and the parts of the structured ones), to scrub."""
+    found: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            found.append(value.get_secret_value())
+    found += settings.keys()
+    for header in settings.backend_headers().values():
+        found += [header, header.split(" ", 1)[-1]]
     found += list(settings.users().values())
     for url in settings.comfyui_urls:
         parts = urlsplit(url)
-        if parts.password:
-            found.append(parts.password)
-        if parts.query:
-            found.append(parts.query)
+        found += [secret for secret in (parts.password, parts.query) if secret]
     return found

@@ -43,7 +43,7 @@ from .api_models import (
     job_url,
     result_of,
 )
-from .errors import JobNotFound, StorageError, WorkflowError
+from .errors import ComfyError, JobNotFound, StorageError, WorkflowError
 from .params import RANDOM_SEED, GenerationParams
 from .queue import Job, JobState
 
@@ -121,13 +121,15 @@ async def _wait(ctx: ApiContext, job_id: str, deadline: float) -> tuple[Job | No
 
 
 def _backend_down(ctx: ApiContext, cancel: list[str]) -> ApiError:
+    """503 for a synchronous request while ComfyUI is down; its jobs are cancelled, not left to run later."""
     for job_id in cancel:
         with contextlib.suppress(JobNotFound):
             ctx.studio.cancel(job_id)
     reason = ctx.studio.worker.backend_down or "it does not answer"
-    return ApiError(503, "backend_unavailable", f"ComfyUI cannot be reached ({reason}); nothing was queued. "
-                    "Try again later, or use POST /api/v1/jobs to queue work that waits for it.",
-                    headers={"Retry-After": "10"})
+    done = "the job was cancelled" if cancel else "nothing was queued"
+    return ApiError(503, "backend_unavailable", f"ComfyUI cannot be reached ({reason}); {done}. Try again "
+                    "later, or use POST /api/v1/jobs to queue work that waits for ComfyUI.",
+                    headers={"Retry-After": "10"}, extra={"job_id": cancel[0] if len(cancel) == 1 else None})
 
 
 def _check_backend(ctx: ApiContext) -> None:
@@ -172,7 +174,7 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
         summary="Generate and wait for the images",
         description="Queues one job and waits for it. 200 with the images when it ends in time; 202 with the "
                     "job's URL (Location header and body) when it takes longer than STUDIO_SYNC_WAIT_SECONDS; "
-                    "503 when ComfyUI is down (nothing is queued then); 502/504/400 when the job fails.",
+                    "503 when ComfyUI is down (the job is cancelled then); 502/504/400 when the job fails.",
     )
     router.add_api_route("/generate/", generate, methods=["POST"], **generate_doc)  # type: ignore[arg-type]
     router.add_api_route("/generate", generate, methods=["POST"], include_in_schema=False,
@@ -199,13 +201,14 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
             key = f"{idempotency_key}#b{index}" if idempotency_key else None
             try:
                 jobs.append(await _submit(ctx, item, caller, key))
-            except (WorkflowError, ApiError) as exc:
-                for job in jobs:
+            except (ComfyError, ApiError) as exc:
+                for job in jobs:  # all or nothing: withdraw the items already queued
                     studio.cancel(job.id)
-                if isinstance(exc, ApiError):
+                if isinstance(exc, WorkflowError):
+                    raise _prefixed(index, exc) from exc
+                if isinstance(exc, ApiError) and exc.field:
                     exc.field = f"[{index}].{exc.field}"
-                    raise
-                raise _prefixed(index, exc) from exc
+                raise
         deadline = asyncio.get_running_loop().time() + ctx.settings.sync_wait_seconds
         waited = await asyncio.gather(*(_wait(ctx, job.id, deadline) for job in jobs))
         if any(outcome == "backend_down" for _, _, outcome in waited):

@@ -55,9 +55,6 @@ class ErrorResponse(BaseModel):
 
 # -- requests ---------------------------------------------------------------------------------------
 
-_STRICT = ConfigDict(extra="forbid", strict=True)
-
-
 class GenerateRequest(BaseModel):
     """The studio's generation parameters (what the UI's form sets)."""
 
@@ -226,7 +223,9 @@ class HealthOut(BaseModel):
     backend: BackendOut
     queue: dict[str, int] = Field(description="Our jobs by state.")
     worker: WorkerOut
-    storage: StorageOut
+    storage: StorageOut = Field(description="The data folder: writable, free space.")
+    objects: dict[str, Any] = Field(description="Where outputs are kept: local, or the S3 bucket and whether it "
+                                                "answers (secrets never shown).")
 
 
 class ReadyOut(BaseModel):

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ComfyError
-from .queue import JobState
 from .service import Studio
 
 __all__ = ["StorageState", "probe_dir", "queue_counts", "queue_writable", "worker_running"]
@@ -72,6 +71,3 @@ def queue_writable(studio: Studio) -> str | None:
         return f"The job queue's folder cannot be written: {state.error}."
     return None
 
-
-#: States in the order the health page lists them.
-STATES = [state.value for state in JobState]

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _EXEC_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -158,5 +159,6 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, watch)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.http_requests.labels(method=scope["method"], route=route, status=str(status)).inc()
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # labels stay a bounded set
+            self.metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
             self.metrics.http_seconds.labels(route=route).observe(time.perf_counter() - started)

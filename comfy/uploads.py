@@ -373,6 +373,7 @@ class Uploader:
                 return status
             left = 1.0 if deadline is None else deadline - time.monotonic()
             if left <= 0:
+                self._uploaded.pop(job_id, None)
                 raise TimeoutError(f"Job {job_id} was not uploaded in {timeout} s ({status.reason or status.state}).")
             signal = self._uploaded.setdefault(job_id, asyncio.Event())
             with contextlib.suppress(asyncio.TimeoutError):  # another process may upload it: look again
@@ -445,15 +446,16 @@ class Uploader:
 
     async def _drain(self, tasks: dict[asyncio.Task[None], str]) -> None:
         """On stop, let running uploads finish briefly; release the rest for the next start."""
+        held = set(tasks.values()) | self._active
         if tasks:
             await asyncio.wait(list(tasks), timeout=self.stop_grace)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self._active:
+        if held:  # only leases still ours are released: finished jobs hold none
             with contextlib.suppress(ComfyError):
-                await asyncio.to_thread(self.backlog.release, set(self._active), self.owner)
-            self._active.clear()
+                await asyncio.to_thread(self.backlog.release, held, self.owner)
+        self._active.clear()
 
     def _notify(self) -> None:
         loop = self._loop

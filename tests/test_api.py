@@ -522,6 +522,33 @@ async def test_artifacts_and_path_traversal(api: Api) -> None:
     assert missing.status_code == 404 and error_of(missing)["code"] == "artifact_missing"
 
 
+async def test_images_only_in_s3_redirect_to_a_presigned_url(tmp_path: Path, fake_comfy: FakeComfy) -> None:
+    pytest.importorskip("moto")
+    from tests.fakes.s3_server import REGION, MotoS3
+
+    server = MotoS3().start()
+    try:
+        server.admin().create_bucket(Bucket="api-art")
+        settings = make_settings(tmp_path / "s3", fake_comfy.url, s3_bucket="api-art", s3_endpoint_url=server.url,
+                                 s3_region=REGION, s3_access_key_id="AKIAAPITEST000000001",
+                                 s3_secret_access_key="api-s3-secret-never-shown", s3_keep_local=False)
+        async with running_api(settings) as api:
+            done = (await api.http.post("/api/v1/generate/", json=SMALL)).json()
+            assert api.studio.uploader is not None
+            await api.studio.uploader.wait_uploaded(done["job_id"], timeout=20)
+            local = Path(api.studio.job(done["job_id"]).outputs[0]["path"])
+            await until(lambda: not local.exists())
+            moved = await api.http.get(done["images"][0]["url"])
+            assert moved.status_code == 307 and moved.headers["location"].startswith(f"{server.url}/api-art/")
+            assert "api-s3-secret-never-shown" not in moved.text + moved.headers["location"]
+            assert (await api.http.get(moved.headers["location"])).content[:8] == b"\x89PNG\r\n\x1a\n"
+            health = await api.http.get("/health")
+            assert health.status_code == 200 and health.json()["objects"]["storage"] == "s3"
+            assert "api-s3-secret-never-shown" not in health.text and "AKIAAPITEST000000001" not in health.text
+    finally:
+        server.stop()
+
+
 # -- auth and limits -------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -283,6 +284,39 @@ async def test_outage_in_the_middle_of_a_batch_then_every_image_exactly_once(tmp
     done = queue.get(job.id)
     assert done.note is None and all(o.get("s3_key") for o in done.outputs)
     assert uploader.health()["reachable"] is True and uploader.health()["error"] is None
+
+
+async def test_an_upload_whose_answer_was_lost_is_not_sent_again(tmp_path, moto, admin, bucket, queue,
+                                                                   caplog) -> None:
+    """The one window left: S3 stored an object but the uploader never recorded it (stopped mid-PUT here;
+    a crash or a lost answer look the same). The next try looks before it sends."""
+    caplog.set_level(logging.INFO, logger="comfy.uploads")
+    settings = s3_settings(tmp_path, moto)
+    job = succeeded_job(queue, settings, images=2)
+    client = fast_client(settings)
+    second_put_sent = threading.Event()
+
+    def slow_second_put(params: dict[str, Any], **_: Any) -> None:
+        if params["url_path"].endswith("/image_1.png") and not second_put_sent.is_set():
+            second_put_sent.set()
+            time.sleep(0.3)  # still in flight when the uploader stops; it lands afterwards
+
+    client.meta.events.register("before-call.s3.PutObject", slow_second_put)
+    first = Uploader.from_settings(settings, queue, client=client, concurrency=1, **{**FAST, "stop_grace": 0.01})
+    async with running(first):
+        first.schedule(job)
+        await until(second_put_sent.is_set, what="the second PUT")
+    first.close()
+    key = f"studio/jobs/{job.id}/image_1.png"
+    await until(lambda: versions(admin, key) == 1, what="the cut-short PUT to land")
+    assert first.status(job.id).state == "pending"  # it landed, but nobody recorded it
+
+    again = make_uploader(settings, queue)
+    async with running(again):
+        status = await again.wait_uploaded(job.id, timeout=20)
+    again.close()
+    assert versions(admin, key) == 1 and status.keys[1] == key
+    assert f"{key} is already in the bucket" in caplog.text
 
 
 async def test_wrong_credentials_leave_the_upload_pending_with_what_to_fix(tmp_path, moto, bucket, queue) -> None:
