@@ -25,9 +25,9 @@ def shared_comfy():
 @pytest.fixture
 def fake_comfy(shared_comfy: FakeComfy):
     # One app and one fake ComfyUI for the module (starting the app costs seconds); knobs reset per test.
-    shared_comfy.hold = False
+    shared_comfy.hold, shared_comfy.step_time = False, 0.005
     yield shared_comfy
-    shared_comfy.hold = False
+    shared_comfy.hold, shared_comfy.step_time = False, 0.005
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,7 @@ def _follow(client: Client, job_id: str) -> list[dict]:
 
 
 def test_generate_and_follow_a_job(app_url: str, fake_comfy: FakeComfy) -> None:
+    fake_comfy.step_time = 0.1  # slow enough that following starts before the job ends
     client = Client(app_url, verbose=False)
     queued = client.predict(prompt="a lighthouse at dawn", steps=3, seed=42, width=64, height=64, batch_count=2,
                             api_name="/generate")

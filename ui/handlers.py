@@ -234,11 +234,20 @@ class Handlers:
     def _render_watch(self, jobs: list[Job], live: dict[str, JobEvent], preview: Any) -> tuple[str, Any, list[Any]]:
         positions = {job.id: self.studio.position(job.id) for job in jobs if job.state is JobState.QUEUED}
         shown = [j for j in jobs if not j.state.is_final] or jobs[-4:]
-        gallery = [(o["path"], f"seed {job.params.get('seed', '-')}") for job in reversed(jobs)
-                   for o in job.outputs if Path(o["path"]).is_file()][:GALLERY_LIMIT]
+        gallery = [(url, f"seed {job.params.get('seed', '-')}") for job in reversed(jobs)
+                   for url in self.images(job)][:GALLERY_LIMIT]
         if gallery and all(job.state.is_final for job in jobs):
             preview = gallery[0][0]  # done: the latent preview gives way to the newest image
         return render.progress_html(shown, live, positions), preview, gallery
+
+    def images(self, job: Job) -> list[str]:
+        """A job's images as the page can show them: presigned URLs once in S3, else the local files."""
+        try:
+            urls = self.studio.image_urls(job)
+        except ComfyError as exc:
+            logger.warning("Cannot show the images of job %s: %s", job.id, exc)
+            return []
+        return [u for u in urls if u.startswith(("http://", "https://")) or Path(u).is_file()]
 
     # -- queue & history --------------------------------------------------------------------------
 
@@ -247,8 +256,8 @@ class Handlers:
         states = None if state in ("", "all", None) else [JobState(state)]
         page = self.studio.jobs(states=states, owner=_owner(request, self.auth_on), limit=25, cursor=cursor)
         positions = {job.id: self.studio.position(job.id) for job in page.jobs if job.state is JobState.QUEUED}
-        thumbs = [(job.outputs[0]["path"], f"{job.id} · {render.job_caption(job)}") for job in page.jobs
-                  if job.outputs and Path(job.outputs[0]["path"]).is_file()]
+        thumbs = [(images[0], f"{job.id} · {render.job_caption(job)}") for job in page.jobs
+                  if (images := self.images(job))]
         return render.job_rows(page.jobs, positions), thumbs, page.next_cursor
 
     def _own(self, job_id: str, request: gr.Request) -> Job:
@@ -263,7 +272,7 @@ class Handlers:
         if not job_id:
             return "Select a job in the table.", {}, []
         job = self._own(job_id, request)
-        images = [(o["path"], f"image {i + 1}") for i, o in enumerate(job.outputs) if Path(o["path"]).is_file()]
+        images = [(url, f"image {i + 1}") for i, url in enumerate(self.images(job))]
         settings = {k: v for k, v in job.params.items() if k != "images"}
         return render.job_summary(job, self.studio.position(job.id)), settings, images
 
@@ -308,7 +317,10 @@ class Handlers:
         job = self._own(job_id, request)
         if not job.outputs:
             raise WorkflowError("That job has no image yet.", field="job")
-        return job.outputs[0]["path"]
+        images = self.images(job)
+        if not images:
+            raise WorkflowError("That job's images are no longer available.", field="job")
+        return images[0]
 
     # -- PNG info ---------------------------------------------------------------------------------
 
@@ -415,7 +427,7 @@ class Handlers:
             "progress": event.progress if event.progress is not None else job.progress,
             "node": event.node or job.node, "step": event.step, "steps": event.steps,
             "position": self.studio.position(job_id), "seed": job.params.get("seed"),
-            "images": [o["path"] for o in job.outputs], "error": job.error, "at": event.at, "sent": time.time(),
+            "images": self.images(job), "error": job.error, "at": event.at, "sent": time.time(),
         }
 
     def api_cancel(self, job_id: str, request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]
@@ -435,7 +447,7 @@ class Handlers:
             raise gr.Error(f"state must be one of: {', '.join(s.value for s in JobState)}.") from None
         page = self.studio.jobs(states=states, owner=_owner(request, self.auth_on), limit=max(1, min(int(limit), 200)))
         return [{"job_id": j.id, "state": j.state.value, "prompt": j.params.get("prompt"), "progress": j.progress,
-                 "images": [o["path"] for o in j.outputs], "error": j.error} for j in page.jobs]
+                 "images": self.images(j), "error": j.error} for j in page.jobs]
 
 
 def _decode_preview(data: bytes) -> Image.Image | None:
