@@ -56,36 +56,18 @@ ROWS = [
     ("(1) overhead, p99 ms", "sync_overhead_p99_ms", None),
     ("(1) of which the API (to queued + finished to answer), p50 ms", "sync_api_share_p50_ms", None),
     ("(1) of which the engine (queue -> ComfyUI -> PNG saved), p50 ms", "sync_engine_share_p50_ms", None),
-    ("(1) overhead p50 ms against the stock fake (no TCP_NODELAY)", "stock_fake_overhead_p50_ms", None),
     (f"(2) POST /api/v1/jobs, {CLIENTS} concurrent clients, jobs/s", "submit_jobs_per_s", None),
     ("(2) one submission under that load, p50 ms", "submit_latency_p50_ms", None),
     ("(2) the same, p99 ms", "submit_latency_p99_ms", None),
 ]
 
 
-class NoDelayFake(FakeComfy):
-    """The fake ComfyUI with TCP_NODELAY on its connections, as a real ComfyUI (aiohttp) has.
-
-    The stock fake binds ``socket.socket(AF_INET, SOCK_STREAM)`` (proto 0), so asyncio never sets
-    TCP_NODELAY on the connections it accepts: the second write of each response waits for the
-    client's delayed ACK (~40 ms on Linux), which adds tens of ms per job (/history, /view) that a
-    real server does not. The stock fake is measured too, for comparison.
-    """
-
-    def _bind(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._port))
-        self._port = sock.getsockname()[1]
-        return sock
-
-
 # -- the processes ------------------------------------------------------------------------------------
 
 
-def _fake_process(conn: Connection, stock: bool, hold: bool) -> None:
+def _fake_process(conn: Connection, hold: bool) -> None:
     """Child process: the fake ComfyUI until told to stop."""
-    fake = (FakeComfy if stock else NoDelayFake)(step_time=STEP_TIME, node_time=0.001)
+    fake = FakeComfy(step_time=STEP_TIME, node_time=0.001)
     fake.start()
     fake.hold = hold
     conn.send(fake.url)
@@ -209,8 +191,8 @@ async def _submit_throughput(api_url: str) -> dict[str, float]:
     }
 
 
-async def _sync(data_dir: Path, *, stock: bool) -> dict[str, float]:
-    with _child(_fake_process, stock, False) as fake_url, _child(_api_process, fake_url, str(data_dir)) as api_url:
+async def _sync(data_dir: Path) -> dict[str, float]:
+    with _child(_fake_process, False) as fake_url, _child(_api_process, fake_url, str(data_dir)) as api_url:
         queue = JobQueue(data_dir / "queue")  # the API's queue, read from here (safe across processes)
         try:
             return await _sync_overhead(api_url, fake_url, queue)
@@ -222,11 +204,9 @@ async def run() -> dict[str, float]:
     """Every figure, in one run."""
     figures: dict[str, float] = {"step_time_s": STEP_TIME, "steps": STEPS}
     with tempfile.TemporaryDirectory() as tmp:
-        figures.update(await _sync(Path(tmp) / "sync", stock=False))
-        stock = await _sync(Path(tmp) / "stock", stock=True)
-        figures["stock_fake_overhead_p50_ms"] = stock["sync_overhead_p50_ms"]
+        figures.update(await _sync(Path(tmp) / "sync"))
         # ComfyUI holds its prompts: the jobs stay in our queue, so this measures the API and the queue.
-        with _child(_fake_process, False, True) as fake_url, \
+        with _child(_fake_process, True) as fake_url, \
                 _child(_api_process, fake_url, str(Path(tmp) / "submit")) as api_url:
             figures.update(await _submit_throughput(api_url))
     return figures

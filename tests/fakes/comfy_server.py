@@ -1099,7 +1099,9 @@ class FakeComfy:
         await asyncio.gather(*leftovers, return_exceptions=True)
 
     def _bind(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without it
+        # every answer waits ~40 ms for a delayed ACK (aiohttp, as the real ComfyUI uses, sets it).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self._port))
         self._port = sock.getsockname()[1]
