@@ -102,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["server_name"] = args.host
     if args.port:
         overrides["server_port"] = args.port
+    if ON_SPACES and not args.host and "GRADIO_SERVER_NAME" not in os.environ:
+        overrides["server_name"] = "0.0.0.0"  # a Space reaches the app through its own proxy
     try:
         settings = load_settings(**overrides)
         check_sharing(settings)

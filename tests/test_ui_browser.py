@@ -92,3 +92,24 @@ def test_generate_in_the_browser_then_reload_and_find_it(browser, tmp_path: Path
         expect(page.locator("#prompt textarea")).to_have_value("a lighthouse at dawn, oil painting", timeout=15_000)
         assert len(fake.prompts) == 1
 
+
+
+@pytest.mark.slow
+def test_load_a_workflow_edit_an_input_and_run_it(browser, tmp_path: Path) -> None:
+    expect = sync_api.expect
+    flow = Path(__file__).parent / "fixtures" / "comfyui" / "workflows" / "txt2img_api.json"
+    with FakeComfy(step_time=0.05, node_time=0.01) as fake, running_app(fake.url, tmp_path / "data") as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url)
+        expect(page.locator("#status")).to_contain_text("Connected", timeout=30_000)
+        page.get_by_role("tab", name="Workflow").click()
+        page.locator("input[type=file]").first.set_input_files(str(flow))
+        page.get_by_role("button", name="Load workflow").click()
+        prompt_box = page.locator("#wf-6-text textarea")
+        expect(prompt_box).to_have_value("a watercolor painting of a lighthouse at dusk", timeout=30_000)
+        expect(page.locator("#wf-3-sampler_name input")).to_have_value("euler")
+        prompt_box.fill("a paper boat on a pond")
+        _shot(page, "05-workflow")
+        page.locator("#run-workflow").click()
+        expect(page.locator("#gallery img").first).to_be_visible(timeout=60_000)
+        assert fake.prompts[-1]["prompt"]["6"]["inputs"]["text"] == "a paper boat on a pond"

@@ -169,7 +169,9 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
                                           sources=["upload", "clipboard"])
                         png_source = gr.Markdown()
                         png_params = gr.JSON(label="Settings")
-                        png_use = gr.Button("Use these settings")
+                        with gr.Row():
+                            png_use = gr.Button("Use these settings")
+                            png_workflow = gr.Button("Open its workflow")
                         with gr.Accordion("All text chunks", open=False):
                             png_texts = gr.JSON(label="Text chunks")
 
@@ -268,6 +270,9 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
             lambda: (gr.Tabs(selected="generate"), gr.Tabs(selected="txt2img"), "txt2img"), None,
             [tabs, mode_tabs, mode], **private)
 
+        png_workflow.click(h.load_workflow, [png_in, gr.State(None), gr.State(None)], wf_state, **private).then(
+            lambda: gr.Tabs(selected="workflow"), None, tabs, **private)
+
         # The Gradio API for scripts (gradio_client): /generate, /job_status, /cancel, /jobs.
         gr.api(h.api_generate, api_name="generate", concurrency_limit=None)
         gr.api(h.api_job_status, api_name="job_status", concurrency_limit=None)
@@ -280,18 +285,21 @@ def _widget(spec: dict[str, Any]) -> Any:
     """The component for one discovered workflow input."""
     label = spec["label"]
     kind = spec["kind"]
+    elem = {"elem_id": f"wf-{spec['node_id']}-{spec['input_name']}", "interactive": True}
     if kind == "combo" and spec.get("choices"):
         value = spec["value"] if spec["value"] in spec["choices"] else spec["choices"][0]
-        return gr.Dropdown(spec["choices"], value=value, label=label)
+        return gr.Dropdown(spec["choices"], value=value, label=label, **elem)
     if kind == "bool":
-        return gr.Checkbox(bool(spec["value"]), label=label)
+        return gr.Checkbox(bool(spec["value"]), label=label, **elem)
     if kind in ("int", "float"):
         return gr.Number(spec["value"], label=label, minimum=spec.get("min"), maximum=spec.get("max"),
-                         step=spec.get("step") or (1 if kind == "int" else 0.01), precision=0 if kind == "int" else None)
+                         step=spec.get("step") or (1 if kind == "int" else 0.01), precision=0 if kind == "int" else None,
+                         **elem)
     if kind == "image":
-        return gr.Image(label=f"{label} (leave empty to keep {spec['value']!r})", type="filepath", image_mode=None)
+        return gr.Image(label=f"{label} (leave empty to keep {spec['value']!r})", type="filepath", image_mode=None,
+                        **elem)
     return gr.Textbox(str(spec["value"] if spec["value"] is not None else ""), label=label,
-                      lines=3 if spec.get("multiline") else 1)
+                      lines=3 if spec.get("multiline") else 1, **elem)
 
 
 def outputs_paths(settings: Settings) -> list[str]:
