@@ -1,0 +1,21 @@
+"""Static checks that catch real bugs (undefined names, unused imports, syntax errors) across the project."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_pyflakes_clean() -> None:
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F,E9", "--quiet",
+                             "comfy", "ui", "app.py", "bench", "tests"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_engine_never_imports_gradio() -> None:
+    offenders = [str(p) for p in (ROOT / "comfy").glob("*.py") if "import gradio" in p.read_text()
+                 or "from gradio" in p.read_text()]
+    assert offenders == []
