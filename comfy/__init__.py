@@ -1,8 +1,10 @@
 """ComfyUI Studio's engine: settings, ComfyUI client, workflows, persistent job queue, worker.
 
-The UI and the REST API use only what is exported here; none of it imports gradio.
+The UI and the REST API use only what is exported here; none of it imports gradio. Jobs run on a pool
+of backends: ComfyUI servers (``COMFYUI_URL``, comma-separated) and a RunPod Serverless endpoint.
 """
 
+from .backends import Backend, BackendHealth, ComfyBackend
 from .client import ComfyClient, HistoryEntry, RunResult
 from .errors import (
     ComfyError,
@@ -26,14 +28,20 @@ from .errors import (
 from .events import EventBus, JobEvent
 from .object_info import ObjectInfo
 from .params import GenerationParams, Limits
+from .pool import BackendState, Pool
 from .queue import Job, JobPage, JobQueue, JobState
+from .runpod import RequestTooLarge, RunExpired, RunPodBackend, RunPodClient
 from .service import BackendStatus, Models, Studio, redact_url
 from .settings import Settings, load_settings
 from .storage import LocalStore, StoredImage
 from .worker import Worker
 
 __all__ = [
+    "Backend",
+    "BackendHealth",
+    "BackendState",
     "BackendStatus",
+    "ComfyBackend",
     "ComfyClient",
     "ComfyError",
     "ConfigError",
@@ -55,10 +63,15 @@ __all__ = [
     "Models",
     "NodeProblem",
     "ObjectInfo",
+    "Pool",
     "PromptLost",
     "PromptRejected",
     "ProtocolError",
     "QueueError",
+    "RequestTooLarge",
+    "RunExpired",
+    "RunPodBackend",
+    "RunPodClient",
     "RunResult",
     "ServerError",
     "ServerTimeout",

@@ -794,6 +794,24 @@ class JobQueue:
             txn.save(old, new)
         return Job.from_dict(new)
 
+    def claim_matching(self, worker_id: str, *, lease_seconds: float, accept: Callable[[Job], bool],
+                       scan: int = 64) -> Job | None:
+        """Like :meth:`claim`, but take the first of the next ``scan`` queued jobs that ``accept`` takes (a
+        backend pool skips a job no free backend can run). ``accept`` runs inside the transaction: no I/O."""
+        now = self._now()
+        with self._txn() as txn:
+            pending = txn.pending()
+            for at in range(0, min(len(pending), scan * _ID_BYTES), _ID_BYTES):
+                old = self._cache.get(JOB_KEY.format(pending[at:at + _ID_BYTES].hex()))
+                if old is None or old["state"] != _QUEUED or not accept(Job.from_dict(old)):
+                    continue
+                new = {**old, "state": _RUNNING, "attempts": old["attempts"] + 1, "lease_owner": worker_id,
+                       "lease_expires": now + lease_seconds,
+                       "started_at": old["started_at"] if old["started_at"] is not None else now}
+                txn.save(old, new)
+                return Job.from_dict(new)
+        return None
+
 
 #: What every end state clears: a lease only exists while a job runs.
 _ENDED = {"lease_owner": None, "lease_expires": None}

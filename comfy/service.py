@@ -17,17 +17,18 @@ import time
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from . import workflows
+from .backends import Backend, ComfyBackend, redact_url
 from .client import ComfyClient
 from .errors import ComfyError, ServerError, WorkflowError
 from .events import EventBus, JobEvent
 from .library import WorkflowLibrary
 from .object_info import ObjectInfo
 from .params import GenerationParams, Limits
+from .pool import BackendState, Pool, merge_object_info
 from .queue import Job, JobPage, JobQueue, JobState
 from .settings import Settings
 from .storage import LocalStore
@@ -41,15 +42,6 @@ __all__ = ["Studio", "BackendStatus", "Models", "redact_url"]
 logger = logging.getLogger(__name__)
 
 
-def redact_url(url: str) -> str:
-    """The URL without user:password or query (tokens), for pages and logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 @dataclass(frozen=True)
 class Models:
     checkpoints: list[str]
@@ -59,14 +51,45 @@ class Models:
 
 @dataclass(frozen=True)
 class BackendStatus:
+    """One backend as the status header and ``/health`` show it (no secrets: URLs are redacted).
+
+    >>> BackendStatus("http://127.0.0.1:8188", False, error="Cannot reach it").state
+    'down'
+    """
+
     url: str
     reachable: bool
     error: str | None = None
     gpu: str | None = None
     vram_total: int | None = None
     vram_free: int | None = None
+    #: Work pending or running there, ours included (RunPod: its jobs in queue + in progress).
     queue_remaining: int | None = None
     comfyui_version: str | None = None
+    #: The name jobs record in ``job.backend`` (the redacted URL, or ``runpod:<endpoint id>``).
+    name: str | None = None
+    #: ``comfyui`` (a ComfyUI server or pod) or ``runpod`` (RunPod Serverless).
+    kind: str = "comfyui"
+    #: ``up``, ``down`` or ``probing``; from ``reachable`` unless given.
+    state: str | None = None
+    #: What routing compares: our jobs there plus the foreign work its queue had at the last look.
+    load: int | None = None
+    #: Our jobs running there now, and how many it may take at once.
+    in_flight: int | None = None
+    max_in_flight: int | None = None
+    #: RunPod Serverless: GPU workers idle and running, and its own job counters.
+    workers_idle: int | None = None
+    workers_running: int | None = None
+    jobs_in_queue: int | None = None
+    jobs_in_progress: int | None = None
+    #: Seconds since the pool marked it down (None while up).
+    down_for_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.state is None:
+            object.__setattr__(self, "state", "up" if self.reachable else "down")
+        if self.name is None:
+            object.__setattr__(self, "name", self.url)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,12 +110,9 @@ class Studio:
     ) -> None:
         self.settings = settings
         self.limits = Limits.from_settings(settings)
-        self.client = client or ComfyClient(
-            settings.comfyui_urls[0],
-            headers=settings.backend_headers(),
-            timeout=_timeout(settings),
-            ping_interval=settings.ws_ping_interval,
-        )
+        self.client = client or _comfy_client(settings, settings.comfyui_urls[0])
+        #: Every backend jobs may run on, in the order configured; the worker's pool routes between them.
+        self.pool = Pool(_backends(settings, self.client))
         self.queue = queue or JobQueue(settings.queue_dir, max_attempts=settings.max_attempts)
         self.store = store or LocalStore(settings.outputs_dir, settings.inputs_dir)
         self.bus = bus or EventBus()
@@ -104,11 +124,12 @@ class Studio:
 
             self.uploader = Uploader.from_settings(settings, self.queue, client=s3_client)
         self.worker = Worker(
-            self.queue, self.client, self.store, bus=self.bus, max_in_flight=settings.max_in_flight,
+            self.queue, self.pool, self.store, bus=self.bus, max_in_flight=settings.max_in_flight,
             lease_seconds=settings.lease_seconds, job_timeout=settings.job_timeout, uploader=self.uploader,
         )
         self._object_info_file = settings.data_dir / "object_info.json"
         self._kept_info: ObjectInfo | None = None
+        self._merged: tuple[Any, ObjectInfo, list[ObjectInfo]] | None = None
         self._worker_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._upload_task: asyncio.Task[None] | None = None
@@ -138,6 +159,8 @@ class Studio:
         if self.uploader is not None:
             self.uploader.close()
         await self.client.aclose()
+        for backend in self.pool.backends:
+            await backend.aclose()
         self.queue.close()
 
     async def __aenter__(self) -> Studio:
@@ -177,14 +200,45 @@ class Studio:
     # -- what the backend offers ------------------------------------------------------------------
 
     async def object_info(self, *, refresh: bool = False) -> ObjectInfo | None:
-        """The server's node catalogue, or the last one seen when it is unreachable (None if never)."""
-        try:
-            info = await self.client.object_info(refresh=refresh)
-        except ServerError as exc:
-            logger.warning("Using the cached node list: %s", exc)
-            return self._cached_object_info()
+        """The server's node catalogue, or the last one seen when it is unreachable (None if never).
+
+        With several backends: every ComfyUI server's catalogue united (and the checkpoints configured
+        for RunPod Serverless), so a request is refused only when no backend could run it.
+        """
+        if self.pool.single and isinstance(self.pool.backends[0], ComfyBackend):
+            try:
+                info = await self.client.object_info(refresh=refresh)
+            except ServerError as exc:
+                logger.warning("Using the cached node list: %s", exc)
+                return self._cached_object_info()
+        else:
+            info = await self._pool_object_info(refresh)
+            if info is None:
+                return self._cached_object_info()
         self._keep_object_info(info)
         return info
+
+    async def _pool_object_info(self, refresh: bool) -> ObjectInfo | None:
+        pods = [b for b in self.pool.backends if isinstance(b, ComfyBackend)]
+        asked = [p for p in pods if self.pool.state(p) is not BackendState.DOWN]
+        answers = await asyncio.gather(*(p.client.object_info(refresh=refresh) for p in asked), return_exceptions=True)
+        infos = []
+        for pod, answer in zip(asked, answers):
+            if isinstance(answer, ObjectInfo):
+                infos.append(answer)
+            elif isinstance(answer, ComfyError):
+                logger.warning("No node list from %s: %s", pod.name, answer)
+            elif isinstance(answer, BaseException):
+                raise answer
+        infos += [p.last_info for p in pods if p not in asked and p.last_info is not None]
+        extra = self.settings.runpod_checkpoint_list or [] if self.settings.runpod_endpoint_id else []
+        key = (tuple(id(info) for info in infos), tuple(extra))
+        if self._merged is None or self._merged[0] != key:  # the same catalogues: the same union (and no write)
+            merged = merge_object_info(infos, extra_checkpoints=extra)
+            if merged is None:
+                return None
+            self._merged = (key, merged, infos)  # keeps the parts alive, so their ids stay theirs
+        return self._merged[1]
 
     def _keep_object_info(self, info: ObjectInfo) -> None:
         # Written once per fetched catalogue, so a restart with the server down still knows the lists.
@@ -208,16 +262,28 @@ class Studio:
         return Models(list(info.checkpoints), list(info.samplers), list(info.schedulers))
 
     async def backend_status(self) -> BackendStatus:
-        """Reachable or not, GPU and VRAM, ComfyUI's queue length; never raises."""
-        url = redact_url(self.client.base_url)
+        """The first backend: reachable or not, GPU and VRAM, its queue length; never raises."""
+        return await self._status(self.pool.backends[0])
+
+    async def backends_status(self) -> list[BackendStatus]:
+        """Every backend, in the order configured (asked at once); never raises."""
+        return list(await asyncio.gather(*(self._status(b) for b in self.pool.backends)))
+
+    async def _status(self, backend: Backend) -> BackendStatus:
+        view = next(v for v in self.pool.views() if v.backend is backend)
+        known = {"name": backend.name, "kind": backend.kind, "load": view.load, "in_flight": view.in_flight,
+                 "max_in_flight": backend.max_in_flight,
+                 "down_for_s": round(time.monotonic() - view.down_since, 1) if view.down_since is not None else None}
         try:
-            stats, remaining = await asyncio.gather(self.client.system_stats(), self.client.queue_remaining())
+            health = await backend.health()
         except ComfyError as exc:
-            return BackendStatus(url, False, error=str(exc))
-        device = (stats.get("devices") or [{}])[0]
+            state = "probing" if view.state is BackendState.PROBING else "down"
+            return BackendStatus(backend.url, False, error=str(exc), state=state, **known)
         return BackendStatus(
-            url, True, gpu=device.get("name"), vram_total=device.get("vram_total"), vram_free=device.get("vram_free"),
-            queue_remaining=remaining, comfyui_version=(stats.get("system") or {}).get("comfyui_version"),
+            backend.url, True, gpu=health.gpu, vram_total=health.vram_total, vram_free=health.vram_free,
+            queue_remaining=health.queue_remaining, comfyui_version=health.version, state="up",
+            workers_idle=health.workers_idle, workers_running=health.workers_running,
+            jobs_in_queue=health.jobs_in_queue, jobs_in_progress=health.jobs_in_progress, **known,
         )
 
     # -- submitting -------------------------------------------------------------------------------
@@ -407,6 +473,40 @@ def _kind(job: Job) -> str:
 
 def _timeout(settings: Settings) -> httpx.Timeout:
     return httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout)
+
+
+def _comfy_client(settings: Settings, url: str) -> ComfyClient:
+    return ComfyClient(url, headers=settings.backend_headers(), timeout=_timeout(settings),
+                       ping_interval=settings.ws_ping_interval)
+
+
+def _backends(settings: Settings, first: ComfyClient) -> list[Backend]:
+    """Each COMFYUI_URL (the first through ``first``), then the RunPod endpoint if one is set.
+
+    Only the endpoint when RUNPOD_ENDPOINT_ID is set and COMFYUI_URL is not (its default would be a
+    server that is not there).
+    """
+    urls = list(dict.fromkeys(settings.comfyui_urls))
+    if settings.runpod_endpoint_id and "comfyui_url" not in settings.model_fields_set:
+        urls = []
+    several = len(urls) + (1 if settings.runpod_endpoint_id else 0) > 1
+    backends: list[Backend] = []
+    for index, url in enumerate(urls):
+        client = first if index == 0 else _comfy_client(settings, url)
+        if several:  # another backend can take its jobs: give a silent one less time to come back
+            client.reconnect_window = settings.failover_seconds
+        backends.append(ComfyBackend(client, max_in_flight=settings.max_in_flight))
+    if settings.runpod_endpoint_id:
+        from .runpod import RunPodBackend, RunPodClient
+
+        assert settings.runpod_api_key is not None  # the settings refuse an endpoint without a key
+        api = RunPodClient(settings.runpod_endpoint_id, settings.runpod_api_key, base_url=settings.runpod_base_url,
+                           timeout=_timeout(settings))
+        backends.append(RunPodBackend(
+            api, max_in_flight=settings.runpod_max_in_flight, checkpoints=settings.runpod_checkpoint_list,
+            ttl=settings.runpod_ttl, reconnect_window=settings.failover_seconds if several else 120.0,
+        ))
+    return backends
 
 
 def _check_image(data: bytes, limit: int) -> None:

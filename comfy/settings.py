@@ -212,6 +212,77 @@ class Settings(BaseSettings):
         return value
     # -- end of S3 storage ---------------------------------------------------------------------------
 
+    # -- RunPod Serverless (optional: on when RUNPOD_ENDPOINT_ID is set; see comfy/runpod.py) -----------
+    runpod_endpoint_id: str | None = Field(
+        None, validation_alias=_env("RUNPOD_ENDPOINT_ID", "runpod_endpoint_id"),
+        description="A RunPod Serverless endpoint running worker-comfyui; joins the pool of backends. "
+                    "Without COMFYUI_URL set, the endpoint is the only backend.",
+    )
+    runpod_api_key: SecretStr | None = Field(
+        None, validate_default=True,  # so a missing key is reported when the endpoint is set
+        validation_alias=_env("RUNPOD_API_KEY", "runpod_api_key"),
+        description="RunPod API key (sent as Authorization: Bearer; never logged).",
+    )
+    runpod_base_url: str = Field(
+        "https://api.runpod.ai/v2", validation_alias=_env("RUNPOD_BASE_URL", "runpod_base_url"),
+        description="RunPod's serverless API; requests go to <base>/<endpoint_id>/run, /status/<id>, ...",
+    )
+    runpod_max_in_flight: int = Field(
+        4, ge=1, le=200, validation_alias=_env("STUDIO_RUNPOD_MAX_IN_FLIGHT", "runpod_max_in_flight"),
+        description="Jobs kept at the endpoint at once (it scales its GPU workers up to its own maximum).",
+    )
+    runpod_checkpoints: str | None = Field(
+        None, validation_alias=_env("STUDIO_RUNPOD_CHECKPOINTS", "runpod_checkpoints"),
+        description="Checkpoints the endpoint's image has, separated by commas; unset = assume it has any "
+                    "checkpoint a job asks for.",
+    )
+    runpod_ttl: float = Field(
+        86_400.0, ge=10, le=604_800, validation_alias=_env("STUDIO_RUNPOD_TTL", "runpod_ttl"),
+        description="Seconds a job may live at RunPod, queue and run together, before RunPod deletes it.",
+    )
+    failover_seconds: float = Field(
+        15.0, gt=0, validation_alias=_env("STUDIO_FAILOVER_SECONDS", "failover_seconds"),
+        description="With several backends: how long one that stopped answering may take to come back "
+                    "before its running jobs are submitted to another.",
+    )
+
+    @field_validator("runpod_endpoint_id", "runpod_checkpoints", mode="before")
+    @classmethod
+    def _runpod_blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("runpod_endpoint_id")
+    @classmethod
+    def _check_runpod_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", value.strip()):
+            raise ValueError("must be the endpoint's id (letters, digits, - and _), not its URL")
+        return value.strip() if value is not None else None
+
+    @field_validator("runpod_api_key")
+    @classmethod
+    def _check_runpod_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            value = None
+        if value is None and info.data.get("runpod_endpoint_id"):
+            raise ValueError("is required when RUNPOD_ENDPOINT_ID is set")  # names only: the value is a secret
+        return value
+
+    @field_validator("runpod_base_url")
+    @classmethod
+    def _check_runpod_base(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ValueError("must be an http:// or https:// URL such as https://api.runpod.ai/v2")
+        return value.strip().rstrip("/")
+
+    @property
+    def runpod_checkpoint_list(self) -> list[str] | None:
+        """The endpoint's checkpoints when configured; None means "assume it has any"."""
+        if self.runpod_checkpoints is None:
+            return None
+        return [name.strip() for name in self.runpod_checkpoints.split(",") if name.strip()]
+    # -- end of RunPod Serverless ------------------------------------------------------------------------
+
     @field_validator("comfyui_url")
     @classmethod
     def _check_urls(cls, value: str) -> str:

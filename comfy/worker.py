@@ -1,40 +1,34 @@
-"""The worker: takes jobs from the queue, runs them on a ComfyUI server, saves what they make.
+"""The worker: takes jobs from the queue, runs them on a pool of backends, saves what they make.
 
-It keeps ``max_in_flight`` prompts on the server at once (2 by default): while one runs, the next
-is already in ComfyUI's own queue, so the GPU does not idle between jobs. For each job:
+Each backend keeps up to its ``max_in_flight`` jobs at once (2 by default for a ComfyUI server: while
+one runs, the next is already in ComfyUI's own queue, so the GPU does not idle between jobs). For each job:
 
-    claim → build the graph (upload init images) → record prompt id → open socket → POST /prompt
-          → follow events (progress, previews; cancel → interrupt) → /history → download → save → finish
+    claim (a job some free backend can run) → choose the least-loaded backend that has its checkpoint
+          → backend.run: build → record handle → submit → follow (progress, previews; cancel → backend)
+          → fetch outputs → save → finish
 
-A prompt id is chosen here and stored on the job *before* it is submitted, so a worker that dies at
-any point leaves enough to re-attach: :meth:`Worker.recover` follows the prompt through ``/history``,
-or submits the job again if the server lost it (bounded by the queue's ``max_attempts``).
+Where a job runs is the backend's business (:mod:`comfy.backends`, :mod:`comfy.runpod`); which
+backend, and which are up, is the pool's (:mod:`comfy.pool`). The worker keeps the rest: leases,
+events, saving, retries and recovery. A backend stores its handle on the job *before* it submits where
+the protocol allows, so a worker that dies at any point leaves enough to re-attach: :meth:`Worker.recover`
+follows the run again on the backend the job names, or submits the job again if that backend lost it
+(bounded by the queue's ``max_attempts``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import hashlib
 import logging
 import time
-import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import protocol, workflows
-from .client import ComfyClient, RunResult
-from .errors import (
-    ComfyError,
-    ExecutionInterrupted,
-    JobTimedOut,
-    QueueError,
-    ServerTimeout,
-    ServerUnavailable,
-)
+from .backends import Backend, ComfyBackend, Outcome, build_prompt
+from .client import ComfyClient
+from .errors import ComfyError, ExecutionInterrupted, QueueError, ServerUnavailable
 from .events import EventBus, JobEvent
-from .params import GenerationParams
-from .progress import ProgressTracker
+from .pool import Pool
 from .queue import Job, JobQueue, JobState, owner_alive, worker_id as new_worker_id
 from .storage import LocalStore, StoredImage
 
@@ -45,50 +39,65 @@ __all__ = ["Worker", "build_prompt"]
 
 logger = logging.getLogger(__name__)
 
-Prefetch = dict[protocol.OutputRef, "asyncio.Task[bytes]"]
-
 #: Store progress on the job at most this often (events still reach the bus every step).
 PROGRESS_WRITE_INTERVAL = 0.25
+#: How often the notes of jobs that wait for a backend are brought up to date, and how many of them.
+NOTE_INTERVAL = 1.0
+NOTE_SCAN = 20
+#: How long telling a failing backend to drop a job's run may take before it is left as an orphan.
+FORGET_TIMEOUT = 2.0
+#: Errors after which the backend has no run left to stop (it restarted, or RunPod expired it).
+_GONE = frozenset({"prompt_lost", "run_expired"})
 
 
-async def build_prompt(job: Job, client: ComfyClient, store: LocalStore) -> dict[str, Any]:
-    """The API graph to submit for ``job``: template or workflow, parameters bound, images uploaded.
+class _Context:
+    """What a backend may do to the job it runs (see :class:`comfy.backends.RunContext`)."""
 
-    Raises :class:`WorkflowError` when it cannot run on this server (checked against ``object_info``).
-    """
-    info = await client.object_info()
-    if job.kind == "workflow":
-        graph = workflows.parse_workflow(job.workflow or {})
-        images = dict(job.params.get("images") or {})
-        if images:
-            names = {node_id: await _upload(client, store, path) for node_id, path in images.items()}
-            graph = workflows.apply_inputs(graph, {(node_id, "image"): name for node_id, name in names.items()})
-    else:
-        params = GenerationParams.from_dict(job.params)
-        graph = workflows.load_template("img2img" if params.init_image else "txt2img")
-        if params.init_image:
-            params = dataclasses.replace(params, init_image=await _upload(client, store, params.init_image))
-        if params.checkpoint is None:
-            params = dataclasses.replace(params, checkpoint=workflows.default_checkpoint(info))
-        graph = workflows.bind(graph, params)
-    workflows.validate(graph, info)
-    return graph
+    def __init__(self, worker: Worker, job: Job) -> None:
+        self.job = job
+        self.store = worker.store
+        self.job_timeout = worker.job_timeout
+        self._worker = worker
+        self._last_write = 0.0
 
+    def record(self, **fields: Any) -> Job:
+        return self._worker.queue.update(self.job.id, self._worker.id, **fields)
 
-async def _upload(client: ComfyClient, store: LocalStore, path: str) -> str:
-    data = store.read_input(path)
-    # Named by content: the same image uploaded twice is one file on the server.
-    name = f"studio_{hashlib.sha256(data).hexdigest()[:16]}.png"
-    return await client.upload_image(data, name, overwrite=True)
+    def submitted(self) -> None:
+        self._worker._submitted.add(self.job.id)
+
+    def started(self, *, job: Job | None = None, message: str | None = None) -> None:
+        self._worker._publish(self.job.id, "started", job=job, message=message)
+
+    def progress(self, progress: float, *, node: str | None = None, step: int | None = None,
+                 steps: int | None = None, message: str | None = None) -> None:
+        worker = self._worker
+        worker._publish(self.job.id, "progress", progress=progress, node=node, step=step, steps=steps, message=message)
+        now = time.monotonic()
+        if now - self._last_write >= PROGRESS_WRITE_INTERVAL or step == steps:
+            self._last_write = now
+            worker.queue.update(self.job.id, worker.id, progress=progress, node=node, step=step, steps=steps)
+
+    def preview(self, image: bytes, mime: str | None) -> None:
+        self._worker._publish(self.job.id, "preview", preview=image, preview_mime=mime)
+
+    def status(self, text: str | None) -> None:
+        job = self._worker.queue.update(self.job.id, self._worker.id, note=text, node=text)
+        if text:
+            self._worker._publish(self.job.id, "progress", node=text, message=text, job=job)
 
 
 class Worker:
-    """Runs queued jobs on one ComfyUI server; see the module docstring for the steps."""
+    """Runs queued jobs on a pool of backends; see the module docstring for the steps.
+
+    ``backends`` is a :class:`Pool`, a list of backends, one backend, or (as before pools) one
+    :class:`ComfyClient`, which becomes a pool of one with ``max_in_flight`` slots.
+    """
 
     def __init__(
         self,
         queue: JobQueue,
-        client: ComfyClient,
+        backends: Pool | Sequence[Backend] | Backend | ComfyClient,
         store: LocalStore,
         *,
         bus: EventBus | None = None,
@@ -102,20 +111,32 @@ class Worker:
         self.queue = queue
         #: Uploads succeeded jobs' outputs to S3 in the background (None: local files only).
         self.uploader = uploader
-        self.client = client
+        self.pool = _as_pool(backends, max_in_flight)
+        #: The first ComfyUI server's client (None when the pool has none).
+        self.client: ComfyClient | None = next(
+            (b.client for b in self.pool.backends if isinstance(b, ComfyBackend)), None)
         self.store = store
         self.bus = bus or EventBus()
-        self.max_in_flight = max_in_flight
         self.lease_seconds = lease_seconds
         self.job_timeout = job_timeout
         self.poll_interval = poll_interval
         self.id = worker_id or new_worker_id()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._where: dict[str, Backend] = {}
         self._wake = asyncio.Event()
         self._cancels: dict[str, asyncio.Event] = {}
-        self._submitted: set[str] = set()  # jobs whose current attempt reached the server
-        #: None while the backend answers; otherwise why it does not (shown to users).
-        self.backend_down: str | None = None
+        self._submitted: set[str] = set()  # jobs whose current attempt reached the backend
+        self._next_note = 0.0
+
+    @property
+    def max_in_flight(self) -> int:
+        """Jobs this worker runs at once at most: every backend's slots together."""
+        return sum(b.max_in_flight for b in self.pool.backends)
+
+    @property
+    def backend_down(self) -> str | None:
+        """None while some backend answers; otherwise why none does (shown to users)."""
+        return self.pool.down_reason()
 
     # -- control from the service -----------------------------------------------------------------
 
@@ -132,41 +153,72 @@ class Worker:
     def running(self) -> list[str]:
         return list(self._tasks)
 
+    def running_on(self, backend: Backend) -> list[str]:
+        """Ids of the jobs this worker runs on ``backend`` now."""
+        return [job_id for job_id, where in self._where.items() if where is backend]
+
     # -- the loop -----------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
         """Work until ``stop`` is set (or, with ``burst``, until the queue is empty and all is done)."""
         stop = stop or asyncio.Event()
+        self.pool.probe_min = min(self.pool.probe_min, max(self.poll_interval * 8, 0.05))
         keeper = asyncio.create_task(self._keep_leases(stop))
         try:
+            if not self.pool.single:
+                await self.pool.check_all()
             await self.recover()
             while not stop.is_set():
-                if self.backend_down and not await self._probe_backend():
-                    await _wait_any(stop, self._wake, timeout=min(10.0, self.poll_interval * 8))
-                    continue
+                self.pool.tick(self._wake.set)
                 self._fill()
                 if burst and not self._tasks and not await asyncio.to_thread(self.queue.pending_ids):
                     break
                 self._wake.clear()
                 waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait()),
                            *self._tasks.values()]
-                await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+                timeout = min(self.poll_interval, max(self.pool.next_check_in(), 0.01))
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 for waiter in waiters[:2]:
                     waiter.cancel()
         finally:
             keeper.cancel()
             await self._drain(stop.is_set() and not burst)
+            await self.pool.aclose()
 
     def _fill(self) -> None:
-        while len(self._tasks) < self.max_in_flight and not self.backend_down:
-            job = self.queue.claim(self.id, lease_seconds=self.lease_seconds)
+        while free := self.pool.free():
+            if self.pool.single:
+                job = self.queue.claim(self.id, lease_seconds=self.lease_seconds)
+            else:
+                job = self.queue.claim_matching(self.id, lease_seconds=self.lease_seconds,
+                                                accept=lambda job, free=free: self.pool.can_place(job, free))
             if job is None:
-                return
-            self._start(job, attach=False)
+                break
+            self._start(job, self.pool.choose(job, free), attach=False)
+        self._note_waiting()
 
-    def _start(self, job: Job, *, attach: bool) -> None:
+    def _note_waiting(self) -> None:
+        """Say why the first queued jobs wait, when it is a backend's absence (not just a busy pool)."""
+        if self.pool.single and self.pool.down_reason() is None:
+            return
+        now = time.monotonic()
+        if now < self._next_note:
+            return
+        self._next_note = now + NOTE_INTERVAL
+        for job_id in self.queue.pending_ids()[:NOTE_SCAN]:
+            try:
+                job = self.queue.get(job_id)
+            except QueueError:
+                continue
+            reason = self.pool.waiting_reason(job)
+            if reason and reason != job.note and job.state is JobState.QUEUED:
+                self.queue.update(job.id, note=reason)
+
+    def _start(self, job: Job, backend: Backend, *, attach: bool) -> None:
         self._cancels[job.id] = asyncio.Event()
-        task = asyncio.create_task(self._run_job(job, attach=attach), name=f"job-{job.id}")
+        self._where[job.id] = backend
+        self.pool.acquire(backend)
+        task = asyncio.create_task(self._run_job(job, backend, attach=attach), name=f"job-{job.id}")
         self._tasks[job.id] = task
         task.add_done_callback(lambda _t, job_id=job.id: self._forget(job_id))
 
@@ -174,10 +226,13 @@ class Worker:
         self._tasks.pop(job_id, None)
         self._cancels.pop(job_id, None)
         self._submitted.discard(job_id)
+        backend = self._where.pop(job_id, None)
+        if backend is not None:
+            self.pool.release(backend)
         self._wake.set()
 
     async def _drain(self, abandon: bool) -> None:
-        """On stop, leave running jobs to be re-attached by the next worker (their prompts keep running)."""
+        """On stop, leave running jobs to be re-attached by the next worker (their runs keep going)."""
         for task in list(self._tasks.values()):
             if abandon:
                 task.cancel()
@@ -193,20 +248,10 @@ class Worker:
                     self._tasks[job_id].cancel()
             await self._adopt_expired()
 
-    async def _probe_backend(self) -> bool:
-        try:
-            await self.client.system_stats()
-        except ComfyError as exc:
-            self.backend_down = str(exc)
-            return False
-        logger.info("ComfyUI at %s answers again", self.client.base_url)
-        self.backend_down = None
-        return True
-
     # -- recovery -------------------------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Take over jobs left running by a dead worker: re-attach to their prompts or resubmit them."""
+        """Take over jobs left running by a dead worker: re-attach to their runs or resubmit them."""
         for job in self.queue.list(states=[JobState.RUNNING], limit=10_000).jobs:
             dead = owner_alive(job.lease_owner or "") is False
             await self._adopt(job, force=dead)
@@ -222,29 +267,36 @@ class Worker:
         taken = self.queue.take_over(job.id, self.id, lease_seconds=self.lease_seconds, force=force)
         if taken is None:
             return
-        logger.info("Re-attaching job %s (prompt %s) left by %s", taken.id, taken.prompt_id, job.lease_owner)
-        if taken.prompt_id:
-            self._start(taken, attach=True)
-        else:  # it died before submitting anything
-            self.queue.requeue(taken.id, self.id, "re-queued after a worker restart")
+        backend = self.pool.backends[0] if self.pool.single else self.pool.find(taken.backend)
+        logger.info("Re-attaching job %s (run %s on %s) left by %s", taken.id, taken.prompt_id, taken.backend,
+                    job.lease_owner)
+        if taken.prompt_id and backend is not None:
+            self._start(taken, backend, attach=True)
+        else:  # it died before submitting anything, or its backend is no longer configured
+            reason = "re-queued after a worker restart" if backend is not None or not taken.backend else (
+                f"re-queued after a worker restart: its backend {taken.backend} is no longer configured")
+            self.queue.requeue(taken.id, self.id, reason)
             self._wake.set()
 
     # -- one job ----------------------------------------------------------------------------------
 
-    async def _run_job(self, job: Job, *, attach: bool) -> None:
+    async def _run_job(self, job: Job, backend: Backend, *, attach: bool) -> None:
         try:
-            result, prefetch = await self._execute(job, attach=attach)
+            outcome = await self._execute(job, backend, attach=attach)
             executed = time.monotonic()
-            stored = await self._save(job, result, prefetch)
+            stored = await self._save(job, backend, outcome)
             download_s = time.monotonic() - executed
+            if outcome.notes:
+                self.queue.update(job.id, self.id, note=" ".join(outcome.notes))
             finished = self.queue.finish(job.id, self.id, outputs=[s.to_dict() for s in stored])
             self._schedule_upload(finished)
             timings = {
                 "queue_wait_s": max((finished.started_at or finished.queued_at) - finished.queued_at, 0.0),
-                "execution_s": (result.execution_ms or 0) / 1000,
+                "execution_s": (outcome.execution_ms or 0) / 1000,
                 "download_s": download_s,
             }
-            self._publish(job.id, "succeeded", progress=1.0, job=finished, timings=timings)
+            self._publish(job.id, "succeeded", progress=1.0, job=finished, timings=timings,
+                          message=finished.note if outcome.notes else None)
         except asyncio.CancelledError:
             raise
         except ExecutionInterrupted as exc:
@@ -253,131 +305,94 @@ class Worker:
             else:
                 self._fail(job.id, exc, retry=False)
         except ComfyError as exc:
-            self._on_error(job, exc)
+            await self._on_error(job, backend, exc)
         except Exception as exc:  # a bug must fail one job, not kill the worker
             logger.exception("Job %s failed unexpectedly", job.id)
             self._fail(job.id, exc, retry=False)
 
-    def _on_error(self, job: Job, exc: ComfyError) -> None:
+    async def _on_error(self, job: Job, backend: Backend, exc: ComfyError) -> None:
         if self._cancel_requested(job.id):
             self._finish_cancelled(job.id)
             return
         if isinstance(exc, ServerUnavailable):
-            self.backend_down = str(exc)
-            logger.warning("ComfyUI at %s is unreachable: %s", self.client.base_url, exc)
+            self.pool.mark_down(backend, str(exc))
+            logger.warning("Backend %s is unreachable: %s", backend.name, exc)
             if job.id not in self._submitted:
-                # Nothing reached the server: the job waits for it without using up an attempt.
-                released = self.queue.release(job.id, self.id, f"waiting for the backend: {exc}")
-                self._publish(job.id, "retrying", job=released, message=released.note, error_code=exc.code)
+                # Nothing reached the backend: the job waits for one without using up an attempt.
+                where = "the backend" if self.pool.single else "a backend"
+                released = self.queue.release(job.id, self.id, f"waiting for {where}: {exc}")
+                # server_unavailable tells a caller that nothing can run it now; with others up it moves on.
+                code = exc.code if self.pool.down_reason() is not None else "failover"
+                self._publish(job.id, "retrying", job=released, message=released.note, error_code=code)
                 return
+        if exc.retryable and job.id in self._submitted and exc.code not in _GONE:
+            await self._leave(job.id, backend)
         self._fail(job.id, exc, retry=exc.retryable)
 
-    async def _execute(self, job: Job, *, attach: bool) -> tuple[RunResult, Prefetch]:
-        if attach and job.prompt_id and job.client_id:
-            graph = job.workflow or {}
-            self._submitted.add(job.id)
-            self._publish(job.id, "started", message="re-attached after a restart")
-        else:
-            graph = await build_prompt(job, self.client, self.store)
-            job = self.queue.update(job.id, self.id, prompt_id=str(uuid.uuid4()), client_id=uuid.uuid4().hex,
-                                    backend=self.client.base_url, workflow=graph if job.kind == "generate" else job.workflow,
-                                    note=None)
-            self._publish(job.id, "started", job=job)
-        return await self._follow(job, graph, submit=not attach)
+    async def _leave(self, job_id: str, backend: Backend) -> None:
+        """Before a job is submitted again, stop its run on ``backend``; if it cannot be told, do it later."""
+        try:
+            handle = self.queue.get(job_id).prompt_id
+        except QueueError:
+            return
+        if not handle:
+            return
+        try:
+            await asyncio.wait_for(backend.forget(handle), FORGET_TIMEOUT)
+        except (ComfyError, TimeoutError) as exc:
+            logger.info("Could not stop run %s of job %s on %s (%s); it is stopped when it answers again",
+                        handle, job_id, backend.name, exc)
+            self.pool.add_orphan(backend, handle)
 
-    async def _follow(self, job: Job, graph: dict[str, Any], *, submit: bool) -> tuple[RunResult, Prefetch]:
-        assert job.prompt_id and job.client_id
-        tracker = ProgressTracker(graph)
-        prefetch: Prefetch = {}
-        last_write = 0.0
-        deadline = time.monotonic() + self.job_timeout
-
-        def on_event(event: protocol.Event) -> None:
-            nonlocal last_write
-            if isinstance(event, protocol.Preview):
-                self._publish(job.id, "preview", preview=event.image, preview_mime=event.mime)
-                return
-            if isinstance(event, protocol.Executed):
-                for ref in event.outputs:
-                    if ref.type == "output" and ref not in prefetch:
-                        # Start the download now; the end-of-run signal follows within milliseconds.
-                        prefetch[ref] = asyncio.create_task(self.client.download(ref))
-            if tracker.feed(event):
-                snap = tracker.snapshot()
-                self._publish(job.id, "progress", progress=snap.progress, node=snap.node, step=snap.step,
-                              steps=snap.steps)
-                now = time.monotonic()
-                if now - last_write >= PROGRESS_WRITE_INTERVAL or snap.step == snap.steps:
-                    last_write = now
-                    self.queue.update(job.id, self.id, progress=snap.progress, node=snap.node, step=snap.step,
-                                      steps=snap.steps)
-
+    async def _execute(self, job: Job, backend: Backend, *, attach: bool) -> Outcome:
+        ctx = _Context(self, job)
         cancel = self._cancels.get(job.id) or asyncio.Event()
-        run = asyncio.create_task(self._submit_and_follow(job, graph, on_event, deadline, submit))
-        watch = asyncio.create_task(self._watch_cancel(job, cancel))
+        run = asyncio.create_task(backend.run(ctx, attach=attach))
+        watch = asyncio.create_task(self._watch_cancel(job, backend, cancel))
         try:
             done, _ = await asyncio.wait({run, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if run not in done:  # cancelled: the server was told; wait briefly for it to confirm
+            if run not in done:  # cancelled: the backend was told; wait briefly for it to confirm
                 with contextlib.suppress(asyncio.TimeoutError, ComfyError):
                     await asyncio.wait_for(asyncio.shield(run), timeout=5.0)
+                await self._cancel_late_handle(job.id, backend, watch.result())
                 raise ExecutionInterrupted("Cancelled.")
-            return run.result(), prefetch
+            return run.result()
         finally:
             for task in (run, watch):
                 task.cancel()
-            if not run.done() or run.cancelled() or run.exception() is not None:
-                for task in prefetch.values():
-                    task.cancel()
 
-    async def _submit_and_follow(self, job: Job, graph: dict[str, Any], on_event: Any, deadline: float,
-                                 submit: bool) -> RunResult:
-        assert job.prompt_id and job.client_id
-        try:
-            if not submit:
-                return await self.client.follow(job.prompt_id, job.client_id, on_event=on_event, deadline=deadline)
-            async with self.client.events(job.client_id) as stream:
-                await self.client.queue_prompt(graph, client_id=job.client_id, prompt_id=job.prompt_id)
-                self._submitted.add(job.id)
-                return await self.client.follow(job.prompt_id, job.client_id, on_event=on_event, deadline=deadline,
-                                                stream=stream)
-        except ServerTimeout as exc:
-            if time.monotonic() < deadline:
-                raise
-            # The job's own limit, not a network hiccup: stop it on the server, do not retry.
-            with contextlib.suppress(ComfyError):
-                await self.client.cancel(job.prompt_id)
-            raise JobTimedOut(self.job_timeout) from exc
-
-    async def _watch_cancel(self, job: Job, signal: asyncio.Event) -> None:
-        """Return once the job is cancelled (in this process or another), after telling the server."""
+    async def _watch_cancel(self, job: Job, backend: Backend, signal: asyncio.Event) -> str | None:
+        """Return once the job is cancelled (in this process or another), after telling the backend."""
         while not signal.is_set():
             if self._cancel_requested(job.id):
                 break
             await _wait_any(signal, timeout=max(self.poll_interval * 2, 0.1))
-        assert job.prompt_id
+        try:
+            current = self.queue.get(job.id)
+        except QueueError:
+            return None
         with contextlib.suppress(ComfyError):
-            await self.client.cancel(job.prompt_id)
+            await backend.cancel(current)
+        return current.prompt_id
 
-    async def _save(self, job: Job, result: RunResult, prefetched: Prefetch) -> list[StoredImage]:
+    async def _cancel_late_handle(self, job_id: str, backend: Backend, cancelled: str | None) -> None:
+        # A backend that learns its handle only when it submits (RunPod) may have got it after the cancel.
+        with contextlib.suppress(QueueError, ComfyError):
+            current = self.queue.get(job_id)
+            if current.prompt_id and current.prompt_id != cancelled:
+                await backend.cancel(current)
+
+    async def _save(self, job: Job, backend: Backend, outcome: Outcome) -> list[StoredImage]:
         current = self.queue.get(job.id)
         metadata = {
-            "job_id": job.id, "kind": job.kind, "params": current.params, "prompt_id": result.prompt_id,
-            "backend": self.client.base_url, "execution_ms": result.execution_ms,
+            "job_id": job.id, "kind": job.kind, "params": current.params, "prompt_id": outcome.handle,
+            "backend": backend.name, "execution_ms": outcome.execution_ms,
         }
-
-        async def fetch(ref: protocol.OutputRef) -> bytes:
-            task = prefetched.get(ref)
-            if task is not None:
-                try:
-                    return await task
-                except ComfyError:
-                    pass  # fetch it again below
-            return await self.client.download(ref)
-
-        blobs = await asyncio.gather(*(fetch(ref) for ref in result.outputs))
+        blobs = await asyncio.gather(*(output.fetch() for output in outcome.outputs))
         return [
-            self.store.save_output(job.id, index, data, metadata=metadata, node_id=ref.node_id, source=ref.filename)
-            for index, (ref, data) in enumerate(zip(result.outputs, blobs))
+            self.store.save_output(job.id, index, data, metadata=metadata, node_id=output.node_id,
+                                   source=output.filename)
+            for index, (output, data) in enumerate(zip(outcome.outputs, blobs))
         ]
 
     # -- bookkeeping --------------------------------------------------------------------------------
@@ -419,6 +434,16 @@ class Worker:
         self.bus.publish(JobEvent(job_id, kind, job=job.to_dict() if job else None, **fields))  # type: ignore[arg-type]
 
 
+def _as_pool(backends: Pool | Sequence[Backend] | Backend | ComfyClient, max_in_flight: int) -> Pool:
+    if isinstance(backends, Pool):
+        return backends
+    if isinstance(backends, ComfyClient):
+        return Pool([ComfyBackend(backends, max_in_flight=max_in_flight)])
+    if isinstance(backends, Sequence):
+        return Pool(list(backends))
+    return Pool([backends])
+
+
 async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
     waiters = [asyncio.ensure_future(e.wait()) for e in events]
     try:
@@ -426,4 +451,3 @@ async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
     finally:
         for waiter in waiters:
             waiter.cancel()
-
