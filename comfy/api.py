@@ -43,9 +43,9 @@ from .api_models import (
 )
 from .api_stream import stream_router
 from .errors import ComfyError
-from .health import probe_dir, queue_counts, queue_writable, worker_running
+from .health import probe_dir, queue_counts, queue_writable
 from .metrics import CONTENT_TYPE, HttpMetricsMiddleware, StudioMetrics
-from .service import BackendStatus, Studio, redact_url
+from .service import BackendStatus, Studio
 from .settings import Settings
 
 __all__ = ["create_api"]
@@ -123,37 +123,41 @@ def _health_router(ctx: ApiContext, metrics: StudioMetrics) -> APIRouter:
     @router.get("/readyz", response_model=ReadyOut, summary="Readiness: ComfyUI answers, the queue is writable",
                 responses={503: {"model": ErrorResponse, "description": "Not ready; the message says why."}})
     async def readyz() -> ReadyOut:
+        """Ready while at least one backend answers (the pool routes jobs to those that do)."""
         try:
-            backend = await asyncio.wait_for(studio.backend_status(), READY_TIMEOUT)
+            backends = await asyncio.wait_for(studio.backends_status(), READY_TIMEOUT)
         except TimeoutError:
-            raise ApiError(503, "backend_unavailable", f"ComfyUI did not answer within {READY_TIMEOUT:.0f} s.",
+            raise ApiError(503, "backend_unavailable", f"No backend answered within {READY_TIMEOUT:.0f} s.",
                            headers={"Retry-After": "5"}) from None
-        if not backend.reachable:
-            raise ApiError(503, "backend_unavailable", f"ComfyUI at {backend.url} does not answer: {backend.error}",
-                           headers={"Retry-After": "5"})
+        up = [b for b in backends if b.reachable]
+        if not up:
+            reasons = "; ".join(f"{b.url} does not answer: {ctx.scrub(b.error or 'no answer')}" for b in backends)
+            raise ApiError(503, "backend_unavailable", f"No backend answers. {reasons}", headers={"Retry-After": "5"})
         problem = await asyncio.to_thread(queue_writable, studio)
         if problem:
             raise ApiError(503, "queue_unavailable", problem, headers={"Retry-After": "5"})
-        return ReadyOut(status="ready", backend=backend.url, queue=queue_counts(studio) or {})
+        return ReadyOut(status="ready", backend=up[0].url, backends_up=len(up), backends_total=len(backends),
+                        queue=queue_counts(studio) or {})
 
-    @router.get("/health", response_model=HealthOut, summary="Status: backend, GPU, queues, worker, storage")
+    @router.get("/health", response_model=HealthOut, summary="Status: backends, GPU, queues, worker, storage")
     async def health() -> HealthOut:
-        """Always 200 (``status`` says ``degraded`` when something is wrong); secrets are never shown."""
+        """Always 200; ``status`` is ``degraded`` when a backend, the worker or storage is wrong. No secrets."""
         try:
-            status = await asyncio.wait_for(studio.backend_status(), READY_TIMEOUT)
+            statuses = await asyncio.wait_for(studio.backends_status(), READY_TIMEOUT)
         except TimeoutError:
-            status = BackendStatus(redact_url(studio.client.base_url), False, error="No answer in time.")
-        backend = status.to_dict()
-        backend["error"] = ctx.scrub(status.error) if status.error else None
+            statuses = [BackendStatus(b.url, False, error="No answer in time.", name=b.name, kind=b.kind)
+                        for b in studio.pool.backends]
+        backends = [BackendOut(**{**status.to_dict(), "error": ctx.scrub(status.error) if status.error else None})
+                    for status in statuses]
         storage = await asyncio.to_thread(probe_dir, ctx.settings.data_dir)
         counts = await asyncio.to_thread(queue_counts, studio)
         objects = await _objects(ctx)
-        worker = WorkerOut(running=worker_running(studio), in_flight=len(studio.worker.running),
+        worker = WorkerOut(running=studio.worker_running, in_flight=len(studio.worker.running),
                            backend_down=ctx.scrub(studio.worker.backend_down) if studio.worker.backend_down else None)
-        ok = (backend["reachable"] and storage.writable and counts is not None and worker.running
+        ok = (all(b.reachable for b in backends) and storage.writable and counts is not None and worker.running
               and objects.get("reachable") is not False)
-        return HealthOut(status="ok" if ok else "degraded", backend=BackendOut(**backend), queue=counts or {},
-                         worker=worker, storage=StorageOut(**storage.__dict__), objects=objects)
+        return HealthOut(status="ok" if ok else "degraded", backend=backends[0], backends=backends,
+                         queue=counts or {}, worker=worker, storage=StorageOut(**storage.__dict__), objects=objects)
 
     @router.get("/models", response_model=ModelsOut, tags=["models"], summary="Checkpoints, samplers, schedulers",
                 responses={401: {"model": ErrorResponse}, 429: {"model": ErrorResponse},

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import re
 import secrets
 from pathlib import Path
@@ -44,7 +42,7 @@ from .api_models import (
     result_of,
 )
 from .errors import ComfyError, JobNotFound, StorageError, WorkflowError
-from .params import RANDOM_SEED, GenerationParams
+from .params import RANDOM_SEED, GenerationParams, seed_from
 from .queue import Job, JobState
 
 __all__ = ["JOB_ID", "jobs_router", "root_of", "visible_job"]
@@ -81,16 +79,10 @@ def visible_job(ctx: ApiContext, caller: Caller, job_id: str) -> Job:
     return job
 
 
-def _seed_for(owner: str | None, key: str, body: Any) -> int:
-    """The random seed of an idempotent request: the same key and body always draw the same one."""
-    text = json.dumps([owner, key, body], sort_keys=True, default=str)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") % 2**53
-
-
 def _engine_params(req: GenerateRequest, owner: str | None, key: str | None) -> dict[str, Any]:
     params = req.engine_params()
     if params["seed"] == RANDOM_SEED and key:
-        params["seed"] = _seed_for(owner, key, req.model_dump(exclude={"init_image"}))
+        params["seed"] = seed_from(owner, key, req.model_dump(exclude={"init_image"}))
     return params
 
 
@@ -336,7 +328,7 @@ def _workflow_values(ctx: ApiContext, body: WorkflowJobRequest, owner: str | Non
     except WorkflowError as exc:
         raise ApiError(400, exc.code, str(exc), field=f"values.{api_field(exc.field)}") from exc
     if values.get("seed") == RANDOM_SEED:
-        values["seed"] = _seed_for(owner, key, body.model_dump(exclude={"images"})) if key else secrets.randbelow(2**53)
+        values["seed"] = seed_from(owner, key, body.model_dump(exclude={"images"})) if key else secrets.randbelow(2**53)
     return values
 
 

@@ -195,14 +195,26 @@ class ModelsOut(BaseModel):
 
 
 class BackendOut(BaseModel):
-    url: str = Field(description="The ComfyUI URL without credentials or query.")
+    url: str = Field(description="The ComfyUI URL (or RunPod endpoint URL) without credentials or query.")
+    name: str | None = Field(None, description="What jobs record as their backend: the URL, or runpod:<endpoint>.")
+    kind: Literal["comfyui", "runpod"] = Field("comfyui", description="A ComfyUI server, or RunPod Serverless.")
+    state: Literal["up", "down", "probing"] = Field(
+        "up", description="down: marked down by the pool (its jobs go elsewhere); probing: being asked again.")
     reachable: bool
     error: str | None = None
     gpu: str | None = None
     vram_total: int | None = None
     vram_free: int | None = None
-    queue_remaining: int | None = Field(None, description="Prompts pending or running on ComfyUI.")
+    queue_remaining: int | None = Field(None, description="Prompts pending or running there, ours included.")
     comfyui_version: str | None = None
+    load: int | None = Field(None, description="What routing compares: our jobs there plus its own queue.")
+    in_flight: int | None = Field(None, description="Our jobs running there now.")
+    max_in_flight: int | None = Field(None, description="How many of our jobs it takes at once.")
+    workers_idle: int | None = Field(None, description="RunPod Serverless: idle GPU workers.")
+    workers_running: int | None = Field(None, description="RunPod Serverless: busy GPU workers.")
+    jobs_in_queue: int | None = Field(None, description="RunPod Serverless: jobs waiting for a worker.")
+    jobs_in_progress: int | None = Field(None, description="RunPod Serverless: jobs running.")
+    down_for_s: float | None = Field(None, description="Seconds since it was marked down.")
 
 
 class WorkerOut(BaseModel):
@@ -220,7 +232,8 @@ class StorageOut(BaseModel):
 
 class HealthOut(BaseModel):
     status: Literal["ok", "degraded"]
-    backend: BackendOut
+    backend: BackendOut = Field(description="The first backend configured (see backends for all of them).")
+    backends: list[BackendOut] = Field(description="Every backend, in the order configured.")
     queue: dict[str, int] = Field(description="Our jobs by state.")
     worker: WorkerOut
     storage: StorageOut = Field(description="The data folder: writable, free space.")
@@ -230,7 +243,9 @@ class HealthOut(BaseModel):
 
 class ReadyOut(BaseModel):
     status: Literal["ready"]
-    backend: str
+    backend: str = Field(description="The first backend that answers.")
+    backends_up: int = Field(description="How many backends answer.")
+    backends_total: int
     queue: dict[str, int]
 
 

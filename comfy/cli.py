@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="checkpoints, samplers and schedulers on the server")
     sub.add_parser("hash-password", help="print a password hash to use in AUTH_USERS (reads the password)")
-    sub.add_parser("status", help="whether the server answers, its GPU and queue")
+    sub.add_parser("status", help="each backend (a JSON list): whether it answers, its GPU, load and queue")
     return parser
 
 
@@ -217,7 +217,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
             print(json.dumps(dataclasses.asdict(models), indent=2))
             return EXIT_OK
         if args.command == "status":
-            print(json.dumps((await studio.backend_status()).to_dict(), indent=2))
+            print(json.dumps([status.to_dict() for status in await studio.backends_status()], indent=2))
             return EXIT_OK
     return EXIT_USAGE
 

@@ -15,13 +15,7 @@ from pathlib import Path
 from .errors import ComfyError
 from .service import Studio
 
-__all__ = ["StorageState", "probe_dir", "queue_counts", "queue_writable", "worker_running"]
-
-
-def worker_running(studio: Studio) -> bool:
-    """True while the studio's worker task is alive in this process."""
-    task = studio._worker_task  # the engine has no public flag for it (yet)
-    return task is not None and not task.done()
+__all__ = ["StorageState", "probe_dir", "queue_counts", "queue_writable"]
 
 
 @dataclass(frozen=True)

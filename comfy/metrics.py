@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .events import JobEvent, Subscription
-from .health import queue_counts, worker_running
+from .health import queue_counts
 from .service import Studio
 
 __all__ = ["CONTENT_TYPE", "HttpMetricsMiddleware", "StudioMetrics"]
@@ -64,7 +64,7 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("comfy_studio_prompts_in_flight", "Prompts this process has on ComfyUI now.",
                                 value=len(worker.running))
         yield GaugeMetricFamily("comfy_studio_worker_up", "1 while the worker runs in this process.",
-                                value=1 if worker_running(self._studio) else 0)
+                                value=1 if self._studio.worker_running else 0)
         yield GaugeMetricFamily("comfy_studio_backend_up", "0 while the worker waits for an unreachable ComfyUI.",
                                 value=0 if worker.backend_down else 1)
 

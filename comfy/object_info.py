@@ -35,7 +35,25 @@ from typing import Any
 
 from .errors import ProtocolError, WorkflowError
 
-__all__ = ["ObjectInfo", "InputSpec", "WIDGET_TYPES"]
+__all__ = ["ObjectInfo", "InputSpec", "WIDGET_TYPES", "STOCK_SAMPLERS", "STOCK_SCHEDULERS"]
+
+#: KSampler's choices in a stock ComfyUI 0.8 (as its /object_info lists them): what the page offers
+#: when no server's catalogue can be read, e.g. a RunPod Serverless endpoint (its worker image runs
+#: a stock ComfyUI, and serverless has no /object_info).
+STOCK_SAMPLERS = (
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "exp_heun_2_x0",
+    "exp_heun_2_x0_sde", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral",
+    "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde",
+    "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu",
+    "ddpm", "lcm", "ipndm", "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp",
+    "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "gradient_estimation",
+    "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece", "ddim",
+    "uni_pc", "uni_pc_bh2",
+)
+STOCK_SCHEDULERS = (
+    "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic",
+    "kl_optimal",
+)
 
 #: Input types the ComfyUI frontend shows as widgets (a literal value); any other type is a link.
 WIDGET_TYPES: frozenset[str] = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})

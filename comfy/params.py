@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import secrets
 from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import WorkflowError
 
-__all__ = ["GenerationParams", "Limits", "MAX_SEED", "RANDOM_SEED"]
+__all__ = ["GenerationParams", "Limits", "MAX_SEED", "RANDOM_SEED", "seed_from"]
 
 #: KSampler's seed input accepts 0..2**64-1 (``object_info``: ``"max": 18446744073709551615``).
 MAX_SEED = 2**64 - 1
 #: A seed of -1 asks for a random one; the seed actually used is recorded on the job.
 RANDOM_SEED = -1
+
+
+def seed_from(*material: Any) -> int:
+    """A "random" seed drawn from ``material``: the same material always draws the same seed.
+
+    For idempotent requests with seed -1: a retry under the same key must be the same request, and
+    so must draw the same seed rather than look like a different one.
+
+    >>> seed_from("key-1", {"prompt": "a fox"}) == seed_from("key-1", {"prompt": "a fox"})
+    True
+    """
+    text = json.dumps(material, sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") % 2**53  # exact in JavaScript
 
 
 @dataclass(frozen=True)
@@ -61,11 +76,17 @@ class GenerationParams:
     def with_seed(self, seed: int) -> GenerationParams:
         return dataclasses.replace(self, seed=seed)
 
-    def resolve_seed(self) -> GenerationParams:
-        """Turn seed -1 into a concrete random seed, so the seed used can be recorded."""
-        if self.seed == RANDOM_SEED:
-            return self.with_seed(secrets.randbelow(2**53))  # stays exact in JSON and JavaScript
-        return self
+    def resolve_seed(self, *idempotency: Any) -> GenerationParams:
+        """Turn seed -1 into a concrete seed, so the seed used can be recorded.
+
+        Random, unless ``idempotency`` (e.g. the owner and idempotency key) is given: then it is drawn
+        from that and these parameters, so retrying the same request draws the same seed.
+        """
+        if self.seed != RANDOM_SEED:
+            return self
+        if any(part is not None for part in idempotency):
+            return self.with_seed(seed_from(*idempotency, self.to_dict()))
+        return self.with_seed(secrets.randbelow(2**53))  # stays exact in JSON and JavaScript
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,7 +26,7 @@ from .client import ComfyClient
 from .errors import ComfyError, ServerError, WorkflowError
 from .events import EventBus, JobEvent
 from .library import WorkflowLibrary
-from .object_info import ObjectInfo
+from .object_info import STOCK_SAMPLERS, STOCK_SCHEDULERS, ObjectInfo
 from .params import GenerationParams, Limits
 from .pool import BackendState, Pool, merge_object_info
 from .queue import Job, JobPage, JobQueue, JobState
@@ -163,6 +163,11 @@ class Studio:
             await backend.aclose()
         self.queue.close()
 
+    @property
+    def worker_running(self) -> bool:
+        """True while this process's worker task is alive."""
+        return self._worker_task is not None and not self._worker_task.done()
+
     async def __aenter__(self) -> Studio:
         return self
 
@@ -257,6 +262,8 @@ class Studio:
 
     async def models(self, *, refresh: bool = False) -> Models:
         info = await self.object_info(refresh=refresh)
+        if info is None and self.settings.runpod_endpoint_id:  # serverless has no catalogue to ask
+            return Models(self.settings.runpod_checkpoint_list or [], list(STOCK_SAMPLERS), list(STOCK_SCHEDULERS))
         if info is None:
             return Models([], [], [])
         return Models(list(info.checkpoints), list(info.samplers), list(info.schedulers))
@@ -302,7 +309,8 @@ class Studio:
             params = GenerationParams.from_dict(params)
         if not 1 <= count <= 100:
             raise WorkflowError(f"count is {count}; it must be between 1 and 100.", field="count")
-        params = params.check(self.limits).resolve_seed()
+        # Under an idempotency key a random seed is drawn from the request, so a retry is the same job.
+        params = params.check(self.limits).resolve_seed(*((owner, idempotency_key) if idempotency_key else ()))
         if image is not None:
             _check_image(image, self.settings.max_upload_bytes)
             params = dataclasses.replace(params, init_image=str(self.store.save_input(image)))
@@ -383,7 +391,8 @@ class Studio:
         base = GenerationParams.from_dict({"prompt": values.get("prompt", "-"), **values})
         base.check(self.limits)
         if count > 1 or values.get("seed") == -1:
-            values = {**values, "seed": base.resolve_seed().seed}
+            retry_material = (owner, idempotency_key, graph) if idempotency_key else ()
+            values = {**values, "seed": base.resolve_seed(*retry_material).seed}
         jobs = []
         for index in range(count):
             one = {**values, "seed": (values["seed"] + index) % 2**64} if "seed" in values else values

@@ -166,6 +166,29 @@ async def test_readyz_is_503_when_comfyui_is_down(api: Api, fake_comfy: FakeComf
     assert (await api.http.get("/healthz")).status_code == 200  # liveness touches nothing
 
 
+async def test_health_and_readyz_show_every_backend_of_a_pool(make_api, fake_comfy: FakeComfy) -> None:
+    second = FakeComfy(step_time=0.005, node_time=0.001).start()
+    try:
+        async with make_api(comfyui_url=f"{fake_comfy.url},{second.url}", failover_seconds=1.0) as api:
+            health = (await api.http.get("/health")).json()
+            assert [b["url"] for b in health["backends"]] == [fake_comfy.url, second.url]
+            assert all(b["state"] == "up" and b["kind"] == "comfyui" and b["gpu"] for b in health["backends"])
+            assert health["backends"][0]["max_in_flight"] == api.settings.max_in_flight
+            assert health["backend"] == health["backends"][0] and health["status"] == "ok"
+            second.stop()
+            health = (await api.http.get("/health")).json()
+            assert health["status"] == "degraded" and [b["reachable"] for b in health["backends"]] == [True, False]
+            ready = await api.http.get("/readyz")  # one backend still takes jobs: ready
+            assert ready.status_code == 200 and ready.json()["backends_up"] == 1
+            assert ready.json()["backends_total"] == 2 and ready.json()["backend"] == fake_comfy.url
+            fake_comfy.stop()
+            ready = await api.http.get("/readyz")
+            assert ready.status_code == 503 and error_of(ready)["code"] == "backend_unavailable"
+            assert fake_comfy.url in error_of(ready)["message"] and second.url in error_of(ready)["message"]
+    finally:
+        second.stop()
+
+
 async def test_health_hides_backend_credentials(make_api, fake_comfy: FakeComfy) -> None:
     url = fake_comfy.url.replace("http://", "http://user:hunter2pw@") + "?token=tok3n"
     async with make_api(comfyui_url=url, comfyui_headers='{"Authorization": "Bearer backend-s3cret"}') as api:

@@ -83,3 +83,12 @@ def test_no_wait_then_a_worker_runs_it(tmp_path: Path, fake_comfy: FakeComfy) ->
     worker = run_cli(tmp_path, fake_comfy.url, "worker", "--burst")
     assert worker.returncode == 0, worker.stderr
     assert "succeeded" in run_cli(tmp_path, fake_comfy.url, "jobs").stdout
+
+
+def test_status_lists_every_backend(tmp_path: Path, fake_comfy: FakeComfy) -> None:
+    result = run_cli(tmp_path, f"{fake_comfy.url},http://127.0.0.1:9", "status")
+    assert result.returncode == 0, result.stderr
+    first, second = json.loads(result.stdout)
+    assert (first["url"], first["state"], first["reachable"]) == (fake_comfy.url, "up", True)
+    assert (second["url"], second["reachable"]) == ("http://127.0.0.1:9", False)
+    assert second["state"] in ("down", "probing") and "Cannot reach" in second["error"]

@@ -181,15 +181,26 @@ async def test_a_cold_start_shows_waiting_for_a_gpu_worker_then_progress(tmp_pat
     assert done.state is JobState.SUCCEEDED and done.note is None
 
 
+async def test_an_endpoint_alone_offers_its_checkpoints_and_the_stock_samplers(tmp_path, runpod: FakeRunPod) -> None:
+    settings = runpod_settings(tmp_path, runpod, runpod_checkpoints="sdxl-base.safetensors, flux-dev.safetensors")
+    async with running(settings) as studio:
+        models = await studio.models()
+    assert models.checkpoints == ["sdxl-base.safetensors", "flux-dev.safetensors"]
+    assert "euler" in models.samplers and "dpmpp_2m" in models.samplers and "karras" in models.schedulers
+
+
 async def test_waiting_behind_busy_workers_is_not_a_cold_start(tmp_path) -> None:
     with FakeRunPod(workers=1, step_time=0.005) as fake:
         async with running(runpod_settings(tmp_path, fake)) as studio:
             fake.hold = True
-            first, second = await studio.submit(PARAMS, count=2)
-            await wait_for(lambda: studio.job(second.id).note is not None)
-            assert studio.job(second.id).note == "waiting for a GPU worker"
+            jobs = await studio.submit(PARAMS, count=2)
+            # Both are sent at once; whichever reaches the endpoint second waits for its one worker.
+            await wait_for(lambda: any(studio.job(job.id).note is not None for job in jobs))
+            notes = {studio.job(job.id).note for job in jobs} - {None}  # both, if caught before the worker took one
+            assert notes == {"waiting for a GPU worker"}
             fake.hold = False
-            assert (await studio.wait(second.id, timeout=30)).state is JobState.SUCCEEDED
+            for job in jobs:
+                assert (await studio.wait(job.id, timeout=30)).state is JobState.SUCCEEDED
 
 
 @pytest.mark.parametrize("how", ["base64", "s3"])

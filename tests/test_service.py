@@ -86,6 +86,22 @@ async def test_idempotency_key(studio: Studio) -> None:
     assert len(studio.jobs().jobs) == 1
 
 
+async def test_a_random_seed_under_an_idempotency_key_is_the_same_request(studio: Studio) -> None:
+    random = LIGHTHOUSE.with_seed(-1)
+    [first] = await studio.submit(random, idempotency_key="r1")
+    [again] = await studio.submit(random, idempotency_key="r1")
+    [other] = await studio.submit(random, idempotency_key="r2")
+    assert again.id == first.id and first.params["seed"] != -1
+    assert other.id != first.id and other.params["seed"] != first.params["seed"]  # another key, another seed
+    graph = json.dumps(workflow("txt2img_api"))
+    [bound] = await studio.submit_params_to_workflow(graph, {"prompt": "a fox", "seed": -1}, idempotency_key="w1")
+    [bound_again] = await studio.submit_params_to_workflow(graph, {"prompt": "a fox", "seed": -1},
+                                                           idempotency_key="w1")
+    assert bound_again.id == bound.id
+    for job in (first, other, bound):
+        await studio.wait(job.id, timeout=30)
+
+
 async def test_keeps_the_backend_busy_two_prompts_in_flight(studio: Studio, fake_comfy: FakeComfy) -> None:
     fake_comfy.hold = True
     jobs = await studio.submit(LIGHTHOUSE, count=3)

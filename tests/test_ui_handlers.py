@@ -13,6 +13,7 @@ from comfy import JobState, Studio, pngmeta
 from comfy.pnginfo import parse_a1111, read_png_info
 from tests.fakes.comfy_server import FakeComfy
 from tests.fixtures_util import COMFY, image
+from ui import render
 from ui.handlers import FORM_FIELDS, Handlers
 
 FORM = {"prompt": "a lighthouse", "negative_prompt": "", "checkpoint": "random-sd15.safetensors", "sampler": "euler",
@@ -157,3 +158,33 @@ async def test_workflow_load_discover_and_run(studio: Studio, fake_comfy: FakeCo
     assert again["graph"] == loaded["graph"]
     with pytest.raises(gr.Error, match="API format|Export \\(API\\)"):
         await h.load_workflow(None, json.dumps({"nodes": [], "links": []}), None)
+
+
+async def test_status_header_shows_each_backend_of_a_pool(tmp_path: Path, fake_comfy: FakeComfy) -> None:
+    from tests.conftest import make_settings
+
+    gone = FakeComfy().start()
+    gone.stop()  # a port nothing answers on: a pod that is down
+    async with Studio(make_settings(tmp_path, f"{fake_comfy.url},{gone.url}", failover_seconds=1.0)) as studio:
+        header = await Handlers(studio).status()
+    assert "1 of 2 backends up" in header and "Studio queue: idle" in header
+    up, down = header.split('<li class="up">')[1], header.split('<li class="down">')[1]
+    assert fake_comfy.url in up and "ComfyUI queue: 0" in up and "ours 0/" in up
+    assert gone.url in down and "Cannot reach the ComfyUI server" in down
+
+
+def test_status_header_for_one_backend_and_for_runpod() -> None:
+    from comfy.service import BackendStatus
+
+    pod = BackendStatus("https://abc-8188.proxy.runpod.net", True, gpu="cuda:0 NVIDIA RTX 4090", vram_total=24 * 1024**3,
+                        vram_free=20 * 1024**3, queue_remaining=2, comfyui_version="0.8.2")
+    one = render.status_html([pod], {JobState.QUEUED: 3, JobState.RUNNING: 1, JobState.SUCCEEDED: 9})
+    assert "<b>Connected</b>" in one and "NVIDIA RTX 4090 · 24.0 GB VRAM (20.0 GB free)" in one
+    assert "ComfyUI queue: 2" in one and "Studio queue: 3 queued, 1 running" in one
+    down = render.status_html([BackendStatus(pod.url, False, error="Cannot reach it <refused>.")], {})
+    assert "Backend unreachable" in down and "&lt;refused&gt;" in down and "Jobs wait" in down
+    serverless = BackendStatus("https://api.runpod.ai/v2/ep1", True, kind="runpod", workers_idle=1, workers_running=2,
+                               jobs_in_queue=5, in_flight=4, max_in_flight=4)
+    both = render.status_html([BackendStatus(pod.url, False, error="timed out", down_for_s=42.0), serverless], {})
+    assert "1 of 2 backends up" in both and "down 42 s" in both
+    assert "RunPod Serverless · 2 GPU workers busy, 1 idle · 5 waiting there · ours 4/4" in both

@@ -120,8 +120,8 @@ class Handlers:
         return [dropdowns.get(name) or gr.update(value=values[name]) for name in FORM_FIELDS]
 
     async def status(self) -> str:
-        status = await self.studio.backend_status()
-        return render.status_html(status, self.studio.queue.counts())
+        statuses = await self.studio.backends_status()
+        return render.status_html(statuses, self.studio.queue.counts())
 
     # -- generating -------------------------------------------------------------------------------
 

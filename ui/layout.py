@@ -26,6 +26,10 @@ CSS = """
 .studio-status.up .dot { background: #1f9d55; }
 .studio-status.down { background: #fdecec; color: #8a1f1f; }
 .studio-status.down .dot { background: #d64545; }
+.studio-status ul.backends { list-style: none; margin: 4px 0 0; padding: 0; }
+.studio-status li.up .dot { background: #1f9d55; }
+.studio-status li.down { color: #8a1f1f; }
+.studio-status li.down .dot { background: #d64545; }
 .studio-progress { display: flex; flex-direction: column; gap: 10px; min-height: 48px; }
 .studio-progress.idle { color: #8a8f98; }
 .studio-progress .line { display: flex; justify-content: space-between; gap: 8px; font-size: 0.9em; }

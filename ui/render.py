@@ -43,20 +43,46 @@ def _gb(value: int | None) -> str:
     return f"{value / 1024**3:.1f} GB" if value else "?"
 
 
-def status_html(status: BackendStatus, counts: dict[JobState, int]) -> str:
-    """The header line: backend (no secrets), reachable or not, GPU and VRAM, both queues."""
+def status_html(statuses: list[BackendStatus], counts: dict[JobState, int]) -> str:
+    """The header: each backend (no secrets), up or not, GPU and VRAM or RunPod workers, load; our queue."""
     ours = ", ".join(f"{n} {state.value}" for state, n in counts.items()
                      if n and state in (JobState.QUEUED, JobState.RUNNING)) or "idle"
-    url = html.escape(status.url)
+    if len(statuses) == 1:
+        [status] = statuses
+        if not status.reachable:
+            return (f'<div class="studio-status down"><span class="dot"></span><b>Backend unreachable</b> · '
+                    f"{_backend_line(status)} Jobs wait in the queue until it answers. · Studio queue: {ours}</div>")
+        return (f'<div class="studio-status up"><span class="dot"></span><b>Connected</b> · {_backend_line(status)}'
+                f" · Studio queue: {ours}</div>")
+    up = sum(status.reachable for status in statuses)
+    if not up:
+        summary = f"<b>No backend answers</b> ({len(statuses)} configured) · jobs wait in the queue until one does"
+    else:
+        summary = f"<b>Connected</b> · {up} of {len(statuses)} backends up"
+    rows = "".join(
+        f'<li class="{"up" if status.reachable else "down"}"><span class="dot"></span>{_backend_line(status)}</li>'
+        for status in statuses)
+    return (f'<div class="studio-status pool {"up" if up else "down"}">{summary} · Studio queue: {ours}'
+            f'<ul class="backends">{rows}</ul></div>')
+
+
+def _backend_line(status: BackendStatus) -> str:
+    name = html.escape(status.url)
     if not status.reachable:
         reason = html.escape(status.error or "no answer")
-        return (f'<div class="studio-status down"><span class="dot"></span><b>Backend unreachable</b> · {url} · '
-                f"{reason} Jobs wait in the queue until it answers. · Studio queue: {ours}</div>")
-    gpu = html.escape(status.gpu or "unknown device")
-    vram = f"{_gb(status.vram_total)} VRAM ({_gb(status.vram_free)} free)" if status.vram_total else ""
-    version = f" · ComfyUI {html.escape(status.comfyui_version)}" if status.comfyui_version else ""
-    return (f'<div class="studio-status up"><span class="dot"></span><b>Connected</b> · {url}{version} · {gpu}'
-            f"{' · ' + vram if vram else ''} · ComfyUI queue: {status.queue_remaining} · Studio queue: {ours}</div>")
+        later = f" (down {status.down_for_s:.0f} s; asked again until it answers)" if status.down_for_s else ""
+        return f"{name} · {reason}{later}"
+    if status.kind == "runpod":
+        workers = f"{status.workers_running or 0} GPU workers busy, {status.workers_idle or 0} idle"
+        what = f"RunPod Serverless · {workers} · {status.jobs_in_queue or 0} waiting there"
+    else:
+        gpu = html.escape(status.gpu or "unknown device")
+        vram = f" · {_gb(status.vram_total)} VRAM ({_gb(status.vram_free)} free)" if status.vram_total else ""
+        version = f" · ComfyUI {html.escape(status.comfyui_version)}" if status.comfyui_version else ""
+        what = f"{gpu}{vram}{version} · ComfyUI queue: {status.queue_remaining}"
+    ours = (f" · ours {status.in_flight}/{status.max_in_flight}"
+            if status.in_flight is not None and status.max_in_flight else "")
+    return f"{name} · {what}{ours}"
 
 
 def progress_html(jobs: list[Job], live: dict[str, JobEvent], positions: dict[str, int | None]) -> str:

@@ -1,0 +1,21 @@
+"""The examples in the engine's and the page's docstrings are run, so they stay true."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import comfy
+import ui
+
+MODULES = sorted(f"{package.__name__}.{info.name}" for package in (comfy, ui)
+                 for info in pkgutil.iter_modules(package.__path__) if info.name != "__main__")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} failed (see the output)"
