@@ -113,3 +113,33 @@ def test_load_a_workflow_edit_an_input_and_run_it(browser, tmp_path: Path) -> No
         page.locator("#run-workflow").click()
         expect(page.locator("#gallery img").first).to_be_visible(timeout=60_000)
         assert fake.prompts[-1]["prompt"]["6"]["inputs"]["text"] == "a paper boat on a pond"
+
+
+@pytest.mark.slow
+def test_a_pool_of_a_pod_and_runpod_serverless_in_the_browser(browser, tmp_path: Path) -> None:
+    from tests.fakes.runpod_server import FakeRunPod
+
+    expect = sync_api.expect
+    with (FakeComfy(step_time=0.2, node_time=0.02) as pod, FakeRunPod(cold_start=1.0, step_time=0.2) as serverless,
+          running_app(pod.url, tmp_path / "data", RUNPOD_ENDPOINT_ID=serverless.endpoint_id,
+                      RUNPOD_API_KEY=serverless.api_key, RUNPOD_BASE_URL=serverless.url) as url):
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        status = page.locator("#status")
+        expect(status).to_contain_text("2 of 2 backends up", timeout=30_000)
+        expect(status).to_contain_text("RunPod Serverless")
+        assert serverless.api_key not in status.inner_html()
+        page.locator("#prompt textarea").fill("a lighthouse at dawn, oil painting")
+        count = page.get_by_role("spinbutton", name="number input for Batch count")
+        count.fill("3")  # two fill the pod's slots, the third goes to RunPod
+        count.press("Enter")
+        page.locator("#generate-btn").click()
+        expect(page.locator("#progress")).to_contain_text("waiting for a GPU worker", timeout=30_000)
+        _shot(page, "06-pool-running")
+        expect(page.locator("#gallery img")).to_have_count(3, timeout=60_000)
+        assert len(pod.prompts) == 2 and len(serverless.runs) == 1
+
+        pod.stop()  # the header says so at its next refresh
+        expect(status).to_contain_text("1 of 2 backends up", timeout=30_000)
+        expect(status.locator("li.down")).to_contain_text(pod.url)
+        _shot(page, "07-pool-one-down")
