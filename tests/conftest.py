@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
+from comfy.runpod import RunPodBackend
 from comfy.service import Studio
 from comfy.settings import Settings
 from tests.fakes.comfy_server import FakeComfy
@@ -42,3 +46,33 @@ async def studio(settings: Settings) -> AsyncIterator[Studio]:
         yield service
     finally:
         await service.aclose()
+
+
+def quick(studio: Studio) -> Studio:
+    """Poll, probe and retry in milliseconds: the fakes answer at once."""
+    studio.worker.poll_interval = 0.02
+    studio.pool.refresh_interval = 0.2
+    for backend in studio.pool.backends:
+        if isinstance(backend, RunPodBackend):
+            backend.poll_min, backend.poll_max, backend.api.backoff = 0.005, 0.03, 0.01
+        else:
+            backend.client.idle_check = 0.5
+    return studio
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Studio]:
+    """A quick studio with its worker started, closed afterwards."""
+    studio = quick(Studio(settings))
+    await studio.start()
+    try:
+        yield studio
+    finally:
+        await studio.aclose()
+
+
+async def wait_for(predicate: Callable[[], object], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)

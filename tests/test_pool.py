@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,9 +17,9 @@ from comfy.client import ComfyClient
 from comfy.params import GenerationParams
 from comfy.pool import BackendState, Pool, merge_object_info
 from comfy.queue import JobState
-from comfy.runpod import RunPodBackend
 from comfy.service import BackendStatus, Studio
 from comfy.settings import Settings
+from tests.conftest import running, wait_for
 from tests.fakes.comfy_server import FIXTURES_DIR, FakeComfy, load_workflow
 from tests.fakes.runpod_server import FakeRunPod
 
@@ -47,30 +46,6 @@ def pool_settings(tmp_path: Path, urls: list[str], **overrides: object) -> Setti
                                  "failover_seconds": 1.0}
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Studio]:
-    studio = Studio(settings)
-    studio.worker.poll_interval = 0.02
-    studio.pool.refresh_interval = 0.2
-    for backend in studio.pool.backends:
-        if isinstance(backend, RunPodBackend):
-            backend.poll_min, backend.poll_max, backend.api.backoff = 0.005, 0.03, 0.01
-        else:
-            backend.client.idle_check = 0.5
-    await studio.start()
-    try:
-        yield studio
-    finally:
-        await studio.aclose()
-
-
-async def wait_for(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def ours(server: FakeComfy, prompt_ids: set[str]) -> list[str]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import io
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
 from email.utils import formatdate
 from pathlib import Path
 
@@ -35,6 +32,7 @@ from comfy.runpod import (
 from comfy.service import Studio
 from comfy.settings import Settings
 from comfy.storage import METADATA_KEY
+from tests.conftest import running, wait_for
 from tests.fakes.comfy_server import FakeComfy
 from tests.fakes.runpod_server import FakeRunPod, fixture
 from tests.fixtures_util import image
@@ -59,34 +57,6 @@ def runpod_settings(tmp_path: Path, fake: FakeRunPod, **overrides: object) -> Se
 
 def serverless(studio: Studio) -> RunPodBackend:
     return next(b for b in studio.pool.backends if isinstance(b, RunPodBackend))
-
-
-def make_fast(studio: Studio) -> Studio:
-    """Poll and retry in milliseconds: the fake answers at once."""
-    studio.worker.poll_interval = 0.02
-    for backend in studio.pool.backends:
-        if isinstance(backend, RunPodBackend):
-            backend.poll_min, backend.poll_max, backend.api.backoff = 0.005, 0.03, 0.01
-        else:
-            backend.client.idle_check = 0.5
-    return studio
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Studio]:
-    studio = make_fast(Studio(settings))
-    await studio.start()
-    try:
-        yield studio
-    finally:
-        await studio.aclose()
-
-
-async def wait_for(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def noise_png(side: int) -> bytes:

@@ -37,7 +37,6 @@ import mimetypes
 import posixpath
 import random
 import re
-import socket
 import struct
 import threading
 import time
@@ -57,6 +56,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+
+from tests.fakes import loopback
 
 __all__ = ["FIXTURES_DIR", "FakeComfy", "load_workflow"]
 
@@ -1092,20 +1093,7 @@ class FakeComfy:
             self._hub.drop_all()
         await self._stop_server()
         await self._stop_background()
-        current = asyncio.current_task()
-        leftovers = [t for t in asyncio.all_tasks() if t is not current]
-        for task in leftovers:
-            task.cancel()
-        await asyncio.gather(*leftovers, return_exceptions=True)
-
-    def _bind(self) -> socket.socket:
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without it
-        # every answer waits ~40 ms for a delayed ACK (aiohttp, as the real ComfyUI uses, sets it).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._port))
-        self._port = sock.getsockname()[1]
-        return sock
+        await loopback.cancel_the_rest()
 
     async def _start_server(self) -> None:
         config = uvicorn.Config(
@@ -1124,10 +1112,9 @@ class FakeComfy:
                 ("Server", self._fx.header("system_stats", "Server")),
             ],
         )
-        config.load()
-        server = uvicorn.Server(config)
-        server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[self._bind()])
+        sock = loopback.bind(self._port)
+        self._port = sock.getsockname()[1]
+        server = await loopback.start(config, sock)
         await server.on_tick(0)  # default headers (Date, CSP, Server) before the first request
         self._server = server
         self._ticker = asyncio.create_task(self._tick(server))
@@ -1144,18 +1131,8 @@ class FakeComfy:
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
-        if server is None:
-            return
-        for listener in server.servers:
-            listener.close()
-        for connection in list(server.server_state.connections):
-            transport = getattr(connection, "transport", None)
-            if transport is not None:
-                transport.abort()
-        for listener in server.servers:
-            await listener.wait_closed()
-        for _ in range(3):  # let the aborted transports run connection_lost and close their sockets
-            await asyncio.sleep(0)
+        if server is not None:
+            await loopback.halt(server)
 
     # ----------------------------------------------------------------- queue state
 

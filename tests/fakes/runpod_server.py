@@ -28,7 +28,6 @@ import base64
 import copy
 import json
 import secrets
-import socket
 import threading
 import time
 import uuid
@@ -43,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.fakes import loopback
 from tests.fakes.comfy_server import FakeComfy
 
 __all__ = ["FakeRunPod", "RUNPOD_FIXTURES", "fixture"]
@@ -193,16 +193,10 @@ class FakeRunPod:
     # -- server -------------------------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._port))
+        sock = loopback.bind(self._port)
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(self._app, lifespan="off", log_config=None, access_log=False)
-        config.load()
-        server = uvicorn.Server(config)
-        server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[sock])
-        self._server = server
+        self._server = await loopback.start(config, sock)
         for job in self._jobs.values():  # back after stop(): unfinished jobs go on (from the queue)
             if job.status not in FINAL and (job.task is None or job.task.done()):
                 job.status = "IN_QUEUE"
@@ -212,19 +206,8 @@ class FakeRunPod:
         server, self._server = self._server, None
         if server is None:
             return
-        for listener in server.servers:
-            listener.close()
-        for connection in list(server.server_state.connections):
-            transport = getattr(connection, "transport", None)
-            if transport is not None:
-                transport.abort()
-        for listener in server.servers:
-            await listener.wait_closed()
-        current = asyncio.current_task()
-        leftovers = [t for t in asyncio.all_tasks() if t is not current]
-        for task in leftovers:
-            task.cancel()
-        await asyncio.gather(*leftovers, return_exceptions=True)
+        await loopback.halt(server)
+        await loopback.cancel_the_rest()
 
     async def _gate(self, request: Request) -> Response | None:
         """Auth, then the scripted 429s and 503s; None lets the request through."""
