@@ -135,6 +135,8 @@ def test_a_pool_of_a_pod_and_runpod_serverless_in_the_browser(browser, tmp_path:
         count.press("Enter")
         page.locator("#generate-btn").click()
         expect(page.locator("#progress")).to_contain_text("waiting for a GPU worker", timeout=30_000)
+        expect(page.locator("#progress")).to_contain_text(f"on runpod:{serverless.endpoint_id}")
+        expect(page.locator("#progress")).to_contain_text(f"on {pod.url}")
         _shot(page, "06-pool-running")
         expect(page.locator("#gallery img")).to_have_count(3, timeout=60_000)
         assert len(pod.prompts) == 2 and len(serverless.runs) == 1

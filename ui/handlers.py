@@ -238,7 +238,8 @@ class Handlers:
                    for url in self.images(job)][:GALLERY_LIMIT]
         if gallery and all(job.state.is_final for job in jobs):
             preview = gallery[0][0]  # done: the latent preview gives way to the newest image
-        return render.progress_html(shown, live, positions), preview, gallery
+        several = len(self.studio.pool.backends) > 1
+        return render.progress_html(shown, live, positions, show_backend=several), preview, gallery
 
     def images(self, job: Job) -> list[str]:
         """A job's images as the page can show them: presigned URLs once in S3, else the local files."""

@@ -85,8 +85,10 @@ def _backend_line(status: BackendStatus) -> str:
     return f"{name} · {what}{ours}"
 
 
-def progress_html(jobs: list[Job], live: dict[str, JobEvent], positions: dict[str, int | None]) -> str:
-    """One bar per watched job that is not done yet, with step, node and place in the queue."""
+def progress_html(jobs: list[Job], live: dict[str, JobEvent], positions: dict[str, int | None], *,
+                  show_backend: bool = False) -> str:
+    """One bar per watched job that is not done yet, with step, node and place in the queue (and, with
+    several backends, where it runs)."""
     if not jobs:
         return '<div class="studio-progress idle">Write a prompt and press Generate (Ctrl+Enter).</div>'
     rows = []
@@ -103,6 +105,8 @@ def progress_html(jobs: list[Job], live: dict[str, JobEvent], positions: dict[st
             node = (event.node if event else None) or job.node or "starting"
             step, steps = (event.step, event.steps) if event else (job.step, job.steps)
             label = f"{html.escape(node)}" + (f" · step {step} of {steps}" if steps else "")
+            if show_backend and job.backend:
+                label += f" · on {html.escape(job.backend)}"
         elif job.state is JobState.SUCCEEDED:
             label, percent = f"done · {len(job.outputs)} image(s)", 100
         else:
