@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from . import protocol, workflows
-from .client import ComfyClient
+from .client import ComfyClient, EventStream
 from .errors import ComfyError, JobTimedOut, ServerTimeout
 from .object_info import ObjectInfo
 from .params import GenerationParams
@@ -215,8 +215,8 @@ Prefetch = dict[protocol.OutputRef, "asyncio.Task[bytes]"]
 class ComfyBackend:
     """A ComfyUI server (a local one or a RunPod pod) through one :class:`ComfyClient`.
 
-    Submitting: a prompt id and client id are chosen and stored on the job first, the event socket is
-    opened, then ``POST /prompt``. Outputs are downloaded as soon as their node reports them, so the
+    Submitting: the event socket is taken (opened ahead, see :meth:`ComfyClient.new_events`), the prompt
+    id and its client id are stored on the job, then ``POST /prompt``. Outputs are downloaded as soon as their node reports them, so the
     end-of-run signal finds them on their way.
     """
 
@@ -263,17 +263,20 @@ class ComfyBackend:
     async def run(self, ctx: RunContext, *, attach: bool) -> Outcome:
         job = ctx.job
         if attach and job.prompt_id and job.client_id:
-            graph = job.workflow or {}
             ctx.submitted()
             ctx.started(message="re-attached after a restart")
-        else:
-            graph = await build_prompt(job, self.client, ctx.store)
-            job = ctx.record(prompt_id=str(uuid.uuid4()), client_id=uuid.uuid4().hex, backend=self.name,
+            return await self._follow(ctx, job, job.workflow or {}, None)
+        graph = await build_prompt(job, self.client, ctx.store)
+        # The socket comes first (usually opened ahead): its client id is stored with the prompt id
+        # before anything is submitted.
+        async with self.client.new_events() as stream:
+            job = ctx.record(prompt_id=str(uuid.uuid4()), client_id=stream.client_id, backend=self.name,
                              workflow=graph if job.kind == "generate" else job.workflow, note=None)
             ctx.started(job=job)
-        return await self._follow(ctx, job, graph, submit=not attach)
+            return await self._follow(ctx, job, graph, stream)
 
-    async def _follow(self, ctx: RunContext, job: Job, graph: dict[str, Any], *, submit: bool) -> Outcome:
+    async def _follow(self, ctx: RunContext, job: Job, graph: dict[str, Any], stream: EventStream | None) -> Outcome:
+        """Submit (given the new prompt's ``stream``) and follow the run; without one, re-attach."""
         assert job.prompt_id and job.client_id
         tracker = ProgressTracker(graph)
         prefetch: Prefetch = {}
@@ -293,7 +296,7 @@ class ComfyBackend:
                 ctx.progress(snap.progress, node=snap.node, step=snap.step, steps=snap.steps)
 
         try:
-            result = await self._submit_and_follow(ctx, job, graph, on_event, deadline, submit)
+            result = await self._submit_and_follow(ctx, job, graph, on_event, deadline, stream)
         except BaseException:
             for task in prefetch.values():
                 task.cancel()
@@ -304,16 +307,15 @@ class ComfyBackend:
         return Outcome(result.prompt_id, outputs, result.execution_ms)
 
     async def _submit_and_follow(self, ctx: RunContext, job: Job, graph: dict[str, Any], on_event: Any,
-                                 deadline: float, submit: bool) -> Any:
+                                 deadline: float, stream: EventStream | None) -> Any:
         assert job.prompt_id and job.client_id
         try:
-            if not submit:
-                return await self.client.follow(job.prompt_id, job.client_id, on_event=on_event, deadline=deadline)
-            async with self.client.events(job.client_id) as stream:
+            if stream is not None:
                 await self.client.queue_prompt(graph, client_id=job.client_id, prompt_id=job.prompt_id)
                 ctx.submitted()
-                return await self.client.follow(job.prompt_id, job.client_id, on_event=on_event, deadline=deadline,
-                                                stream=stream)
+                self.client.prepare_events()  # the next job's socket, opened while this one runs
+            return await self.client.follow(job.prompt_id, job.client_id, on_event=on_event, deadline=deadline,
+                                            stream=stream)
         except ServerTimeout as exc:
             if time.monotonic() < deadline:
                 raise

@@ -20,6 +20,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 import httpx_ws
 import wsproto.events
@@ -64,6 +65,9 @@ def map_errors(what: str) -> Iterator[None]:
     except httpx_ws.WebSocketDisconnect as exc:
         raise ServerUnavailable(f"ComfyUI closed the event WebSocket (code {exc.code}).") from exc
     except (httpx_ws.WebSocketNetworkError, httpx_ws.HTTPXWSException) as exc:
+        raise ServerUnavailable(f"The event WebSocket to ComfyUI broke ({what}).") from exc
+    except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+        # A socket held by its own task (_Spare) whose reader died: its frame stream is closed under us.
         raise ServerUnavailable(f"The event WebSocket to ComfyUI broke ({what}).") from exc
     except httpx.HTTPError as exc:  # the rest: invalid URLs, decoding errors, stream misuse
         raise ServerError(f"Talking to ComfyUI failed ({what}): {exc}") from exc
@@ -174,8 +178,14 @@ class EventStream:
         self._feature_flags = feature_flags
         self._stack = AsyncExitStack()
         self._ws: httpx_ws.AsyncWebSocketSession | None = None
+        #: Set when the socket lives in a task of its own (opened ahead); closing then goes through it.
+        self._holder: _Spare | None = None
 
     async def __aenter__(self) -> EventStream:
+        await self._open()
+        return self
+
+    async def _open(self) -> None:
         url = self._client.url("/ws") + f"?clientId={self.client_id}"
         try:
             with map_errors("opening the event WebSocket"):
@@ -188,14 +198,20 @@ class EventStream:
                     # Must be the first frame on the socket, or the server ignores it (protocol note 4).
                     await self._ws.send_text(json.dumps(protocol.FEATURE_FLAGS_HELLO))
         except BaseException:
-            await self.aclose()
+            await self._close()
             raise
-        return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the socket and wait until it is closed (ComfyUI then forgets its client id)."""
+        if self._holder is not None:
+            await self._holder.aclose()  # anyio must leave the socket's task group in the task that entered it
+        else:
+            await self._close()
+
+    async def _close(self) -> None:
         try:
             await self._stack.aclose()
         except BaseExceptionGroup as group:
@@ -222,6 +238,77 @@ class EventStream:
     async def _iterate(self) -> AsyncIterator[Event]:
         while True:
             yield await self.receive()
+
+
+class _Spare:
+    """An event socket opened ahead of the prompt that will use it, by a task of its own.
+
+    The WebSocket handshake is then off a job's path. anyio (under httpx-ws) must leave a socket's
+    task group in the task that entered it, so this task opens the socket, reads and drops its frames
+    while it waits (only broadcasts reach an id nobody has submitted with, and reading keeps the
+    keepalive pongs flowing), and closes it once released: after the run, off the job's path too.
+    """
+
+    def __init__(self, client: ComfyClient) -> None:
+        self.stream = EventStream(client, uuid.uuid4().hex)
+        self.stream._holder = self
+        self.loop = asyncio.get_running_loop()
+        self._ready = asyncio.Event()
+        self._released = asyncio.Event()
+        self._idle: asyncio.Task[None] | None = None
+        client._spares.add(self)
+        self._task = asyncio.create_task(self._hold(client), name=f"comfy-ws-{self.stream.client_id[:8]}")
+
+    async def _hold(self, client: ComfyClient) -> None:
+        try:
+            if await self._open():
+                try:
+                    await self._released.wait()
+                finally:
+                    assert self._idle is not None
+                    self._idle.cancel()
+                    await self.stream._close()
+        finally:
+            client._spares.discard(self)
+
+    async def _open(self) -> bool:
+        try:
+            await self.stream._open()
+        except Exception:  # noqa: BLE001 - not swallowed: take() returns None and the caller opens a socket itself
+            return False
+        else:
+            self._idle = asyncio.create_task(self._discard())
+            return True
+        finally:
+            self._ready.set()
+
+    async def _discard(self) -> None:
+        with contextlib.suppress(ServerError):
+            while True:
+                await self.stream.receive()
+
+    async def take(self) -> EventStream | None:
+        """The open socket, no longer read by anyone else; None if it did not open or has closed since."""
+        await self._ready.wait()
+        idle = self._idle
+        if idle is None:
+            return None
+        idle.cancel()
+        await asyncio.wait({idle})
+        if not idle.cancelled():  # it ended on its own: the server closed the socket while it waited
+            self.release()
+            return None
+        return self.stream
+
+    def release(self) -> None:
+        """Let the socket's task close it (the caller does not wait)."""
+        self._released.set()
+
+    async def aclose(self) -> None:
+        self._released.set()
+        if not self._ready.is_set():
+            self._task.cancel()
+        await asyncio.wait({self._task})
 
 
 class ComfyClient:
@@ -259,6 +346,10 @@ class ComfyClient:
         self._object_info: ObjectInfo | None = None
         self._object_info_lock = asyncio.Lock()
         self._closed = False
+        #: The socket the next prompt will use, opening or open (see :meth:`prepare_events`).
+        self._spare: _Spare | None = None
+        #: Every socket held by a task of its own (the spare and those lent to prompts), closed by aclose.
+        self._spares: set[_Spare] = set()
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -272,6 +363,9 @@ class ComfyClient:
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
+            self._spare = None
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(spare.aclose() for spare in list(self._spares) if spare.loop is loop))
             if self._owns_http:
                 await self.http.aclose()
 
@@ -411,6 +505,40 @@ class ComfyClient:
         """The event WebSocket for ``client_id``; open it before submitting so no event is missed."""
         return EventStream(self, client_id, feature_flags=feature_flags)
 
+    @contextlib.asynccontextmanager
+    async def new_events(self) -> AsyncIterator[EventStream]:
+        """An open event socket with a new client id, for one new prompt: submit with its ``client_id``.
+
+        The socket :meth:`prepare_events` opened ahead is used when it is still alive, so the job does
+        not wait for the WebSocket handshake; otherwise one is opened here (raising its errors).
+        Afterwards a socket opened ahead is closed in the background.
+        """
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.loop is not asyncio.get_running_loop():
+            spare = None  # made on another event loop (the client outlived an asyncio.run): it went with it
+        stream = None
+        try:
+            stream = await spare.take() if spare is not None else None
+        finally:
+            if stream is None and spare is not None:
+                spare.release()  # dead, or we were cancelled while taking it
+        if stream is None:
+            async with self.events(uuid.uuid4().hex) as stream:
+                yield stream
+            return
+        try:
+            yield stream
+        finally:
+            spare.release()  # type: ignore[union-attr]
+
+    def prepare_events(self) -> None:
+        """Start opening the socket the next :meth:`new_events` takes, unless one is already on its way.
+
+        Called once a prompt is submitted: the handshake then overlaps its run, not its submission.
+        """
+        if self._spare is None and not self._closed:
+            self._spare = _Spare(self)
+
     async def run(
         self,
         prompt: dict[str, Any],
@@ -448,15 +576,14 @@ class ComfyClient:
         while True:
             try:
                 if stream is not None:
-                    ended = await self._consume(stream, prompt_id, on_event, deadline)
+                    entry = await self._consume(stream, prompt_id, on_event, deadline)
                 else:
                     async with self.events(client_id) as fresh:
                         # Anything may have happened while we were away: ask before listening.
                         ended = await self._ended_or_lost(prompt_id)
                         backoff, down_since = 0.25, None
-                        ended = ended or await self._consume(fresh, prompt_id, on_event, deadline)
-                if ended:
-                    return await self._result(prompt_id)
+                        entry = None if ended else await self._consume(fresh, prompt_id, on_event, deadline)
+                return await self._result(prompt_id, entry)
             except ServerUnavailable as exc:
                 if stream is not None:
                     # Close the dead socket first: when a socket closes, ComfyUI unregisters its client
@@ -474,8 +601,8 @@ class ComfyClient:
             stream = None
 
     async def _consume(self, stream: EventStream, prompt_id: str, on_event: EventHandler | None,
-                       deadline: float) -> bool:
-        """Read events until the prompt's end-of-run signal; True when it ended."""
+                       deadline: float) -> HistoryEntry | None:
+        """Read events until the prompt has ended; returns its history entry when that was read on the way."""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -484,7 +611,7 @@ class ComfyClient:
                 event = await stream.receive(timeout=min(self.idle_check, remaining))
             except TimeoutError:
                 if await self._ended_or_lost(prompt_id):
-                    return True
+                    return None
                 continue
             if not _concerns(event, prompt_id):
                 continue
@@ -493,7 +620,13 @@ class ComfyClient:
                 if asyncio.iscoroutine(outcome):
                     await outcome
             if isinstance(event, protocol.Executing) and event.node is None and event.prompt_id == prompt_id:
-                return True
+                return None
+            if isinstance(event, protocol.ExecutionSuccess) and event.prompt_id == prompt_id:
+                # ComfyUI writes the history entry just after this frame (before ``executing`` null) and never
+                # changes it: found now, the run has ended. Not there yet: the null frame still comes.
+                entry = await self.history(prompt_id)
+                if entry is not None:
+                    return entry
 
     async def _ended_or_lost(self, prompt_id: str) -> bool:
         # A silent socket is normal during a long step, but also what a socket detached by a
@@ -508,8 +641,8 @@ class ComfyClient:
             raise PromptLost(prompt_id)
         return False
 
-    async def _result(self, prompt_id: str) -> RunResult:
-        entry = await self.history(prompt_id)
+    async def _result(self, prompt_id: str, entry: HistoryEntry | None = None) -> RunResult:
+        entry = entry or await self.history(prompt_id)
         if entry is None:
             raise PromptLost(prompt_id)
         entry.raise_for_outcome()

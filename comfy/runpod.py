@@ -260,9 +260,13 @@ class RunPodClient:
                                             "check RUNPOD_ENDPOINT_ID and RUNPOD_BASE_URL.")
                 if response.status_code != 429 and response.status_code < 500:
                     return response
-                if attempt == self.retries:
+                # A 500/502/504 to /run may come after RunPod queued the job: sending it again could
+                # start a second run we never learn of. 429 and 503 say it was not taken.
+                unsure = not idempotent and response.status_code not in (429, 503)
+                if attempt == self.retries or unsure:
                     kind = "rate-limited" if response.status_code == 429 else f"answered HTTP {response.status_code} to"
-                    raise ServerUnavailable(f"RunPod {kind} {what} {attempt + 1} times in a row.")
+                    times = "" if unsure else f" {attempt + 1} times in a row"
+                    raise ServerUnavailable(f"RunPod {kind} {what}{times}.")
                 wait = self._wait(attempt, _retry_after(response))
                 logger.info("RunPod answered HTTP %d to %s; retrying in %.2fs", response.status_code, what, wait)
             await self.sleep(wait)

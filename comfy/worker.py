@@ -170,7 +170,10 @@ class Worker:
             await self.recover()
             while not stop.is_set():
                 self.pool.tick(self._wake.set)
-                self._fill()
+                try:
+                    self._fill()
+                except QueueError as exc:  # e.g. the database stayed locked: try again at the next turn
+                    logger.warning("Could not take jobs from the queue: %s", exc)
                 if burst and not self._tasks and not await asyncio.to_thread(self.queue.pending_ids):
                     break
                 self._wake.clear()
@@ -220,15 +223,17 @@ class Worker:
         self.pool.acquire(backend)
         task = asyncio.create_task(self._run_job(job, backend, attach=attach), name=f"job-{job.id}")
         self._tasks[job.id] = task
-        task.add_done_callback(lambda _t, job_id=job.id: self._forget(job_id))
+        task.add_done_callback(lambda done, job_id=job.id, backend=backend: self._forget(job_id, done, backend))
 
-    def _forget(self, job_id: str) -> None:
-        self._tasks.pop(job_id, None)
-        self._cancels.pop(job_id, None)
-        self._submitted.discard(job_id)
-        backend = self._where.pop(job_id, None)
-        if backend is not None:
-            self.pool.release(backend)
+    def _forget(self, job_id: str, task: asyncio.Task[None], backend: Backend) -> None:
+        self.pool.release(backend)
+        # A job requeued by its task may be claimed again before that task's callback runs: the entries
+        # are the new run's then, and stay (else its lease would no longer be renewed).
+        if self._tasks.get(job_id) is task:
+            del self._tasks[job_id]
+            self._cancels.pop(job_id, None)
+            self._submitted.discard(job_id)
+            self._where.pop(job_id, None)
         self._wake.set()
 
     async def _drain(self, abandon: bool) -> None:
@@ -242,11 +247,14 @@ class Worker:
         interval = max(self.lease_seconds / 3, 0.05)
         while not stop.is_set():
             await asyncio.sleep(interval)
-            for job_id in list(self._tasks):
-                if not self.queue.renew(job_id, self.id, lease_seconds=self.lease_seconds):
-                    logger.warning("Lost the lease on job %s; another worker took it over", job_id)
-                    self._tasks[job_id].cancel()
-            await self._adopt_expired()
+            try:
+                for job_id, task in list(self._tasks.items()):
+                    if not self.queue.renew(job_id, self.id, lease_seconds=self.lease_seconds):
+                        logger.warning("Lost the lease on job %s; another worker took it over", job_id)
+                        task.cancel()
+                await self._adopt_expired()
+            except QueueError as exc:  # a locked database for a moment must not end the renewals
+                logger.warning("Could not renew leases: %s", exc)
 
     # -- recovery -------------------------------------------------------------------------------------
 

@@ -320,6 +320,26 @@ async def test_429_and_5xx_are_retried_honouring_retry_after(runpod: FakeRunPod)
         await api.aclose()
 
 
+@pytest.mark.parametrize(("status", "posts"), [(503, 3), (502, 1), (500, 1)])
+async def test_run_is_sent_again_only_when_runpod_surely_did_not_take_it(runpod: FakeRunPod, status, posts) -> None:
+    async def no_sleep(seconds: float) -> None:
+        pass
+
+    api = RunPodClient(runpod.endpoint_id, SecretStr(runpod.api_key), base_url=runpod.url, sleep=no_sleep)
+    body = json.dumps({"input": {"workflow": {}}}).encode()
+    try:
+        runpod.errors_next, runpod.error_status = 2, status
+        if posts == 1:  # a gateway's 502/500 may follow a queued job: a retry could start a second run
+            with pytest.raises(ServerUnavailable, match=f"HTTP {status}"):
+                await api.run(body)
+        else:
+            await api.run(body)
+        assert runpod.statuses("/run") == [status] * min(posts, 2) + ([200] if posts == 3 else [])
+    finally:
+        runpod.errors_next = 0
+        await api.aclose()
+
+
 async def test_a_rate_limited_submit_waits_as_told_and_runs_once(tmp_path, runpod: FakeRunPod) -> None:
     runpod.rate_limit_next, runpod.retry_after = 2, "0.2"
     async with running(runpod_settings(tmp_path, runpod)) as studio:

@@ -17,7 +17,7 @@ Built from ``tests/fixtures/runpod/`` (the shapes of RunPod's API and of worker-
 Scenario knobs (settable any time): ``fail_next`` ("handler_error", "exception"), ``partial_errors_next``,
 ``no_images_next``, ``time_out_next``, ``expire_next`` (the next job is forgotten once it runs: 404),
 ``hold`` (running jobs wait), ``rate_limit_next = n`` (n answers 429 with ``retry_after``),
-``errors_next = n`` (n answers 503), ``max_body``. Observations: ``requests`` (time, method, path,
+``errors_next = n`` (n answers ``error_status``, 503), ``max_body``. Observations: ``requests`` (time, method, path,
 status, auth header present), ``runs`` (the ``/run`` bodies), ``cancels``, ``s3_gets``.
 """
 
@@ -123,6 +123,7 @@ class FakeRunPod:
         self.rate_limit_next = 0
         self.retry_after: str | None = "1"
         self.errors_next = 0
+        self.error_status = 503
         self.max_body = 10 * 1024 * 1024
         self.requests: list[Seen] = []
         self.runs: list[dict[str, Any]] = []
@@ -224,7 +225,7 @@ class FakeRunPod:
             status, answer = 429, JSONResponse({"error": "rate limit exceeded"}, 429, headers=headers)
         elif self.errors_next > 0:
             self.errors_next -= 1
-            status, answer = 503, Response("upstream connect error", 503)
+            status, answer = self.error_status, Response("upstream connect error", self.error_status)
         self.requests.append(Seen(time.monotonic(), request.method, request.url.path, status, authorized))
         return answer
 
