@@ -216,8 +216,8 @@ class ComfyBackend:
     """A ComfyUI server (a local one or a RunPod pod) through one :class:`ComfyClient`.
 
     Submitting: the event socket is taken (opened ahead, see :meth:`ComfyClient.new_events`), the prompt
-    id and its client id are stored on the job, then ``POST /prompt``. Outputs are downloaded as soon as their node reports them, so the
-    end-of-run signal finds them on their way.
+    id and its client id are stored on the job, then ``POST /prompt``. Outputs are downloaded as soon as
+    their node reports them, so the end-of-run signal finds them on their way.
     """
 
     kind = "comfyui"
