@@ -408,6 +408,11 @@ def build_run_body(graph: dict[str, Any], images: dict[str, bytes], policy: dict
         body = _encode(fitted, sent, policy)
         if len(body) <= limit:
             break
+        if not originals:  # the workflow alone is too big: nothing to shrink
+            raise WorkflowError(
+                f"The workflow is too large for RunPod Serverless: {len(body) / 1e6:.1f} MB, and /run accepts at "
+                f"most {limit / 1e6:g} MB. Remove large inline values (embedded images or text) from it.",
+                field="workflow")
         # Never below MIN_SIDE on the longer side (an image already smaller is only re-encoded).
         floor = min(1.0, MIN_SIDE / max(max(img.size) for img in originals.values()))
         smaller = max(scale * min(0.9, max(0.5, (limit / len(body)) ** 0.5 * 0.95)), floor)

@@ -479,3 +479,10 @@ def test_settings_read_the_runpod_contract_names(tmp_path, monkeypatch) -> None:
     assert load_settings(runpod_endpoint_id="").runpod_endpoint_id is None  # blank is unset
     with pytest.raises(ConfigError, match="RUNPOD_ENDPOINT_ID"):
         load_settings(runpod_endpoint_id="https://api.runpod.ai/v2/abc")
+
+
+def test_a_workflow_too_big_without_images_is_refused_readably() -> None:
+    graph = {"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "x" * 2000}}}
+    with pytest.raises(WorkflowError, match="workflow is too large for RunPod") as info:
+        build_run_body(graph, {}, {"ttl": 60_000}, limit=1000)
+    assert info.value.field == "workflow"
