@@ -375,7 +375,8 @@ class ComfyClient:
         with map_errors(what):
             response = await self.http.request(method, self.url(path), **kwargs)
         if response.status_code >= 500:
-            raise ServerUnavailable(f"ComfyUI answered HTTP {response.status_code} to {what}.")
+            raise ServerUnavailable(f"ComfyUI answered HTTP {response.status_code} to {what}.",
+                                    status=response.status_code)
         if response.status_code in (401, 403):
             raise ServerUnavailable(
                 f"ComfyUI (or a proxy in front of it) refused {what} with HTTP {response.status_code}; "

@@ -81,10 +81,18 @@ class ServerError(ComfyError):
 
 
 class ServerUnavailable(ServerError):
-    """Raised when the server cannot be reached or answers with a 5xx."""
+    """Raised when the server cannot be reached or answers with a 5xx.
+
+    ``status`` is the HTTP status when it did answer: a server that answers 500 to one request is up,
+    and may answer so to that request every time.
+    """
 
     retryable = True
     code = "server_unavailable"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ServerTimeout(ServerError):

@@ -266,7 +266,7 @@ class RunPodClient:
                 if attempt == self.retries or unsure:
                     kind = "rate-limited" if response.status_code == 429 else f"answered HTTP {response.status_code} to"
                     times = "" if unsure else f" {attempt + 1} times in a row"
-                    raise ServerUnavailable(f"RunPod {kind} {what}{times}.")
+                    raise ServerUnavailable(f"RunPod {kind} {what}{times}.", status=response.status_code)
                 wait = self._wait(attempt, _retry_after(response))
                 logger.info("RunPod answered HTTP %d to %s; retrying in %.2fs", response.status_code, what, wait)
             await self.sleep(wait)

@@ -322,6 +322,10 @@ class Worker:
         if self._cancel_requested(job.id):
             self._finish_cancelled(job.id)
             return
+        if isinstance(exc, ServerUnavailable) and _refused_this_request(exc) and job.id not in self._submitted:
+            # It answers, so it is up; resending may meet the same 500: use an attempt (bounded), stay up.
+            self._fail(job.id, exc, retry=True)
+            return
         if isinstance(exc, ServerUnavailable):
             self.pool.mark_down(backend, str(exc))
             logger.warning("Backend %s is unreachable: %s", backend.name, exc)
@@ -459,3 +463,8 @@ async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+def _refused_this_request(exc: ServerUnavailable) -> bool:
+    """An HTTP 5xx answer other than 503 (busy, try later): the server is up and did not like the request."""
+    return exc.status is not None and exc.status >= 500 and exc.status != 503

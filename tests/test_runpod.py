@@ -486,3 +486,14 @@ def test_a_workflow_too_big_without_images_is_refused_readably() -> None:
     with pytest.raises(WorkflowError, match="workflow is too large for RunPod") as info:
         build_run_body(graph, {}, {"ttl": 60_000}, limit=1000)
     assert info.value.field == "workflow"
+
+
+async def test_a_500_to_run_uses_attempts_and_ends_instead_of_looping(tmp_path, runpod: FakeRunPod) -> None:
+    runpod.errors_next, runpod.error_status = 1000, 500  # it answers, with a 500, every time
+    async with running(runpod_settings(tmp_path, runpod)) as studio:
+        [job] = await studio.submit(PARAMS)
+        done = await studio.wait(job.id, timeout=30)
+    runpod.errors_next = 0
+    assert done.state is JobState.FAILED and done.attempts == studio.settings.max_attempts
+    assert "HTTP 500" in done.error["message"]
+    assert runpod.statuses("/run") == [500] * studio.settings.max_attempts
