@@ -36,6 +36,7 @@ from .errors import (
     ServerError,
     ServerTimeout,
     ServerUnavailable,
+    describe_transport_failure,
 )
 from .object_info import ObjectInfo
 from .protocol import Event, OutputRef
@@ -57,7 +58,7 @@ def map_errors(what: str) -> Iterator[None]:
     except httpx.TimeoutException as exc:
         raise ServerTimeout(f"ComfyUI did not answer in time ({what}).") from exc
     except httpx.TransportError as exc:
-        raise ServerUnavailable(f"Cannot reach the ComfyUI server ({what}): {type(exc).__name__}.") from exc
+        raise ServerUnavailable(f"Cannot reach the ComfyUI server ({what}): {describe_transport_failure(exc)}.") from exc
     except httpx_ws.WebSocketUpgradeError as exc:
         status = exc.response.status_code
         hint = " Check COMFYUI_HEADERS if a proxy needs credentials." if status in (401, 403) else ""

@@ -46,6 +46,7 @@ __all__ = [
     "IdempotencyConflict",
     "StorageError",
     "NodeProblem",
+    "describe_transport_failure",
 ]
 
 
@@ -229,3 +230,19 @@ class StorageError(ComfyError):
 
     retryable = True
     code = "storage_error"
+
+
+_TRANSPORT_FAILURES = {
+    "ConnectError": "connection refused, or the host was not found",
+    "ConnectTimeout": "no answer to the connection attempt",
+    "ReadError": "the connection broke",
+    "WriteError": "the connection broke",
+    "RemoteProtocolError": "the server closed the connection unexpectedly",
+    "ProxyError": "the proxy refused the connection",
+}
+
+
+def describe_transport_failure(exc: BaseException) -> str:
+    """A network failure (an httpx exception) in words a person reads, e.g. "connection refused..."."""
+    name = type(exc).__name__
+    return _TRANSPORT_FAILURES.get(name, name)

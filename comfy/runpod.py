@@ -58,6 +58,7 @@ from .errors import (
     ServerError,
     ServerTimeout,
     ServerUnavailable,
+    describe_transport_failure,
     WorkflowError,
 )
 from .params import GenerationParams
@@ -119,7 +120,7 @@ def map_errors(what: str) -> Iterator[None]:
     except httpx.TimeoutException as exc:
         raise ServerTimeout(f"RunPod did not answer in time ({what}).") from exc
     except httpx.TransportError as exc:
-        raise ServerUnavailable(f"Cannot reach RunPod ({what}): {type(exc).__name__}.") from exc
+        raise ServerUnavailable(f"Cannot reach RunPod ({what}): {describe_transport_failure(exc)}.") from exc
     except httpx.HTTPError as exc:  # invalid URLs, decoding errors, stream misuse
         raise ServerError(f"Talking to RunPod failed ({what}): {type(exc).__name__}.") from exc
 

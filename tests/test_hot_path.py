@@ -17,6 +17,7 @@ from comfy.client import ComfyClient, HistoryEntry
 from comfy.errors import ServerUnavailable
 from comfy.queue import JobState
 from comfy.service import Studio
+from tests.conftest import wait_for
 from tests.fakes.comfy_server import FakeComfy
 from tests.fixtures_util import workflow
 
@@ -44,7 +45,8 @@ async def _submit_and_follow(client: ComfyClient, stream, graph=None):
 async def test_the_spare_is_used_once_and_its_client_id_is_the_one_submitted(
         client: ComfyClient, fake_comfy: FakeComfy) -> None:
     spare_id = await _spare_ready(client)
-    assert spare_id in fake_comfy.client_ids  # open, and registered under its own id
+    await wait_for(lambda: spare_id in fake_comfy.client_ids)  # open, and registered under its own id
+    # (the fake registers it in its own thread, a moment after the handshake)
     await client.run(workflow("txt2img_api"))  # meanwhile its broadcasts (status) reach the spare too
     async with client.new_events() as stream:
         assert stream.client_id == spare_id and client._spare is None
