@@ -607,9 +607,7 @@ class JobQueue:
                 if old is None or old["state"] != _QUEUED:  # a stale entry; never expected
                     txn.remove_pending(job_id)
                     continue
-                new = {**old, "state": _RUNNING, "attempts": old["attempts"] + 1, "lease_owner": worker_id,
-                       "lease_expires": now + lease_seconds,
-                       "started_at": old["started_at"] if old["started_at"] is not None else now}
+                new = _claimed(old, worker_id, now + lease_seconds, now)
                 txn.save(old, new)
                 return Job.from_dict(new)
         return None
@@ -805,9 +803,7 @@ class JobQueue:
                 old = self._cache.get(JOB_KEY.format(pending[at:at + _ID_BYTES].hex()))
                 if old is None or old["state"] != _QUEUED or not accept(Job.from_dict(old)):
                     continue
-                new = {**old, "state": _RUNNING, "attempts": old["attempts"] + 1, "lease_owner": worker_id,
-                       "lease_expires": now + lease_seconds,
-                       "started_at": old["started_at"] if old["started_at"] is not None else now}
+                new = _claimed(old, worker_id, now + lease_seconds, now)
                 txn.save(old, new)
                 return Job.from_dict(new)
         return None
@@ -870,3 +866,9 @@ def _offsets_down(buf: bytes, top: int, codes: set[int]) -> Iterator[int]:
     for offset in range(top, -1, -1):
         if buf[offset] in codes:
             yield offset
+
+
+def _claimed(old: dict[str, Any], worker_id: str, lease_expires: float, now: float) -> dict[str, Any]:
+    """The record of a queued job as ``worker_id`` takes it: running, one attempt more, leased."""
+    return {**old, "state": _RUNNING, "attempts": old["attempts"] + 1, "lease_owner": worker_id,
+            "lease_expires": lease_expires, "started_at": old["started_at"] if old["started_at"] is not None else now}

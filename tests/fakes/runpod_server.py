@@ -247,22 +247,26 @@ class FakeRunPod:
         job.task = asyncio.create_task(self._work(job))
         return JSONResponse({"id": job.id, "status": "IN_QUEUE"})
 
-    async def _status(self, request: Request) -> Response:
+    async def _known_job(self, request: Request) -> _Job | Response:
+        """The job the path names, or the answer to send instead (refused, or 404 once it expired)."""
         if (denied := await self._gate(request)) is not None:
             return denied
         job = self._jobs.get(request.path_params["job_id"])
         if job is None:
             self._seen(request, 404)
             return JSONResponse({"error": "request does not exist"}, 404)
+        return job
+
+    async def _status(self, request: Request) -> Response:
+        job = await self._known_job(request)
+        if isinstance(job, Response):
+            return job
         return JSONResponse(job.body())
 
     async def _cancel(self, request: Request) -> Response:
-        if (denied := await self._gate(request)) is not None:
-            return denied
-        job = self._jobs.get(request.path_params["job_id"])
-        if job is None:
-            self._seen(request, 404)
-            return JSONResponse({"error": "request does not exist"}, 404)
+        job = await self._known_job(request)
+        if isinstance(job, Response):
+            return job
         self.cancels.append(job.id)
         if job.status not in FINAL:
             job.status, job.ended = "CANCELLED", time.monotonic()
