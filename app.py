@@ -22,8 +22,8 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
+from api.app import create_api
 from comfy import ConfigError, Settings, Studio, load_settings, redact_url
-from comfy.api import create_api
 from comfy.auth import PasswordChecker
 from ui import CSS, HEAD, build_ui, outputs_paths
 

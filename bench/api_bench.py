@@ -37,7 +37,7 @@ import uvicorn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from comfy.api import create_api  # noqa: E402
+from api.app import create_api  # noqa: E402
 from comfy.queue import JobQueue  # noqa: E402
 from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402

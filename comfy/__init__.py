@@ -4,9 +4,9 @@ The UI and the REST API use only what is exported here; none of it imports gradi
 of backends: ComfyUI servers (``COMFYUI_URL``, comma-separated) and a RunPod Serverless endpoint.
 """
 
-from .backends import Backend, BackendHealth, ComfyBackend
-from .client import ComfyClient, HistoryEntry, RunResult
-from .errors import (
+from comfy.backends import Backend, BackendHealth, ComfyBackend
+from comfy.client import ComfyClient, HistoryEntry, RunResult
+from comfy.errors import (
     ComfyError,
     ConfigError,
     ExecutionFailed,
@@ -25,16 +25,16 @@ from .errors import (
     StorageError,
     WorkflowError,
 )
-from .events import EventBus, JobEvent
-from .object_info import ObjectInfo
-from .params import GenerationParams, Limits
-from .pool import BackendState, Pool
-from .queue import Job, JobPage, JobQueue, JobState
-from .runpod import RequestTooLarge, RunExpired, RunPodBackend, RunPodClient
-from .service import BackendStatus, Models, Studio, redact_url
-from .settings import Settings, load_settings
-from .storage import LocalStore, StoredImage
-from .worker import Worker
+from comfy.events import EventBus, JobEvent
+from comfy.object_info import ObjectInfo
+from comfy.params import GenerationParams, Limits
+from comfy.pool import BackendState, Pool
+from comfy.queue import Job, JobPage, JobQueue, JobState
+from comfy.runpod import RequestTooLarge, RunExpired, RunPodBackend, RunPodClient
+from comfy.service import BackendStatus, Models, Studio, redact_url
+from comfy.settings import Settings, load_settings
+from comfy.storage import LocalStore, StoredImage
+from comfy.worker import Worker
 
 __all__ = [
     "Backend",

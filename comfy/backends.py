@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from . import protocol, workflows
-from .client import ComfyClient, EventStream
-from .errors import ComfyError, JobTimedOut, ServerTimeout
-from .object_info import ObjectInfo
-from .params import GenerationParams
-from .progress import ProgressTracker
-from .queue import Job
-from .storage import LocalStore
+from comfy import protocol, workflows
+from comfy.client import ComfyClient, EventStream
+from comfy.errors import ComfyError, JobTimedOut, ServerTimeout
+from comfy.object_info import ObjectInfo
+from comfy.params import GenerationParams
+from comfy.progress import ProgressTracker
+from comfy.queue import Job
+from comfy.storage import LocalStore
 
 __all__ = [
     "Backend",

@@ -25,11 +25,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .errors import ComfyError, ConfigError, WorkflowError
-from .params import GenerationParams
-from .queue import Job, JobState
-from .service import Studio
-from .settings import load_settings
+from comfy.errors import ComfyError, ConfigError, WorkflowError
+from comfy.params import GenerationParams
+from comfy.queue import Job, JobState
+from comfy.service import Studio
+from comfy.settings import load_settings
 
 __all__ = ["main", "build_parser"]
 
@@ -185,7 +185,7 @@ async def _run_worker(studio: Studio, args: argparse.Namespace) -> int:
 def _hash_password() -> int:
     import getpass
 
-    from .auth import hash_password
+    from comfy.auth import hash_password
 
     password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
     if not password:

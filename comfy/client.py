@@ -25,8 +25,8 @@ import httpx
 import httpx_ws
 import wsproto.events
 
-from . import protocol
-from .errors import (
+from comfy import protocol
+from comfy.errors import (
     ComfyError,
     ExecutionFailed,
     ExecutionInterrupted,
@@ -38,8 +38,8 @@ from .errors import (
     ServerUnavailable,
     describe_transport_failure,
 )
-from .object_info import ObjectInfo
-from .protocol import Event, OutputRef
+from comfy.object_info import ObjectInfo
+from comfy.protocol import Event, OutputRef
 
 __all__ = ["ComfyClient", "HistoryEntry", "QueuedPrompt", "RunResult", "EventStream", "map_errors"]
 

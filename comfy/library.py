@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import workflows
-from .errors import WorkflowError
+from comfy import workflows
+from comfy.errors import WorkflowError
 
 __all__ = ["WorkflowLibrary"]
 

@@ -33,7 +33,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ProtocolError, WorkflowError
+from comfy.errors import ProtocolError, WorkflowError
 
 __all__ = ["ObjectInfo", "InputSpec", "WIDGET_TYPES", "STOCK_SAMPLERS", "STOCK_SCHEDULERS"]
 

@@ -9,7 +9,7 @@ import secrets
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .errors import WorkflowError
+from comfy.errors import WorkflowError
 
 __all__ = ["GenerationParams", "Limits", "MAX_SEED", "RANDOM_SEED", "seed_from"]
 

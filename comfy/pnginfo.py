@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import pngmeta, workflows
-from .errors import WorkflowError
-from .params import GenerationParams
-from .storage import METADATA_KEY
+from comfy import pngmeta, workflows
+from comfy.errors import WorkflowError
+from comfy.params import GenerationParams
+from comfy.storage import METADATA_KEY
 
 __all__ = ["PngInfo", "read_png_info", "parse_a1111"]
 

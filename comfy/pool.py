@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .backends import Backend, BackendHealth, redact_url, required_checkpoints
-from .errors import ComfyError
-from .object_info import ObjectInfo
-from .queue import Job
+from comfy.backends import Backend, BackendHealth, redact_url, required_checkpoints
+from comfy.errors import ComfyError
+from comfy.object_info import ObjectInfo
+from comfy.queue import Job
 
 __all__ = ["BackendState", "BackendView", "Pool", "merge_object_info"]
 

@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from .errors import NodeProblem, ProtocolError
+from comfy.errors import NodeProblem, ProtocolError
 
 __all__ = [
     "Event",

@@ -49,7 +49,7 @@ from typing import Any
 
 import diskcache
 
-from .errors import IdempotencyConflict, JobNotFound, QueueError
+from comfy.errors import IdempotencyConflict, JobNotFound, QueueError
 
 __all__ = ["Job", "JobPage", "JobQueue", "JobState", "owner_alive", "worker_id"]
 

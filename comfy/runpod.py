@@ -46,9 +46,9 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from . import workflows
-from .backends import BackendHealth, Outcome, Output, RunContext, redact_url
-from .errors import (
+from comfy import workflows
+from comfy.backends import BackendHealth, Outcome, Output, RunContext, redact_url
+from comfy.errors import (
     ComfyError,
     ExecutionFailed,
     ExecutionInterrupted,
@@ -58,12 +58,12 @@ from .errors import (
     ServerError,
     ServerTimeout,
     ServerUnavailable,
-    describe_transport_failure,
     WorkflowError,
+    describe_transport_failure,
 )
-from .params import GenerationParams
-from .queue import Job
-from .storage import LocalStore
+from comfy.params import GenerationParams
+from comfy.queue import Job
+from comfy.storage import LocalStore
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -36,12 +36,12 @@ from boto3.s3.transfer import TransferConfig
 from botocore import exceptions as boto_errors
 from botocore.config import Config
 
-from .errors import StorageError
-from .storage import safe_name
-from .uploads import METADATA_NAME, OFF, PENDING_NOTE, Uploader, UploadStatus
+from comfy.errors import StorageError
+from comfy.storage import safe_name
+from comfy.uploads import METADATA_NAME, OFF, PENDING_NOTE, Uploader, UploadStatus
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from comfy.settings import Settings
 
 __all__ = ["OFF", "PENDING_NOTE", "S3Store", "UploadStatus", "Uploader", "make_s3_client", "public_url"]
 

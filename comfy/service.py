@@ -20,22 +20,22 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from . import workflows
-from .backends import Backend, ComfyBackend, redact_url
-from .client import ComfyClient
-from .errors import ComfyError, ServerError, WorkflowError
-from .events import EventBus, JobEvent
-from .library import WorkflowLibrary
-from .object_info import STOCK_SAMPLERS, STOCK_SCHEDULERS, ObjectInfo
-from .params import GenerationParams, Limits
-from .pool import BackendState, Pool, merge_object_info
-from .queue import Job, JobPage, JobQueue, JobState
-from .settings import Settings
-from .storage import LocalStore
-from .worker import Worker
+from comfy import workflows
+from comfy.backends import Backend, ComfyBackend, redact_url
+from comfy.client import ComfyClient
+from comfy.errors import ComfyError, ServerError, WorkflowError
+from comfy.events import EventBus, JobEvent
+from comfy.library import WorkflowLibrary
+from comfy.object_info import STOCK_SAMPLERS, STOCK_SCHEDULERS, ObjectInfo
+from comfy.params import GenerationParams, Limits
+from comfy.pool import BackendState, Pool, merge_object_info
+from comfy.queue import Job, JobPage, JobQueue, JobState
+from comfy.settings import Settings
+from comfy.storage import LocalStore
+from comfy.worker import Worker
 
 if TYPE_CHECKING:
-    from .s3 import Uploader, UploadStatus
+    from comfy.s3 import Uploader, UploadStatus
 
 __all__ = ["Studio", "BackendStatus", "Models", "redact_url"]
 
@@ -120,7 +120,7 @@ class Studio:
         #: Copies outputs to S3 in the background when S3_BUCKET is set (boto3 is imported only then).
         self.uploader: Uploader | None = None
         if settings.s3_bucket:
-            from .s3 import Uploader
+            from comfy.s3 import Uploader
 
             self.uploader = Uploader.from_settings(settings, self.queue, client=s3_client)
         self.worker = Worker(
@@ -191,7 +191,7 @@ class Studio:
     def upload_status(self, job_id: str) -> UploadStatus:
         """``uploaded`` (with the object keys), ``pending`` (with the reason) or ``off``."""
         if self.uploader is None:
-            from .s3 import OFF
+            from comfy.s3 import OFF
 
             return OFF
         return self.uploader.status(job_id)
@@ -506,7 +506,7 @@ def _backends(settings: Settings, first: ComfyClient) -> list[Backend]:
             client.reconnect_window = settings.failover_seconds
         backends.append(ComfyBackend(client, max_in_flight=settings.max_in_flight))
     if settings.runpod_endpoint_id:
-        from .runpod import RunPodBackend, RunPodClient
+        from comfy.runpod import RunPodBackend, RunPodClient
 
         assert settings.runpod_api_key is not None  # the settings refuse an endpoint without a key
         api = RunPodClient(settings.runpod_endpoint_id, settings.runpod_api_key, base_url=settings.runpod_base_url,

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import pngmeta
-from .errors import StorageError
+from comfy import pngmeta
+from comfy.errors import StorageError
 
 __all__ = ["StoredImage", "OutputStore", "LocalStore", "METADATA_KEY", "safe_name"]
 

@@ -45,14 +45,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import diskcache
 
-from . import pngmeta
-from .errors import ComfyError, JobNotFound, StorageError
-from .queue import Job, JobQueue, JobState, owner_alive, worker_id
-from .storage import METADATA_KEY
+from comfy import pngmeta
+from comfy.errors import ComfyError, JobNotFound, StorageError
+from comfy.queue import Job, JobQueue, JobState, owner_alive, worker_id
+from comfy.storage import METADATA_KEY
 
 if TYPE_CHECKING:
-    from .s3 import S3Store
-    from .settings import Settings
+    from comfy.s3 import S3Store
+    from comfy.settings import Settings
 
 __all__ = ["OFF", "PENDING_NOTE", "UploadBacklog", "UploadStatus", "Uploader"]
 
@@ -289,7 +289,7 @@ class Uploader:
     @classmethod
     def from_settings(cls, settings: Settings, queue: JobQueue, *, client: Any = None, **options: Any) -> Uploader:
         """The uploader for ``settings`` (backlog in ``<data>/uploads``); ``client`` replaces the boto3 client."""
-        from .s3 import S3Store
+        from comfy.s3 import S3Store
 
         store = S3Store.from_settings(settings, client=client)
         return cls(store, queue, settings.data_dir / "uploads", keep_local=settings.s3_keep_local, **options)
@@ -642,7 +642,7 @@ class Uploader:
 def job_metadata(job: dict[str, Any], done: dict[str, dict[str, Any]],
                  name_of: Callable[[str, int, dict[str, Any]], str]) -> dict[str, Any]:
     """metadata.json: how the images were made (parameters, seed, workflow, timings) and where they are."""
-    from .s3 import public_url
+    from comfy.s3 import public_url
 
     outputs = job["outputs"]
     studio = _studio_chunk(outputs[0]["path"]) if outputs else {}

@@ -24,16 +24,17 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .backends import Backend, ComfyBackend, Outcome, build_prompt
-from .client import ComfyClient
-from .errors import ComfyError, ExecutionInterrupted, QueueError, ServerUnavailable
-from .events import EventBus, JobEvent
-from .pool import Pool
-from .queue import Job, JobQueue, JobState, owner_alive, worker_id as new_worker_id
-from .storage import LocalStore, StoredImage
+from comfy.backends import Backend, ComfyBackend, Outcome, build_prompt
+from comfy.client import ComfyClient
+from comfy.errors import ComfyError, ExecutionInterrupted, QueueError, ServerUnavailable
+from comfy.events import EventBus, JobEvent
+from comfy.pool import Pool
+from comfy.queue import Job, JobQueue, JobState, owner_alive
+from comfy.queue import worker_id as new_worker_id
+from comfy.storage import LocalStore, StoredImage
 
 if TYPE_CHECKING:
-    from .s3 import Uploader
+    from comfy.s3 import Uploader
 
 __all__ = ["Worker", "build_prompt"]
 

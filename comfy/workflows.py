@@ -86,9 +86,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import WorkflowError
-from .object_info import InputSpec, ObjectInfo
-from .params import RANDOM_SEED, GenerationParams
+from comfy.errors import WorkflowError
+from comfy.object_info import InputSpec, ObjectInfo
+from comfy.params import RANDOM_SEED, GenerationParams
 
 __all__ = [
     "TEMPLATES_DIR",

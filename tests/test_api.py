@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from comfy.api import create_api
+from api.app import create_api
 from comfy.service import Studio
 from comfy.settings import Settings
 from tests.conftest import make_settings

@@ -25,7 +25,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from comfy.api import create_api
+from api.app import create_api
 from comfy.service import Studio
 from tests.conftest import make_settings
 from tests.fakes.comfy_server import FakeComfy

@@ -11,7 +11,7 @@ ROOT = Path(__file__).parent.parent
 
 def test_pyflakes_clean() -> None:
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F,E9", "--quiet",
-                             "comfy", "ui", "app.py", "bench", "tests"], cwd=ROOT, capture_output=True, text=True)
+                             "comfy", "api", "ui", "app.py", "bench", "tests"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -20,8 +20,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from comfy import ComfyError, GenerationParams, Job, JobEvent, JobState, Studio, WorkflowError
-from comfy import workflows
+from comfy import ComfyError, GenerationParams, Job, JobEvent, JobState, Studio, WorkflowError, workflows
 from comfy.pnginfo import read_png_info
 
 from . import render

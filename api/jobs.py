@@ -1,6 +1,6 @@
 """``/api/v1``: generate (waiting), submit jobs, follow them, cancel them, fetch their images.
 
-Every route here needs the caller's key when ``API_KEYS`` is set (see :mod:`comfy.api_guard`), and a
+Every route here needs the caller's key when ``API_KEYS`` is set (see :mod:`api.guard`), and a
 caller sees only the jobs it made. Idempotency: ``Idempotency-Key`` on any POST makes a retry with
 the same key and body return the same job (409 for the same key with another body); keys are scoped
 per API key. A random seed (-1) under an idempotency key is drawn from the key, so a retry is "the
@@ -20,10 +20,9 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from . import workflows
-from .api_errors import ApiError, api_field, error_response
-from .api_guard import ApiContext, Caller
-from .api_models import (
+from api.errors import ApiError, api_field, error_response
+from api.guard import ApiContext, Caller
+from api.models import (
     API_PREFIX,
     BatchAccepted,
     BatchResult,
@@ -41,9 +40,10 @@ from .api_models import (
     job_url,
     result_of,
 )
-from .errors import ComfyError, JobNotFound, StorageError, WorkflowError
-from .params import RANDOM_SEED, GenerationParams, seed_from
-from .queue import Job, JobState
+from comfy import workflows
+from comfy.errors import ComfyError, JobNotFound, StorageError, WorkflowError
+from comfy.params import RANDOM_SEED, GenerationParams, seed_from
+from comfy.queue import Job, JobState
 
 __all__ = ["JOB_ID", "jobs_router", "root_of", "visible_job"]
 

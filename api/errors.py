@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import (
+from comfy.errors import (
     ComfyError,
     ConfigError,
     IdempotencyConflict,

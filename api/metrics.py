@@ -27,9 +27,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .events import JobEvent, Subscription
-from .health import queue_counts
-from .service import Studio
+from api.health import queue_counts
+from comfy.events import JobEvent, Subscription
+from comfy.service import Studio
 
 __all__ = ["CONTENT_TYPE", "HttpMetricsMiddleware", "StudioMetrics"]
 

@@ -11,8 +11,8 @@
     GET  /api/v1/jobs/{id}/images/{n} /artifacts/{name}    output files;  /preview: the latest preview
     GET  /docs  /openapi.json                              the documentation of all of the above
 
-See :mod:`comfy.api_guard` for keys, rate limits and size limits, :mod:`comfy.api_errors` for the
-error shape, :mod:`comfy.metrics` for the metric names. Nothing here imports gradio.
+See :mod:`api.guard` for keys, rate limits and size limits, :mod:`api.errors` for the
+error shape, :mod:`api.metrics` for the metric names. Nothing here imports gradio.
 """
 
 from __future__ import annotations
@@ -28,25 +28,16 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import SecretStr
 from starlette.routing import Match
 
-from .api_errors import ApiError, Scrubber, error_response, install_error_handlers
-from .api_guard import ApiContext, BodyLimitMiddleware, Caller, Guard
-from .api_jobs import jobs_router
-from .api_models import (
-    API_PREFIX,
-    BackendOut,
-    ErrorResponse,
-    HealthOut,
-    ModelsOut,
-    ReadyOut,
-    StorageOut,
-    WorkerOut,
-)
-from .api_stream import stream_router
-from .errors import ComfyError
-from .health import probe_dir, queue_counts, queue_writable
-from .metrics import CONTENT_TYPE, HttpMetricsMiddleware, StudioMetrics
-from .service import BackendStatus, Studio
-from .settings import Settings
+from api.errors import ApiError, Scrubber, error_response, install_error_handlers
+from api.guard import ApiContext, BodyLimitMiddleware, Caller, Guard
+from api.health import probe_dir, queue_counts, queue_writable
+from api.jobs import jobs_router
+from api.metrics import CONTENT_TYPE, HttpMetricsMiddleware, StudioMetrics
+from api.models import API_PREFIX, BackendOut, ErrorResponse, HealthOut, ModelsOut, ReadyOut, StorageOut, WorkerOut
+from api.stream import stream_router
+from comfy.errors import ComfyError
+from comfy.service import BackendStatus, Studio
+from comfy.settings import Settings
 
 __all__ = ["create_api"]
 

@@ -12,8 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ComfyError
-from .service import Studio
+from comfy.errors import ComfyError
+from comfy.service import Studio
 
 __all__ = ["StorageState", "probe_dir", "queue_counts", "queue_writable"]
 

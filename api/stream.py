@@ -27,13 +27,13 @@ from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import StreamingResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from .api_errors import ApiError, error_response
-from .api_guard import ApiContext, Caller
-from .api_jobs import COMMON, job_url, root_of, visible_job
-from .api_models import API_PREFIX, artifacts, job_out
-from .errors import ComfyError
-from .events import JobEvent
-from .queue import Job, JobState
+from api.errors import ApiError, error_response
+from api.guard import ApiContext, Caller
+from api.jobs import COMMON, job_url, root_of, visible_job
+from api.models import API_PREFIX, artifacts, job_out
+from comfy.errors import ComfyError
+from comfy.events import JobEvent
+from comfy.queue import Job, JobState
 
 __all__ = ["event_message", "stream_router"]
 

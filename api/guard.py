@@ -25,10 +25,10 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
-from .api_errors import ApiError, BodyTooLarge, Scrubber, error_response
-from .ratelimit import TokenBucket
-from .service import Studio
-from .settings import Settings
+from api.errors import ApiError, BodyTooLarge, Scrubber, error_response
+from api.ratelimit import TokenBucket
+from comfy.service import Studio
+from comfy.settings import Settings
 
 __all__ = ["ApiContext", "BodyLimitMiddleware", "Caller", "Guard", "bearer", "key_id"]
 
@@ -107,7 +107,7 @@ class Guard:
 
 @dataclass
 class ApiContext:
-    """What every route needs; built once by :func:`comfy.api.create_api`."""
+    """What every route needs; built once by :func:`api.app.create_api`."""
 
     studio: Studio
     settings: Settings

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .api_errors import ApiError
-from .params import MAX_SEED
-from .queue import Job
+from api.errors import ApiError
+from comfy.params import MAX_SEED
+from comfy.queue import Job
 
 __all__ = [
     "API_PREFIX", "Artifact", "BackendOut", "BatchAccepted", "BatchResult", "ErrorBody", "ErrorResponse",
