@@ -42,8 +42,8 @@ from api.models import (
 )
 from comfy import workflows
 from comfy.errors import ComfyError, JobNotFound, StorageError, WorkflowError
+from comfy.jobs.queue import Job, JobState
 from comfy.params import RANDOM_SEED, GenerationParams, seed_from
-from comfy.queue import Job, JobState
 
 __all__ = ["JOB_ID", "jobs_router", "root_of", "visible_job"]
 

@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from api.health import queue_counts
-from comfy.events import JobEvent, Subscription
+from comfy.jobs.events import JobEvent, Subscription
 from comfy.service import Studio
 
 __all__ = ["CONTENT_TYPE", "HttpMetricsMiddleware", "StudioMetrics"]

@@ -32,8 +32,8 @@ from api.guard import ApiContext, Caller
 from api.jobs import COMMON, job_url, root_of, visible_job
 from api.models import API_PREFIX, artifacts, job_out
 from comfy.errors import ComfyError
-from comfy.events import JobEvent
-from comfy.queue import Job, JobState
+from comfy.jobs.events import JobEvent
+from comfy.jobs.queue import Job, JobState
 
 __all__ = ["event_message", "stream_router"]
 

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from api.app import create_api  # noqa: E402
-from comfy.queue import JobQueue  # noqa: E402
+from comfy.jobs.queue import JobQueue  # noqa: E402
 from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402
 from tests.fakes.comfy_server import FakeComfy  # noqa: E402

@@ -25,16 +25,16 @@ from comfy.errors import (
     StorageError,
     WorkflowError,
 )
-from comfy.events import EventBus, JobEvent
+from comfy.jobs.events import EventBus, JobEvent
+from comfy.jobs.queue import Job, JobPage, JobQueue, JobState
+from comfy.jobs.worker import Worker
 from comfy.object_info import ObjectInfo
 from comfy.params import GenerationParams, Limits
 from comfy.pool import BackendState, Pool
-from comfy.queue import Job, JobPage, JobQueue, JobState
 from comfy.runpod import RequestTooLarge, RunExpired, RunPodBackend, RunPodClient
 from comfy.service import BackendStatus, Models, Studio, redact_url
 from comfy.settings import Settings, load_settings
 from comfy.storage import LocalStore, StoredImage
-from comfy.worker import Worker
 
 __all__ = [
     "Backend",

@@ -35,10 +35,10 @@ from urllib.parse import urlsplit, urlunsplit
 from comfy import protocol, workflows
 from comfy.client import ComfyClient, EventStream
 from comfy.errors import ComfyError, JobTimedOut, ServerTimeout
+from comfy.jobs.queue import Job
 from comfy.object_info import ObjectInfo
 from comfy.params import GenerationParams
 from comfy.progress import ProgressTracker
-from comfy.queue import Job
 from comfy.storage import LocalStore
 
 __all__ = [

@@ -61,8 +61,8 @@ from comfy.errors import (
     WorkflowError,
     describe_transport_failure,
 )
+from comfy.jobs.queue import Job
 from comfy.params import GenerationParams
-from comfy.queue import Job
 from comfy.storage import LocalStore
 
 __all__ = [

@@ -24,15 +24,15 @@ from comfy import workflows
 from comfy.backends import Backend, ComfyBackend, redact_url
 from comfy.client import ComfyClient
 from comfy.errors import ComfyError, ServerError, WorkflowError
-from comfy.events import EventBus, JobEvent
+from comfy.jobs.events import EventBus, JobEvent
+from comfy.jobs.queue import Job, JobPage, JobQueue, JobState
+from comfy.jobs.worker import Worker
 from comfy.library import WorkflowLibrary
 from comfy.object_info import STOCK_SAMPLERS, STOCK_SCHEDULERS, ObjectInfo
 from comfy.params import GenerationParams, Limits
 from comfy.pool import BackendState, Pool, merge_object_info
-from comfy.queue import Job, JobPage, JobQueue, JobState
 from comfy.settings import Settings
 from comfy.storage import LocalStore
-from comfy.worker import Worker
 
 if TYPE_CHECKING:
     from comfy.s3 import Uploader, UploadStatus

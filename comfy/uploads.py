@@ -47,7 +47,7 @@ import diskcache
 
 from comfy import pngmeta
 from comfy.errors import ComfyError, JobNotFound, StorageError
-from comfy.queue import Job, JobQueue, JobState, owner_alive, worker_id
+from comfy.jobs.queue import Job, JobQueue, JobState, owner_alive, worker_id
 from comfy.storage import METADATA_KEY
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ import pytest
 from comfy import protocol
 from comfy.client import ComfyClient, HistoryEntry
 from comfy.errors import ServerUnavailable
-from comfy.queue import JobState
+from comfy.jobs.queue import JobState
 from comfy.service import Studio
 from tests.conftest import wait_for
 from tests.fakes.comfy_server import FakeComfy

@@ -14,9 +14,9 @@ import pytest
 
 from comfy.backends import ComfyBackend
 from comfy.client import ComfyClient
+from comfy.jobs.queue import JobState
 from comfy.params import GenerationParams
 from comfy.pool import BackendState, Pool, merge_object_info
-from comfy.queue import JobState
 from comfy.service import BackendStatus, Studio
 from comfy.settings import Settings
 from tests.conftest import running, wait_for

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy.queue import JobQueue, JobState
+from comfy.jobs.queue import JobQueue, JobState
 from tests.fakes.comfy_server import FakeComfy
 
 ROOT = Path(__file__).parent.parent

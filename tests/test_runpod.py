@@ -18,8 +18,8 @@ from pydantic import SecretStr
 
 from comfy import pngmeta
 from comfy.errors import ExecutionFailed, PromptRejected, ServerError, ServerUnavailable, WorkflowError
+from comfy.jobs.queue import JobState
 from comfy.params import GenerationParams
-from comfy.queue import JobState
 from comfy.runpod import (
     RunExpired,
     RunPodBackend,

@@ -11,8 +11,8 @@ from PIL import Image
 
 from comfy import pngmeta
 from comfy.errors import IdempotencyConflict, WorkflowError
+from comfy.jobs.queue import JobState
 from comfy.params import GenerationParams
-from comfy.queue import JobState
 from comfy.service import Studio, redact_url
 from comfy.storage import METADATA_KEY
 from tests.conftest import make_settings

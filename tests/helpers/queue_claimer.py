@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from comfy.queue import JobQueue  # noqa: E402
+from comfy.jobs.queue import JobQueue  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 from comfy.backends import Backend, ComfyBackend, Outcome, build_prompt
 from comfy.client import ComfyClient
 from comfy.errors import ComfyError, ExecutionInterrupted, QueueError, ServerUnavailable
-from comfy.events import EventBus, JobEvent
+from comfy.jobs.events import EventBus, JobEvent
+from comfy.jobs.queue import Job, JobQueue, JobState, owner_alive
+from comfy.jobs.queue import worker_id as new_worker_id
 from comfy.pool import Pool
-from comfy.queue import Job, JobQueue, JobState, owner_alive
-from comfy.queue import worker_id as new_worker_id
 from comfy.storage import LocalStore, StoredImage
 
 if TYPE_CHECKING:
