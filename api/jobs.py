@@ -40,10 +40,10 @@ from api.models import (
     job_url,
     result_of,
 )
-from comfy import workflows
+from comfy import graph as workflows
 from comfy.errors import ComfyError, JobNotFound, StorageError, WorkflowError
+from comfy.graph.params import RANDOM_SEED, GenerationParams, seed_from
 from comfy.jobs.queue import Job, JobState
-from comfy.params import RANDOM_SEED, GenerationParams, seed_from
 
 __all__ = ["JOB_ID", "jobs_router", "root_of", "visible_job"]
 

@@ -18,8 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError
+from comfy.graph.params import MAX_SEED
 from comfy.jobs.queue import Job
-from comfy.params import MAX_SEED
 
 __all__ = [
     "API_PREFIX", "Artifact", "BackendOut", "BatchAccepted", "BatchResult", "ErrorBody", "ErrorResponse",

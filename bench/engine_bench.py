@@ -25,8 +25,8 @@ import httpx_ws
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from comfy.graph.params import GenerationParams  # noqa: E402
 from comfy.jobs.queue import JobState  # noqa: E402
-from comfy.params import GenerationParams  # noqa: E402
 from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402
 from tests.fakes.comfy_server import FakeComfy  # noqa: E402
@@ -86,8 +86,7 @@ async def _straight(url: str, graphs: list[dict[str, Any]]) -> float:
 
 
 def _graph(seed: int, size: int) -> dict[str, Any]:
-    from comfy import workflows
-
+    from comfy import graph as workflows
     return workflows.bind(workflows.load_template("txt2img"), _params(seed, size))
 
 

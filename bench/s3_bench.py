@@ -31,8 +31,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from comfy.graph.params import GenerationParams  # noqa: E402
 from comfy.jobs.queue import JobQueue  # noqa: E402
-from comfy.params import GenerationParams  # noqa: E402
 from comfy.s3 import S3Store, Uploader, make_s3_client  # noqa: E402
 from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402

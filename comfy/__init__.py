@@ -25,11 +25,11 @@ from comfy.errors import (
     StorageError,
     WorkflowError,
 )
+from comfy.graph.object_info import ObjectInfo
+from comfy.graph.params import GenerationParams, Limits
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.queue import Job, JobPage, JobQueue, JobState
 from comfy.jobs.worker import Worker
-from comfy.object_info import ObjectInfo
-from comfy.params import GenerationParams, Limits
 from comfy.pool import BackendState, Pool
 from comfy.runpod import RequestTooLarge, RunExpired, RunPodBackend, RunPodClient
 from comfy.service import BackendStatus, Models, Studio, redact_url

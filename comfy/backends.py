@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from comfy import protocol, workflows
+from comfy import graph as workflows
+from comfy import protocol
 from comfy.client import ComfyClient, EventStream
 from comfy.errors import ComfyError, JobTimedOut, ServerTimeout
+from comfy.graph.object_info import ObjectInfo
+from comfy.graph.params import GenerationParams
 from comfy.jobs.queue import Job
-from comfy.object_info import ObjectInfo
-from comfy.params import GenerationParams
 from comfy.progress import ProgressTracker
 from comfy.storage import LocalStore
 

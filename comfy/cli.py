@@ -26,8 +26,8 @@ from typing import Any
 from tqdm import tqdm
 
 from comfy.errors import ComfyError, ConfigError, WorkflowError
+from comfy.graph.params import GenerationParams
 from comfy.jobs.queue import Job, JobState
-from comfy.params import GenerationParams
 from comfy.service import Studio
 from comfy.settings import load_settings
 

@@ -38,7 +38,7 @@ from comfy.errors import (
     ServerUnavailable,
     describe_transport_failure,
 )
-from comfy.object_info import ObjectInfo
+from comfy.graph.object_info import ObjectInfo
 from comfy.protocol import Event, OutputRef
 
 __all__ = ["ComfyClient", "HistoryEntry", "QueuedPrompt", "RunResult", "EventStream", "map_errors"]

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from comfy import workflows
+from comfy import graph as workflows
 from comfy.errors import WorkflowError
 
 __all__ = ["WorkflowLibrary"]

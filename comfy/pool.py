@@ -35,8 +35,8 @@ from typing import Any
 
 from comfy.backends import Backend, BackendHealth, redact_url, required_checkpoints
 from comfy.errors import ComfyError
+from comfy.graph.object_info import ObjectInfo
 from comfy.jobs.queue import Job
-from comfy.object_info import ObjectInfo
 
 __all__ = ["BackendState", "BackendView", "Pool", "merge_object_info"]
 

@@ -46,7 +46,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from comfy import workflows
+from comfy import graph as workflows
 from comfy.backends import BackendHealth, Outcome, Output, RunContext, redact_url
 from comfy.errors import (
     ComfyError,
@@ -61,8 +61,8 @@ from comfy.errors import (
     WorkflowError,
     describe_transport_failure,
 )
+from comfy.graph.params import GenerationParams
 from comfy.jobs.queue import Job
-from comfy.params import GenerationParams
 from comfy.storage import LocalStore
 
 __all__ = [

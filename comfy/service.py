@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from comfy import workflows
+from comfy import graph as workflows
 from comfy.backends import Backend, ComfyBackend, redact_url
 from comfy.client import ComfyClient
 from comfy.errors import ComfyError, ServerError, WorkflowError
+from comfy.graph.object_info import STOCK_SAMPLERS, STOCK_SCHEDULERS, ObjectInfo
+from comfy.graph.params import GenerationParams, Limits
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.queue import Job, JobPage, JobQueue, JobState
 from comfy.jobs.worker import Worker
 from comfy.library import WorkflowLibrary
-from comfy.object_info import STOCK_SAMPLERS, STOCK_SCHEDULERS, ObjectInfo
-from comfy.params import GenerationParams, Limits
 from comfy.pool import BackendState, Pool, merge_object_info
 from comfy.settings import Settings
 from comfy.storage import LocalStore

@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from comfy import pngmeta
 from comfy.errors import StorageError
+from comfy.graph import pngmeta
+from comfy.graph.pngmeta import METADATA_KEY
 
 __all__ = ["StoredImage", "OutputStore", "LocalStore", "METADATA_KEY", "safe_name"]
 
 #: The PNG text chunk holding the studio's own record of how an image was made.
-METADATA_KEY = "comfyui_studio"
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

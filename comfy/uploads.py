@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import diskcache
 
-from comfy import pngmeta
 from comfy.errors import ComfyError, JobNotFound, StorageError
+from comfy.graph import pngmeta
 from comfy.jobs.queue import Job, JobQueue, JobState, owner_alive, worker_id
 from comfy.storage import METADATA_KEY
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy import pngmeta
+from comfy.graph import pngmeta
 from tests.fakes.comfy_server import FakeComfy
 from tests.fixtures_util import COMFY
 

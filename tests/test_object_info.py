@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from comfy.errors import ProtocolError, WorkflowError
-from comfy.object_info import InputSpec, ObjectInfo
+from comfy.graph.object_info import InputSpec, ObjectInfo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
 

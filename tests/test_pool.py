@@ -14,8 +14,8 @@ import pytest
 
 from comfy.backends import ComfyBackend
 from comfy.client import ComfyClient
+from comfy.graph.params import GenerationParams
 from comfy.jobs.queue import JobState
-from comfy.params import GenerationParams
 from comfy.pool import BackendState, Pool, merge_object_info
 from comfy.service import BackendStatus, Studio
 from comfy.settings import Settings
@@ -253,7 +253,7 @@ async def test_probes_back_off_while_a_backend_stays_down() -> None:
 
 
 def test_merged_catalogue_unites_choices() -> None:
-    from comfy.object_info import ObjectInfo
+    from comfy.graph.object_info import ObjectInfo
 
     first = ObjectInfo({"CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["a"], {}]}}},
                         "KSampler": {"input": {"required": {"sampler_name": [["euler"], {}]}}}})

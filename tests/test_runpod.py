@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from comfy import pngmeta
 from comfy.errors import ExecutionFailed, PromptRejected, ServerError, ServerUnavailable, WorkflowError
+from comfy.graph import pngmeta
+from comfy.graph.params import GenerationParams
 from comfy.jobs.queue import JobState
-from comfy.params import GenerationParams
 from comfy.runpod import (
     RunExpired,
     RunPodBackend,

@@ -24,8 +24,8 @@ import pytest
 from PIL import Image
 
 from comfy.errors import QueueError, StorageError
+from comfy.graph.params import GenerationParams
 from comfy.jobs.queue import Job, JobQueue, JobState
-from comfy.params import GenerationParams
 from comfy.s3 import PENDING_NOTE, S3Store, Uploader, _map_s3_errors, _Where, make_s3_client
 from comfy.service import Studio
 from comfy.settings import Settings, load_settings

@@ -9,10 +9,10 @@ import json
 import pytest
 from PIL import Image
 
-from comfy import pngmeta
 from comfy.errors import IdempotencyConflict, WorkflowError
+from comfy.graph import pngmeta
+from comfy.graph.params import GenerationParams
 from comfy.jobs.queue import JobState
-from comfy.params import GenerationParams
 from comfy.service import Studio, redact_url
 from comfy.storage import METADATA_KEY
 from tests.conftest import make_settings

@@ -8,8 +8,8 @@ import os
 import pytest
 from PIL import Image
 
-from comfy import pngmeta
 from comfy.errors import StorageError
+from comfy.graph import pngmeta
 from comfy.storage import METADATA_KEY, LocalStore, safe_name
 from tests.fixtures_util import COMFY, image
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
-from comfy import pngmeta
+from comfy.graph import pngmeta
 from tests.fakes.comfy_server import FakeComfy
 from tests.ui_support import ROOT, running_app
 

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
-from comfy import JobState, Studio, pngmeta
-from comfy.pnginfo import parse_a1111, read_png_info
+from comfy import JobState, Studio
+from comfy.graph import pngmeta
+from comfy.graph.pnginfo import parse_a1111, read_png_info
 from tests.fakes.comfy_server import FakeComfy
 from tests.fixtures_util import COMFY, image
 from ui import render

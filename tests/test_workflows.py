@@ -18,9 +18,9 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from comfy.errors import WorkflowError
-from comfy.object_info import ObjectInfo
-from comfy.params import GenerationParams
-from comfy.workflows import (
+from comfy.graph.object_info import ObjectInfo
+from comfy.graph.params import GenerationParams
+from comfy.graph.workflow import (
     PARAM_NAMES,
     PARAM_TITLES,
     TEMPLATES_DIR,

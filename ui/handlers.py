@@ -20,8 +20,9 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from comfy import ComfyError, GenerationParams, Job, JobEvent, JobState, Studio, WorkflowError, workflows
-from comfy.pnginfo import read_png_info
+from comfy import ComfyError, GenerationParams, Job, JobEvent, JobState, Studio, WorkflowError
+from comfy import graph as workflows
+from comfy.graph.pnginfo import read_png_info
 
 from . import render
 

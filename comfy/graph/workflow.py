@@ -66,7 +66,7 @@ Binding the studio's parameters
 
 :func:`bind` writes every parameter that has a place. ``checkpoint=None`` and ``init_image=None``
 leave the graph's own values. A parameter the caller *set* (it differs from its
-:class:`~comfy.params.GenerationParams` default; the prompt always counts) that has no place raises
+:class:`~comfy.graph.params.GenerationParams` default; the prompt always counts) that has no place raises
 :class:`~comfy.errors.WorkflowError`, unless ``strict=False``.
 """
 
@@ -87,8 +87,8 @@ from pathlib import Path
 from typing import Any
 
 from comfy.errors import WorkflowError
-from comfy.object_info import InputSpec, ObjectInfo
-from comfy.params import RANDOM_SEED, GenerationParams
+from comfy.graph.object_info import InputSpec, ObjectInfo
+from comfy.graph.params import RANDOM_SEED, GenerationParams
 
 __all__ = [
     "TEMPLATES_DIR",
@@ -113,7 +113,7 @@ __all__ = [
 ]
 
 #: The folder of the shipped API-format templates (``txt2img.json``, ``img2img.json``).
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "workflows"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "workflows"
 
 #: The studio parameters that can be bound, in priority order (an earlier one wins a contested place).
 PARAM_NAMES: tuple[str, ...] = (

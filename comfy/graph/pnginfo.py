@@ -14,10 +14,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from comfy import pngmeta, workflows
 from comfy.errors import WorkflowError
-from comfy.params import GenerationParams
-from comfy.storage import METADATA_KEY
+from comfy.graph import pngmeta
+from comfy.graph import workflow as workflows
+from comfy.graph.params import GenerationParams
+from comfy.graph.pngmeta import METADATA_KEY
 
 __all__ = ["PngInfo", "read_png_info", "parse_a1111"]
 

@@ -12,9 +12,12 @@ import struct
 import zlib
 from typing import Any
 
-__all__ = ["PNG_SIGNATURE", "is_png", "read_text_chunks", "add_text_chunks", "png_size", "a1111_parameters"]
+__all__ = ["METADATA_KEY", "PNG_SIGNATURE", "is_png", "read_text_chunks", "add_text_chunks", "png_size", "a1111_parameters"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+#: The keyword of the studio's own text chunk: the job's settings as JSON.
+METADATA_KEY = "comfyui_studio"
 
 
 def is_png(data: bytes) -> bool:
