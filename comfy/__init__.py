@@ -4,8 +4,10 @@ The UI and the REST API use only what is exported here; none of it imports gradi
 of backends: ComfyUI servers (``COMFYUI_URL``, comma-separated) and a RunPod Serverless endpoint.
 """
 
-from comfy.backends import Backend, BackendHealth, ComfyBackend
-from comfy.client import ComfyClient, HistoryEntry, RunResult
+from comfy.backends.base import Backend, BackendHealth, ComfyBackend
+from comfy.backends.client import ComfyClient, HistoryEntry, RunResult
+from comfy.backends.pool import BackendState, Pool
+from comfy.backends.runpod import RequestTooLarge, RunExpired, RunPodBackend, RunPodClient
 from comfy.errors import (
     ComfyError,
     ConfigError,
@@ -30,8 +32,6 @@ from comfy.graph.params import GenerationParams, Limits
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.queue import Job, JobPage, JobQueue, JobState
 from comfy.jobs.worker import Worker
-from comfy.pool import BackendState, Pool
-from comfy.runpod import RequestTooLarge, RunExpired, RunPodBackend, RunPodClient
 from comfy.service import BackendStatus, Models, Studio, redact_url
 from comfy.settings import Settings, load_settings
 from comfy.storage import LocalStore, StoredImage

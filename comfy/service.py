@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from comfy import graph as workflows
-from comfy.backends import Backend, ComfyBackend, redact_url
-from comfy.client import ComfyClient
+from comfy.backends.base import Backend, ComfyBackend, redact_url
+from comfy.backends.client import ComfyClient
+from comfy.backends.pool import BackendState, Pool, merge_object_info
 from comfy.errors import ComfyError, ServerError, WorkflowError
 from comfy.graph.object_info import STOCK_SAMPLERS, STOCK_SCHEDULERS, ObjectInfo
 from comfy.graph.params import GenerationParams, Limits
@@ -30,7 +31,6 @@ from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.queue import Job, JobPage, JobQueue, JobState
 from comfy.jobs.worker import Worker
 from comfy.library import WorkflowLibrary
-from comfy.pool import BackendState, Pool, merge_object_info
 from comfy.settings import Settings
 from comfy.storage import LocalStore
 
@@ -506,7 +506,7 @@ def _backends(settings: Settings, first: ComfyClient) -> list[Backend]:
             client.reconnect_window = settings.failover_seconds
         backends.append(ComfyBackend(client, max_in_flight=settings.max_in_flight))
     if settings.runpod_endpoint_id:
-        from comfy.runpod import RunPodBackend, RunPodClient
+        from comfy.backends.runpod import RunPodBackend, RunPodClient
 
         assert settings.runpod_api_key is not None  # the settings refuse an endpoint without a key
         api = RunPodClient(settings.runpod_endpoint_id, settings.runpod_api_key, base_url=settings.runpod_base_url,

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from comfy.runpod import RunPodBackend
+from comfy.backends.runpod import RunPodBackend
 from comfy.service import Studio
 from comfy.settings import Settings
 from tests.fakes.comfy_server import FakeComfy

@@ -8,8 +8,8 @@ import socket
 import httpx
 import pytest
 
-from comfy import protocol
-from comfy.client import ComfyClient
+from comfy.backends import protocol
+from comfy.backends.client import ComfyClient
 from comfy.errors import (
     ExecutionFailed,
     ExecutionInterrupted,

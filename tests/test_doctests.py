@@ -8,11 +8,13 @@ import pkgutil
 
 import pytest
 
+import api
 import comfy
 import ui
 
-MODULES = sorted(f"{package.__name__}.{info.name}" for package in (comfy, ui)
-                 for info in pkgutil.iter_modules(package.__path__) if info.name != "__main__")
+MODULES = sorted(info.name for package in (comfy, api, ui)
+                 for info in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
+                 if not info.ispkg and not info.name.endswith("__main__"))
 
 
 @pytest.mark.parametrize("name", MODULES)

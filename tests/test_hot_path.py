@@ -12,8 +12,8 @@ import socket
 
 import pytest
 
-from comfy import protocol
-from comfy.client import ComfyClient, HistoryEntry
+from comfy.backends import protocol
+from comfy.backends.client import ComfyClient, HistoryEntry
 from comfy.errors import ServerUnavailable
 from comfy.jobs.queue import JobState
 from comfy.service import Studio

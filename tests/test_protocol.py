@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from comfy import protocol
+from comfy.backends import protocol
 from comfy.errors import ProtocolError
 from tests.fixtures_util import COMFY, http, received_frames, transcript
 

@@ -16,11 +16,7 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from comfy.errors import ExecutionFailed, PromptRejected, ServerError, ServerUnavailable, WorkflowError
-from comfy.graph import pngmeta
-from comfy.graph.params import GenerationParams
-from comfy.jobs.queue import JobState
-from comfy.runpod import (
+from comfy.backends.runpod import (
     RunExpired,
     RunPodBackend,
     RunPodClient,
@@ -29,6 +25,10 @@ from comfy.runpod import (
     map_errors,
     parse_progress,
 )
+from comfy.errors import ExecutionFailed, PromptRejected, ServerError, ServerUnavailable, WorkflowError
+from comfy.graph import pngmeta
+from comfy.graph.params import GenerationParams
+from comfy.jobs.queue import JobState
 from comfy.service import Studio
 from comfy.settings import Settings
 from comfy.storage import METADATA_KEY

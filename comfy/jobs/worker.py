@@ -7,8 +7,8 @@ one runs, the next is already in ComfyUI's own queue, so the GPU does not idle b
           → backend.run: build → record handle → submit → follow (progress, previews; cancel → backend)
           → fetch outputs → save → finish
 
-Where a job runs is the backend's business (:mod:`comfy.backends`, :mod:`comfy.runpod`); which
-backend, and which are up, is the pool's (:mod:`comfy.pool`). The worker keeps the rest: leases,
+Where a job runs is the backend's business (:mod:`comfy.backends.base`, :mod:`comfy.backends.runpod`); which
+backend, and which are up, is the pool's (:mod:`comfy.backends.pool`). The worker keeps the rest: leases,
 events, saving, retries and recovery. A backend stores its handle on the job *before* it submits where
 the protocol allows, so a worker that dies at any point leaves enough to re-attach: :meth:`Worker.recover`
 follows the run again on the backend the job names, or submits the job again if that backend lost it
@@ -24,13 +24,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from comfy.backends import Backend, ComfyBackend, Outcome, build_prompt
-from comfy.client import ComfyClient
+from comfy.backends.base import Backend, ComfyBackend, Outcome, build_prompt
+from comfy.backends.client import ComfyClient
+from comfy.backends.pool import Pool
 from comfy.errors import ComfyError, ExecutionInterrupted, QueueError, ServerUnavailable
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.queue import Job, JobQueue, JobState, owner_alive
 from comfy.jobs.queue import worker_id as new_worker_id
-from comfy.pool import Pool
 from comfy.storage import LocalStore, StoredImage
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ _GONE = frozenset({"prompt_lost", "run_expired"})
 
 
 class _Context:
-    """What a backend may do to the job it runs (see :class:`comfy.backends.RunContext`)."""
+    """What a backend may do to the job it runs (see :class:`comfy.backends.base.RunContext`)."""
 
     def __init__(self, worker: Worker, job: Job) -> None:
         self.job = job

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from comfy.backends import Backend, BackendHealth, redact_url, required_checkpoints
+from comfy.backends.base import Backend, BackendHealth, redact_url, required_checkpoints
 from comfy.errors import ComfyError
 from comfy.graph.object_info import ObjectInfo
 from comfy.jobs.queue import Job

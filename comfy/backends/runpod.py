@@ -47,7 +47,7 @@ import httpx
 from pydantic import SecretStr
 
 from comfy import graph as workflows
-from comfy.backends import BackendHealth, Outcome, Output, RunContext, redact_url
+from comfy.backends.base import BackendHealth, Outcome, Output, RunContext, redact_url
 from comfy.errors import (
     ComfyError,
     ExecutionFailed,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from comfy import protocol
-from comfy.protocol import Event
+from comfy.backends import protocol
+from comfy.backends.protocol import Event
 
 __all__ = ["ProgressTracker", "Snapshot"]
 

@@ -25,7 +25,8 @@ import httpx
 import httpx_ws
 import wsproto.events
 
-from comfy import protocol
+from comfy.backends import protocol
+from comfy.backends.protocol import Event, OutputRef
 from comfy.errors import (
     ComfyError,
     ExecutionFailed,
@@ -39,7 +40,6 @@ from comfy.errors import (
     describe_transport_failure,
 )
 from comfy.graph.object_info import ObjectInfo
-from comfy.protocol import Event, OutputRef
 
 __all__ = ["ComfyClient", "HistoryEntry", "QueuedPrompt", "RunResult", "EventStream", "map_errors"]
 
@@ -171,7 +171,7 @@ class RunResult:
 
 
 class EventStream:
-    """The event WebSocket of one client id; iterate it for typed :mod:`comfy.protocol` events."""
+    """The event WebSocket of one client id; iterate it for typed :mod:`comfy.backends.protocol` events."""
 
     def __init__(self, client: ComfyClient, client_id: str, *, feature_flags: bool = True) -> None:
         self._client = client

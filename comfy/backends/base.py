@@ -13,10 +13,10 @@ back an :class:`Outcome` whose outputs the worker fetches and saves:
 
 The *handle* is what re-attaching needs after a restart and is stored on the job before anything is
 submitted wherever the protocol allows: for ComfyUI the ``prompt_id`` and ``client_id`` we choose;
-for RunPod the job id RunPod returns (see :mod:`comfy.runpod`). ``job.backend`` names the backend.
+for RunPod the job id RunPod returns (see :mod:`comfy.backends.runpod`). ``job.backend`` names the backend.
 
 Two implementations: :class:`ComfyBackend` here (one ComfyUI server: HTTP + WebSocket, previews,
-``/history`` re-attach) and :class:`comfy.runpod.RunPodBackend` (RunPod Serverless).
+``/history`` re-attach) and :class:`comfy.backends.runpod.RunPodBackend` (RunPod Serverless).
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from comfy import graph as workflows
-from comfy import protocol
-from comfy.client import ComfyClient, EventStream
+from comfy.backends import protocol
+from comfy.backends.client import ComfyClient, EventStream
+from comfy.backends.progress import ProgressTracker
 from comfy.errors import ComfyError, JobTimedOut, ServerTimeout
 from comfy.graph.object_info import ObjectInfo
 from comfy.graph.params import GenerationParams
 from comfy.jobs.queue import Job
-from comfy.progress import ProgressTracker
 from comfy.storage import LocalStore
 
 __all__ = [
