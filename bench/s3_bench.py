@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 
 from comfy.graph.params import GenerationParams  # noqa: E402
 from comfy.jobs.queue import JobQueue  # noqa: E402
-from comfy.s3 import S3Store, Uploader, make_s3_client  # noqa: E402
 from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402
-from comfy.storage import LocalStore  # noqa: E402
+from comfy.storage.local import LocalStore  # noqa: E402
+from comfy.storage.s3 import S3Store, Uploader, make_s3_client  # noqa: E402
 from tests.fakes.comfy_server import FakeComfy  # noqa: E402
 
 BUCKET = "bench"

@@ -34,7 +34,7 @@ from comfy.jobs.queue import Job, JobPage, JobQueue, JobState
 from comfy.jobs.worker import Worker
 from comfy.service import BackendStatus, Models, Studio, redact_url
 from comfy.settings import Settings, load_settings
-from comfy.storage import LocalStore, StoredImage
+from comfy.storage.local import LocalStore, StoredImage
 
 __all__ = [
     "Backend",

@@ -30,12 +30,12 @@ from comfy.graph.params import GenerationParams, Limits
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.queue import Job, JobPage, JobQueue, JobState
 from comfy.jobs.worker import Worker
-from comfy.library import WorkflowLibrary
 from comfy.settings import Settings
-from comfy.storage import LocalStore
+from comfy.storage.library import WorkflowLibrary
+from comfy.storage.local import LocalStore
 
 if TYPE_CHECKING:
-    from comfy.s3 import Uploader, UploadStatus
+    from comfy.storage.s3 import Uploader, UploadStatus
 
 __all__ = ["Studio", "BackendStatus", "Models", "redact_url"]
 
@@ -120,7 +120,7 @@ class Studio:
         #: Copies outputs to S3 in the background when S3_BUCKET is set (boto3 is imported only then).
         self.uploader: Uploader | None = None
         if settings.s3_bucket:
-            from comfy.s3 import Uploader
+            from comfy.storage.s3 import Uploader
 
             self.uploader = Uploader.from_settings(settings, self.queue, client=s3_client)
         self.worker = Worker(
@@ -191,7 +191,7 @@ class Studio:
     def upload_status(self, job_id: str) -> UploadStatus:
         """``uploaded`` (with the object keys), ``pending`` (with the reason) or ``off``."""
         if self.uploader is None:
-            from comfy.s3 import OFF
+            from comfy.storage.s3 import OFF
 
             return OFF
         return self.uploader.status(job_id)

@@ -31,7 +31,7 @@ from comfy.graph.params import GenerationParams
 from comfy.jobs.queue import JobState
 from comfy.service import Studio
 from comfy.settings import Settings
-from comfy.storage import METADATA_KEY
+from comfy.storage.local import METADATA_KEY
 from tests.conftest import running, wait_for
 from tests.fakes.comfy_server import FakeComfy
 from tests.fakes.runpod_server import FakeRunPod, fixture

@@ -14,7 +14,7 @@ from comfy.graph import pngmeta
 from comfy.graph.params import GenerationParams
 from comfy.jobs.queue import JobState
 from comfy.service import Studio, redact_url
-from comfy.storage import METADATA_KEY
+from comfy.storage.local import METADATA_KEY
 from tests.conftest import make_settings
 from tests.fakes.comfy_server import FakeComfy
 from tests.fixtures_util import image, workflow

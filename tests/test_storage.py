@@ -10,7 +10,7 @@ from PIL import Image
 
 from comfy.errors import StorageError
 from comfy.graph import pngmeta
-from comfy.storage import METADATA_KEY, LocalStore, safe_name
+from comfy.storage.local import METADATA_KEY, LocalStore, safe_name
 from tests.fixtures_util import COMFY, image
 
 

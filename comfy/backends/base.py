@@ -40,7 +40,7 @@ from comfy.errors import ComfyError, JobTimedOut, ServerTimeout
 from comfy.graph.object_info import ObjectInfo
 from comfy.graph.params import GenerationParams
 from comfy.jobs.queue import Job
-from comfy.storage import LocalStore
+from comfy.storage.local import LocalStore
 
 __all__ = [
     "Backend",

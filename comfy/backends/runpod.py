@@ -63,7 +63,7 @@ from comfy.errors import (
 )
 from comfy.graph.params import GenerationParams
 from comfy.jobs.queue import Job
-from comfy.storage import LocalStore
+from comfy.storage.local import LocalStore
 
 __all__ = [
     "DEFAULT_BASE_URL",

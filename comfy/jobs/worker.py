@@ -31,10 +31,10 @@ from comfy.errors import ComfyError, ExecutionInterrupted, QueueError, ServerUna
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.queue import Job, JobQueue, JobState, owner_alive
 from comfy.jobs.queue import worker_id as new_worker_id
-from comfy.storage import LocalStore, StoredImage
+from comfy.storage.local import LocalStore, StoredImage
 
 if TYPE_CHECKING:
-    from comfy.s3 import Uploader
+    from comfy.storage.s3 import Uploader
 
 __all__ = ["Worker", "build_prompt"]
 

@@ -2,7 +2,7 @@
 
 AWS S3, Cloudflare R2, MinIO or a Hugging Face bucket (``S3_ENDPOINT_URL=https://s3.hf.co/<namespace>``).
 Local files stay the source of truth: the worker saves each image under the data folder as always, and
-:class:`Uploader` (in :mod:`comfy.uploads`, re-exported here) copies it to the bucket in the background, from
+:class:`Uploader` (in :mod:`comfy.storage.uploads`, re-exported here) copies it to the bucket in the background, from
 a backlog that survives restarts, so a slow or unreachable bucket never holds a job up and loses nothing.
 
 This module is the bucket side: :func:`make_s3_client` (the studio's own key, or boto3's default chain),
@@ -37,8 +37,8 @@ from botocore import exceptions as boto_errors
 from botocore.config import Config
 
 from comfy.errors import StorageError
-from comfy.storage import safe_name
-from comfy.uploads import METADATA_NAME, OFF, PENDING_NOTE, Uploader, UploadStatus
+from comfy.storage.local import safe_name
+from comfy.storage.uploads import METADATA_NAME, OFF, PENDING_NOTE, Uploader, UploadStatus
 
 if TYPE_CHECKING:
     from comfy.settings import Settings

@@ -1,4 +1,4 @@
-"""The upload backlog and the loop that empties it into the bucket (see :mod:`comfy.s3` for the bucket side).
+"""The upload backlog and the loop that empties it into the bucket (see :mod:`comfy.storage.s3` for the bucket side).
 
     worker: save locally ─▶ queue.finish ─▶ Uploader.schedule(job) ─▶ UploadBacklog (<data>/uploads)
     Uploader.run(): claim due records ─▶ S3Store.upload(image_<n>) for each image ─▶ S3Store.put_metadata
@@ -48,11 +48,11 @@ import diskcache
 from comfy.errors import ComfyError, JobNotFound, StorageError
 from comfy.graph import pngmeta
 from comfy.jobs.queue import Job, JobQueue, JobState, owner_alive, worker_id
-from comfy.storage import METADATA_KEY
+from comfy.storage.local import METADATA_KEY
 
 if TYPE_CHECKING:
-    from comfy.s3 import S3Store
     from comfy.settings import Settings
+    from comfy.storage.s3 import S3Store
 
 __all__ = ["OFF", "PENDING_NOTE", "UploadBacklog", "UploadStatus", "Uploader"]
 
@@ -289,7 +289,7 @@ class Uploader:
     @classmethod
     def from_settings(cls, settings: Settings, queue: JobQueue, *, client: Any = None, **options: Any) -> Uploader:
         """The uploader for ``settings`` (backlog in ``<data>/uploads``); ``client`` replaces the boto3 client."""
-        from comfy.s3 import S3Store
+        from comfy.storage.s3 import S3Store
 
         store = S3Store.from_settings(settings, client=client)
         return cls(store, queue, settings.data_dir / "uploads", keep_local=settings.s3_keep_local, **options)
@@ -642,7 +642,7 @@ class Uploader:
 def job_metadata(job: dict[str, Any], done: dict[str, dict[str, Any]],
                  name_of: Callable[[str, int, dict[str, Any]], str]) -> dict[str, Any]:
     """metadata.json: how the images were made (parameters, seed, workflow, timings) and where they are."""
-    from comfy.s3 import public_url
+    from comfy.storage.s3 import public_url
 
     outputs = job["outputs"]
     studio = _studio_chunk(outputs[0]["path"]) if outputs else {}
