@@ -20,7 +20,7 @@ from PIL import Image, PngImagePlugin
 from comfy.errors import WorkflowError
 from comfy.graph.object_info import ObjectInfo
 from comfy.graph.params import GenerationParams
-from comfy.graph.workflow import (
+from comfy.graph import (
     PARAM_NAMES,
     PARAM_TITLES,
     TEMPLATES_DIR,

@@ -16,9 +16,10 @@ from typing import Any
 
 from comfy.errors import WorkflowError
 from comfy.graph import pngmeta
-from comfy.graph import workflow as workflows
+from comfy.graph.binding import bound_values
 from comfy.graph.params import GenerationParams
 from comfy.graph.pngmeta import METADATA_KEY
+from comfy.graph.workflow import parse_workflow
 
 __all__ = ["PngInfo", "read_png_info", "parse_a1111"]
 
@@ -114,7 +115,7 @@ def read_png_info(data: bytes) -> PngInfo:
     graph = None
     if "prompt" in texts:
         try:
-            graph = workflows.parse_workflow(texts["prompt"])
+            graph = parse_workflow(texts["prompt"])
         except WorkflowError:
             graph = None
     if METADATA_KEY in texts:
@@ -126,6 +127,6 @@ def read_png_info(data: bytes) -> PngInfo:
     if "parameters" in texts:
         return PngInfo("a1111", parse_a1111(texts["parameters"]), texts, graph)
     if graph is not None:
-        values = workflows.bound_values(graph)
+        values = bound_values(graph)
         return PngInfo("comfyui", {k: v for k, v in values.items() if k != "init_image"}, texts, graph)
     return PngInfo("none", {}, texts, None)

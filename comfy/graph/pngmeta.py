@@ -19,6 +19,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: The keyword of the studio's own text chunk: the job's settings as JSON.
 METADATA_KEY = "comfyui_studio"
 
+#: Limits on inflating compressed text chunks: per chunk, and for all the chunks of one file.
+MAX_TEXT_BYTES = 16 * 1024 * 1024
+MAX_TOTAL_TEXT_BYTES = 64 * 1024 * 1024
+
 
 def is_png(data: bytes) -> bool:
     return data[:8] == PNG_SIGNATURE
@@ -43,32 +47,56 @@ def png_size(data: bytes) -> tuple[int, int] | None:
 
 
 def read_text_chunks(data: bytes) -> dict[str, str]:
-    """Every ``tEXt``, ``zTXt`` and ``iTXt`` chunk as keyword → text.
+    """Every ``tEXt``, ``zTXt`` and ``iTXt`` chunk as keyword → text (the first of a keyword wins).
+
+    Compressed chunks are inflated to at most :data:`MAX_TEXT_BYTES` each and :data:`MAX_TOTAL_TEXT_BYTES`
+    in all, so a small PNG cannot become gigabytes of text (a zip bomb); a chunk past the limit, or
+    damaged, is skipped and the others are kept. A truncated file gives the chunks read so far.
 
     >>> png = add_text_chunks(_tiny_png(), {"hello": "wörld"})
     >>> read_text_chunks(png)
     {'hello': 'wörld'}
+    >>> bomb = _tiny_png_with(_chunk(b"zTXt", b"big\\0\\0" + zlib.compress(b"x" * (MAX_TEXT_BYTES + 1))))
+    >>> read_text_chunks(bomb)
+    {}
     """
     texts: dict[str, str] = {}
     if not is_png(data):
         return texts
-    for _, kind, body, _ in _chunks(data):
-        try:
-            if kind == b"tEXt":
-                key, _, value = body.partition(b"\0")
-                texts[key.decode("latin-1")] = value.decode("latin-1")
-            elif kind == b"zTXt":
-                key, _, rest = body.partition(b"\0")
-                texts[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("latin-1")
-            elif kind == b"iTXt":
-                key, _, rest = body.partition(b"\0")
-                compressed, _method = rest[0], rest[1]
-                _lang, _, rest = rest[2:].partition(b"\0")
-                _translated, _, value = rest.partition(b"\0")
-                texts[key.decode("latin-1")] = (zlib.decompress(value) if compressed else value).decode("utf-8")
-        except (zlib.error, UnicodeDecodeError, IndexError):
-            continue  # one damaged chunk must not hide the others
+    budget = [MAX_TOTAL_TEXT_BYTES]
+    for _, kind, body, end in _chunks(data):
+        if end > len(data):
+            break  # truncated: keep what was read so far
+        if kind in (b"tEXt", b"zTXt", b"iTXt"):
+            keyword, text = _text_of(kind, body, budget)
+            if keyword and text is not None:
+                texts.setdefault(keyword, text)
     return texts
+
+
+def _text_of(kind: bytes, body: bytes, budget: list[int]) -> tuple[str, str | None]:
+    keyword, _, rest = body.partition(b"\0")
+    try:
+        if kind == b"tEXt":
+            return keyword.decode("latin-1"), rest.decode("latin-1")
+        if kind == b"zTXt":
+            return keyword.decode("latin-1"), _inflate(rest[1:], budget).decode("latin-1")
+        compressed, rest = rest[:1] == b"\1", rest[2:]
+        _language, _, rest = rest.partition(b"\0")
+        _translated, _, text = rest.partition(b"\0")
+        return keyword.decode("latin-1"), (_inflate(text, budget) if compressed else text).decode("utf-8")
+    except (zlib.error, UnicodeDecodeError, IndexError):
+        return keyword.decode("latin-1"), None  # one damaged chunk must not hide the others
+
+
+def _inflate(data: bytes, budget: list[int]) -> bytes:
+    limit = min(MAX_TEXT_BYTES, budget[0])
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(data, limit + 1)  # bounded: never more than the limit in memory
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise zlib.error("text chunk too large")
+    budget[0] -= len(out)
+    return out
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -117,6 +145,11 @@ def a1111_parameters(params: dict[str, Any]) -> str:
     ]
     lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
     return "\n".join(lines)
+
+
+def _tiny_png_with(*chunks: bytes) -> bytes:
+    png = _tiny_png()
+    return png[:-12] + b"".join(chunks) + png[-12:]
 
 
 def _tiny_png() -> bytes:
