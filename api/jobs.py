@@ -43,7 +43,7 @@ from api.models import (
 from comfy import graph as workflows
 from comfy.errors import ComfyError, JobNotFound, StorageError, WorkflowError
 from comfy.graph.params import RANDOM_SEED, GenerationParams, seed_from
-from comfy.jobs.queue import Job, JobState
+from comfy.jobs.records import Job, JobState
 
 __all__ = ["JOB_ID", "jobs_router", "root_of", "visible_job"]
 

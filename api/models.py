@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError
 from comfy.graph.params import MAX_SEED
-from comfy.jobs.queue import Job
+from comfy.jobs.records import Job
 
 __all__ = [
     "API_PREFIX", "Artifact", "BackendOut", "BatchAccepted", "BatchResult", "ErrorBody", "ErrorResponse",

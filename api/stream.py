@@ -33,7 +33,7 @@ from api.jobs import COMMON, job_url, root_of, visible_job
 from api.models import API_PREFIX, artifacts, job_out
 from comfy.errors import ComfyError
 from comfy.jobs.events import JobEvent
-from comfy.jobs.queue import Job, JobState
+from comfy.jobs.records import Job, JobState
 
 __all__ = ["event_message", "stream_router"]
 

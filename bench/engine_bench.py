@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from comfy.graph.params import GenerationParams  # noqa: E402
-from comfy.jobs.queue import JobState  # noqa: E402
+from comfy.jobs.records import JobState  # noqa: E402
 from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402
 from tests.fakes.comfy_server import FakeComfy  # noqa: E402

@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comfy.jobs.queue import JobQueue, JobState  # noqa: E402
+from comfy.jobs.queue import JobQueue  # noqa: E402
+from comfy.jobs.records import JobState
 
 PARAMS = {"prompt": "a watercolour fox in the snow", "negative": "blurry", "width": 1024, "height": 1024,
           "steps": 28, "cfg": 6.5, "seed": 1234, "sampler": "euler", "scheduler": "normal"}

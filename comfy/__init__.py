@@ -30,7 +30,8 @@ from comfy.errors import (
 from comfy.graph.object_info import ObjectInfo
 from comfy.graph.params import GenerationParams, Limits
 from comfy.jobs.events import EventBus, JobEvent
-from comfy.jobs.queue import Job, JobPage, JobQueue, JobState
+from comfy.jobs.queue import JobQueue
+from comfy.jobs.records import Job, JobPage, JobState
 from comfy.jobs.worker import Worker
 from comfy.service import BackendStatus, Models, Studio, redact_url
 from comfy.settings import Settings, load_settings

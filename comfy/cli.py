@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from comfy.errors import ComfyError, ConfigError, WorkflowError
 from comfy.graph.params import GenerationParams
-from comfy.jobs.queue import Job, JobState
+from comfy.jobs.records import Job, JobState
 from comfy.service import Studio
 from comfy.settings import load_settings
 

@@ -28,7 +28,8 @@ from comfy.errors import ComfyError, ServerError, WorkflowError
 from comfy.graph.object_info import STOCK_SAMPLERS, STOCK_SCHEDULERS, ObjectInfo
 from comfy.graph.params import GenerationParams, Limits
 from comfy.jobs.events import EventBus, JobEvent
-from comfy.jobs.queue import Job, JobPage, JobQueue, JobState
+from comfy.jobs.queue import JobQueue
+from comfy.jobs.records import Job, JobPage, JobState
 from comfy.jobs.worker import Worker
 from comfy.settings import Settings
 from comfy.storage.library import WorkflowLibrary

@@ -15,7 +15,7 @@ import pytest
 from comfy.backends import protocol
 from comfy.backends.client import ComfyClient, HistoryEntry
 from comfy.errors import ServerUnavailable
-from comfy.jobs.queue import JobState
+from comfy.jobs.records import JobState
 from comfy.service import Studio
 from tests.conftest import wait_for
 from tests.fakes.comfy_server import FakeComfy

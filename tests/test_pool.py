@@ -16,7 +16,7 @@ from comfy.backends.base import ComfyBackend
 from comfy.backends.client import ComfyClient
 from comfy.backends.pool import BackendState, Pool, merge_object_info
 from comfy.graph.params import GenerationParams
-from comfy.jobs.queue import JobState
+from comfy.jobs.records import JobState
 from comfy.service import BackendStatus, Studio
 from comfy.settings import Settings
 from tests.conftest import running, wait_for

@@ -19,7 +19,10 @@ import diskcache
 import pytest
 
 from comfy.errors import IdempotencyConflict, JobNotFound, QueueError
-from comfy.jobs.queue import JOB_KEY, Job, JobPage, JobQueue, JobState, owner_alive, worker_id
+from comfy.jobs.layout import JOB_KEY
+from comfy.jobs.leases import owner_alive, worker_id
+from comfy.jobs.queue import JobQueue
+from comfy.jobs.records import Job, JobPage, JobState
 
 HELPER = Path(__file__).parent / "helpers" / "queue_claimer.py"
 W1, W2 = "host-a:101:aaaa", "host-b:202:bbbb"

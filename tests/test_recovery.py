@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from comfy.jobs.queue import JobQueue, JobState
+from comfy.jobs.queue import JobQueue
+from comfy.jobs.records import JobState
 from tests.fakes.comfy_server import FakeComfy
 
 ROOT = Path(__file__).parent.parent

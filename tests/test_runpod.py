@@ -28,7 +28,7 @@ from comfy.backends.runpod import (
 from comfy.errors import ExecutionFailed, PromptRejected, ServerError, ServerUnavailable, WorkflowError
 from comfy.graph import pngmeta
 from comfy.graph.params import GenerationParams
-from comfy.jobs.queue import JobState
+from comfy.jobs.records import JobState
 from comfy.service import Studio
 from comfy.settings import Settings
 from comfy.storage.local import METADATA_KEY

@@ -25,7 +25,8 @@ from PIL import Image
 
 from comfy.errors import QueueError, StorageError
 from comfy.graph.params import GenerationParams
-from comfy.jobs.queue import Job, JobQueue, JobState
+from comfy.jobs.queue import JobQueue
+from comfy.jobs.records import Job, JobState
 from comfy.service import Studio
 from comfy.settings import Settings, load_settings
 from comfy.storage.local import LocalStore

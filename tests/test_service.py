@@ -12,7 +12,7 @@ from PIL import Image
 from comfy.errors import IdempotencyConflict, WorkflowError
 from comfy.graph import pngmeta
 from comfy.graph.params import GenerationParams
-from comfy.jobs.queue import JobState
+from comfy.jobs.records import JobState
 from comfy.service import Studio, redact_url
 from comfy.storage.local import METADATA_KEY
 from tests.conftest import make_settings

@@ -18,8 +18,6 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from comfy.errors import WorkflowError
-from comfy.graph.object_info import ObjectInfo
-from comfy.graph.params import GenerationParams
 from comfy.graph import (
     PARAM_NAMES,
     PARAM_TITLES,
@@ -39,6 +37,8 @@ from comfy.graph import (
     validate,
     workflow_from_png,
 )
+from comfy.graph.object_info import ObjectInfo
+from comfy.graph.params import GenerationParams
 
 FIXTURES = Path(__file__).parent / "fixtures" / "comfyui"
 

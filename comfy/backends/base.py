@@ -39,7 +39,7 @@ from comfy.backends.progress import ProgressTracker
 from comfy.errors import ComfyError, JobTimedOut, ServerTimeout
 from comfy.graph.object_info import ObjectInfo
 from comfy.graph.params import GenerationParams
-from comfy.jobs.queue import Job
+from comfy.jobs.records import Job
 from comfy.storage.local import LocalStore
 
 __all__ = [

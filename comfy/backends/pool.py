@@ -36,7 +36,7 @@ from typing import Any
 from comfy.backends.base import Backend, BackendHealth, redact_url, required_checkpoints
 from comfy.errors import ComfyError
 from comfy.graph.object_info import ObjectInfo
-from comfy.jobs.queue import Job
+from comfy.jobs.records import Job
 
 __all__ = ["BackendState", "BackendView", "Pool", "merge_object_info"]
 

@@ -62,7 +62,7 @@ from comfy.errors import (
     describe_transport_failure,
 )
 from comfy.graph.params import GenerationParams
-from comfy.jobs.queue import Job
+from comfy.jobs.records import Job
 from comfy.storage.local import LocalStore
 
 __all__ = [

@@ -31,171 +31,41 @@ that finds it expired, or its owner dead (:func:`owner_alive`), may :meth:`JobQu
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
-import os
-import secrets
-import socket
 import sqlite3
-import struct
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import diskcache
 
 from comfy.errors import IdempotencyConflict, JobNotFound, QueueError
-
-__all__ = ["Job", "JobPage", "JobQueue", "JobState", "owner_alive", "worker_id"]
-
-# -- keys and layout (defined once) -----------------------------------------------------------------
-
-QUEUE_KEY = "queue"
-PENDING_KEY = "pending:{}"
-JOB_KEY = "job:{}"
-BUCKET_KEY = "bucket:{}"
-OWNERS_KEY = "owners"
-IDEMPOTENCY_KEY = "idem:{}"
-
-# What a commit costs is the SQLite pages it writes (to the WAL), so every value written in a transition
-# fits in one page (< 4 KiB, no overflow pages) and the blobs that grow are cut into chunks.
-#: Jobs per index bucket: 2.75 KiB of state bytes, then 8-byte ids, then 2-byte owner codes.
-BUCKET_SIZE = 256
-#: Ids per chunk of the pending order (2 KiB).
-PENDING_CHUNK = 256
-_ID_BYTES = 8
-_IDS_AT = BUCKET_SIZE
-_OWNERS_AT = (1 + _ID_BYTES) * BUCKET_SIZE
-_BUCKET_BYTES = (1 + _ID_BYTES + 2) * BUCKET_SIZE
-_OWNERS_FORMAT = f"<{BUCKET_SIZE}H"
-_MAX_OWNERS = 2**16 - 1
-
-#: Fields a worker may set with :meth:`JobQueue.update`; the rest belong to the queue's transitions.
-UPDATABLE_FIELDS = frozenset(
-    {"progress", "node", "step", "steps", "prompt_id", "client_id", "backend", "note", "outputs", "workflow"}
+from comfy.jobs.layout import (
+    BUCKET_KEY,
+    BUCKET_SIZE,
+    CODE,
+    ID_BYTES,
+    IDEMPOTENCY_KEY,
+    JOB_KEY,
+    MAX_OWNERS,
+    OWNERS_KEY,
+    PRUNED,
+    QUEUE_KEY,
+    STATE_OF,
+    Txn,
+    bucket_matches,
+    count_in_bucket,
+    find_id,
+    is_id,
+    load_head,
 )
-TAKEN_OVER_NOTE = "re-attached after restart"
+from comfy.jobs.records import FINAL, QUEUED, RUNNING, TAKEN_OVER_NOTE, UPDATABLE_FIELDS, Job, JobPage, JobState
 
-
-class JobState(str, Enum):
-    """Where a job is in its life; stored as its value."""
-
-    QUEUED = "queued"  #: waiting in the queue
-    RUNNING = "running"  #: claimed by a worker (a lease is held)
-    SUCCEEDED = "succeeded"  #: finished with outputs
-    FAILED = "failed"  #: gave up; ``error`` says why
-    CANCELLED = "cancelled"  #: cancelled by a person
-
-    @property
-    def is_final(self) -> bool:
-        return self in _FINAL
-
-
-_FINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-_CODE = {state.value: code for code, state in enumerate(JobState, start=1)}
-_FREE, _PRUNED = 0, 0xFF  # index codes of a slot not used yet, and of a deleted job
-_STATE_OF = {code: JobState(value) for value, code in _CODE.items()}
-_QUEUED, _RUNNING = JobState.QUEUED.value, JobState.RUNNING.value
-
-
-@dataclass(frozen=True)
-class Job:
-    """One job as stored; build it from storage with :meth:`from_dict`, send it anywhere with :meth:`to_dict`.
-
-    >>> job = Job(id="0123456789abcdef", seq=1, kind="generate", params={"prompt": "a cat"})
-    >>> job.state, job.done, Job.from_dict(job.to_dict()) == job
-    (<JobState.QUEUED: 'queued'>, False, True)
-    """
-
-    id: str
-    seq: int
-    kind: str
-    params: dict[str, Any]
-    workflow: dict[str, Any] | None = None
-    state: JobState = JobState.QUEUED
-    progress: float = 0.0
-    node: str | None = None
-    step: int | None = None
-    steps: int | None = None
-    queued_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    prompt_id: str | None = None
-    client_id: str | None = None
-    backend: str | None = None
-    outputs: list[dict[str, Any]] = field(default_factory=list)
-    error: dict[str, str] | None = None
-    attempts: int = 0
-    idempotency_key: str | None = None
-    owner: str | None = None
-    cancel_requested: bool = False
-    lease_owner: str | None = None
-    lease_expires: float | None = None
-    note: str | None = None
-
-    @property
-    def done(self) -> bool:
-        """True once the job reached a final state (derived from ``state``, not stored)."""
-        return self.state.is_final
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable data (the state as its string value)."""
-        data = {f.name: getattr(self, f.name) for f in _FIELDS}
-        data["state"] = self.state.value
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Job:
-        """Rebuild a job; unknown keys (from newer code) are ignored, missing ones take their defaults."""
-        values = {name: data[name] for name in _FIELD_NAMES if name in data}
-        values["state"] = JobState(data.get("state", _QUEUED))
-        return cls(**values)
-
-
-_FIELDS = dataclasses.fields(Job)
-_FIELD_NAMES = frozenset(f.name for f in _FIELDS)
-
-
-@dataclass(frozen=True)
-class JobPage:
-    """One page of :meth:`JobQueue.list`, newest first; pass ``next_cursor`` back for the next page."""
-
-    jobs: list[Job]
-    next_cursor: int | None
-    total: int | None
-
-
-def worker_id() -> str:
-    """A new worker id, ``hostname:pid:random``, as :func:`owner_alive` reads it."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def owner_alive(lease_owner: str) -> bool | None:
-    """Whether the process behind a worker id lives: True/False on this host, None elsewhere (or unparsable).
-
-    A pid can be reused after the owner died, so True is "maybe alive": wait for the lease to expire.
-    """
-    try:
-        host, pid_text, _ = lease_owner.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return None
-    if host != socket.gethostname() or pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    except OSError:
-        return None
-    return True
+__all__ = ["JobQueue"]
 
 
 @contextlib.contextmanager
@@ -241,176 +111,6 @@ def _idempotency_key(owner: str | None, key: str) -> str:
     return IDEMPOTENCY_KEY.format(hashlib.sha256(scoped.encode()).hexdigest())
 
 
-class _Txn:
-    """The reads and writes of one transaction; chunks, buckets and the head are written once, at the end.
-
-    The head changes only when a bucket or a chunk is started or dropped (once per 256 jobs or so), so
-    most transitions write just the record, one bucket and one chunk: each write is a page in the WAL.
-    """
-
-    def __init__(self, cache: diskcache.Cache) -> None:
-        self.cache = cache
-        self._head: dict[str, Any] | None = None
-        self._head_dirty = False
-        self._chunks: dict[int, bytes] = {}
-        self._dirty_chunks: set[int] = set()
-        self._buckets: dict[int, bytearray] = {}
-        self._dirty_buckets: set[int] = set()
-
-    @property
-    def head(self) -> dict[str, Any]:
-        if self._head is None:
-            self._head = _load_head(self.cache.get(QUEUE_KEY))
-        return self._head
-
-    def flush(self) -> None:
-        kept = set(self.head["chunks"]) if self._dirty_chunks else set()
-        for number in self._dirty_chunks:
-            if number in kept:
-                self.cache.set(PENDING_KEY.format(number), self._chunks[number])
-            else:
-                self.cache.delete(PENDING_KEY.format(number))
-        for number in self._dirty_buckets:
-            self.cache.set(BUCKET_KEY.format(number), bytes(self._buckets[number]))
-        if self._head_dirty:
-            self.cache.set(QUEUE_KEY, self._head)
-
-    # -- the index: buckets of (state, id, owner) by seq ------------------------------------------
-
-    def bucket(self, number: int) -> bytearray:
-        buf = self._buckets.get(number)
-        if buf is None:
-            stored = self.cache.get(BUCKET_KEY.format(number))
-            buf = self._buckets[number] = bytearray(stored if stored is not None else _BUCKET_BYTES)
-        return buf
-
-    def next_seq(self) -> int:
-        """The next sequence number: the first free slot of the newest bucket (slots are never freed)."""
-        number = self.head["bucket"]
-        free = self.bucket(number).find(_FREE, 0, BUCKET_SIZE)
-        if free == -1:
-            number, free = number + 1, 0
-            self.head["bucket"] = number
-            self._head_dirty = True
-        return number * BUCKET_SIZE + free + 1
-
-    def index(self, seq: int, code: int, job_id: str | None = None, owner_code: int | None = None) -> None:
-        number, offset = _slot(seq)
-        buf = self.bucket(number)
-        self._dirty_buckets.add(number)
-        buf[offset] = code
-        if job_id is not None:
-            buf[_IDS_AT + offset * _ID_BYTES:_IDS_AT + (offset + 1) * _ID_BYTES] = bytes.fromhex(job_id)
-        if owner_code is not None:
-            struct.pack_into("<H", buf, _OWNERS_AT + offset * 2, owner_code)
-
-    # -- the pending order: chunks of 8-byte ids, front first ---------------------------------------
-
-    def chunk(self, number: int) -> bytes:
-        if number not in self._chunks:
-            self._chunks[number] = self.cache.get(PENDING_KEY.format(number), b"")
-        return self._chunks[number]
-
-    def pending(self) -> bytes:
-        return b"".join(self.chunk(number) for number in self.head["chunks"])
-
-    def first_pending(self) -> str | None:
-        first = self.chunk(self.head["chunks"][0]) if self.head["chunks"] else b""
-        return first[:_ID_BYTES].hex() if first else None
-
-    def remove_pending(self, job_id: str) -> None:
-        needle = bytes.fromhex(job_id)
-        for at, number in enumerate(self.head["chunks"]):
-            data = self.chunk(number)
-            found = _find(data, needle)
-            if found is not None:
-                self._put_chunk(at, data[:found] + data[found + _ID_BYTES:])
-                return
-
-    def insert_pending(self, job_id: str, index: int | None) -> None:
-        """Insert at ``index`` (0 = front, clamped), or at the back when None."""
-        needle = bytes.fromhex(job_id)
-        at, cut = self._locate(index)
-        if at == len(self.head["chunks"]):
-            self._new_chunk(at, needle)
-            return
-        data = self.chunk(self.head["chunks"][at])
-        if len(data) < PENDING_CHUNK * _ID_BYTES:
-            self._put_chunk(at, data[:cut] + needle + data[cut:])
-        elif cut == 0:
-            self._new_chunk(at, needle)
-        elif cut == len(data):
-            self._new_chunk(at + 1, needle)
-        else:  # split the full chunk around the new id
-            self._put_chunk(at, data[:cut] + needle)
-            self._new_chunk(at + 1, data[cut:])
-
-    def _locate(self, index: int | None) -> tuple[int, int]:
-        """(chunk, byte offset in it) of place ``index`` in the pending order; the back when None."""
-        chunks = self.head["chunks"]
-        if not chunks:
-            return 0, 0
-        if index is not None:
-            remaining = max(index, 0) * _ID_BYTES
-            for at, number in enumerate(chunks):
-                length = len(self.chunk(number))
-                if remaining < length:
-                    return at, remaining
-                remaining -= length
-        return len(chunks) - 1, len(self.chunk(chunks[-1]))
-
-    def _put_chunk(self, at: int, data: bytes) -> None:
-        number = self.head["chunks"][at]
-        self._chunks[number] = data
-        self._dirty_chunks.add(number)
-        if not data and len(self.head["chunks"]) > 1:  # the last one stays, empty, for the next job
-            del self.head["chunks"][at]
-            self._head_dirty = True
-
-    def _new_chunk(self, at: int, data: bytes) -> None:
-        number = self.head["next_chunk"]
-        self.head["next_chunk"] = number + 1
-        self.head["chunks"].insert(at, number)
-        self._head_dirty = True
-        self._put_chunk(at, data)
-
-    # -- records ------------------------------------------------------------------------------------
-
-    def record(self, job_id: str) -> dict[str, Any]:
-        record = self.cache.get(JOB_KEY.format(job_id))
-        if record is None:
-            raise JobNotFound(job_id)
-        return record
-
-    def save(self, old: dict[str, Any], new: dict[str, Any]) -> None:
-        """Write a changed record; keep the state index and the pending order in step with it."""
-        self.cache.set(JOB_KEY.format(new["id"]), new)
-        if old["state"] != new["state"]:
-            self.index(new["seq"], _CODE[new["state"]])
-            if old["state"] == _QUEUED:
-                self.remove_pending(new["id"])
-            elif new["state"] == _QUEUED:  # a retry keeps its place: the front
-                self.insert_pending(new["id"], 0)
-
-
-def _load_head(stored: dict[str, Any] | None) -> dict[str, Any]:
-    if stored is None:
-        return {"bucket": 0, "chunks": [], "next_chunk": 0}
-    return {**stored, "chunks": list(stored["chunks"])}
-
-
-def _slot(seq: int) -> tuple[int, int]:
-    """(bucket number, offset in it) of a sequence number; sequence numbers start at 1."""
-    return divmod(seq - 1, BUCKET_SIZE)
-
-
-def _find(pending: bytes, needle: bytes) -> int | None:
-    at = pending.find(needle)
-    while at != -1 and at % _ID_BYTES:  # a match across two ids: look further
-        at = pending.find(needle, at + 1)
-    return None if at == -1 else at
-
-
 class JobQueue:
     """Jobs in a diskcache directory, shared by every thread and process that opens it.
 
@@ -443,9 +143,9 @@ class JobQueue:
         self.close()
 
     @contextlib.contextmanager
-    def _txn(self) -> Iterator[_Txn]:
+    def _txn(self) -> Iterator[Txn]:
         with _map_errors(), self._cache.transact():
-            txn = _Txn(self._cache)
+            txn = Txn(self._cache)
             yield txn
             txn.flush()
 
@@ -477,7 +177,7 @@ class JobQueue:
                 results.append(self._enqueue_one(txn, request, codes[request.owner], now))
         return results
 
-    def _enqueue_one(self, txn: _Txn, request: _Request, owner_code: int, now: float) -> tuple[Job, bool]:
+    def _enqueue_one(self, txn: Txn, request: _Request, owner_code: int, now: float) -> tuple[Job, bool]:
         idem = _idempotency_key(request.owner, request.idempotency_key) if request.idempotency_key else None
         if idem is not None:
             seen = self._cache.get(idem)
@@ -492,7 +192,7 @@ class JobQueue:
                       owner=request.owner)
             if self._cache.add(JOB_KEY.format(job.id), job.to_dict()):
                 break  # else: a 1-in-2**60 id collision; draw again
-        txn.index(seq, _CODE[_QUEUED], job.id, owner_code)
+        txn.index(seq, CODE[QUEUED], job.id, owner_code)
         txn.insert_pending(job.id, None)
         if idem is not None:
             self._cache.set(idem, {"job_id": job.id, "fingerprint": request.fingerprint})
@@ -511,8 +211,8 @@ class JobQueue:
                 with self._cache.transact():
                     owners = dict(self._cache.get(OWNERS_KEY) or {})
                     if owner not in owners:
-                        if len(owners) >= _MAX_OWNERS:
-                            raise QueueError(f"The queue cannot tell more than {_MAX_OWNERS} owners apart.")
+                        if len(owners) >= MAX_OWNERS:
+                            raise QueueError(f"The queue cannot tell more than {MAX_OWNERS} owners apart.")
                         owners[owner] = len(owners) + 1
                         self._cache.set(OWNERS_KEY, owners)
         # Cached only once committed: a code is never reassigned after that.
@@ -535,7 +235,7 @@ class JobQueue:
 
         Reads the index (a few KiB per 256 jobs) and then only the records on the page.
         """
-        codes = {_CODE[JobState(s).value] for s in states} if states is not None else set(_STATE_OF)
+        codes = {CODE[JobState(s).value] for s in states} if states is not None else set(STATE_OF)
         owner_code = self._owner_code(owner, create=False) if owner is not None else None
         if (owner is not None and owner_code is None) or not codes:
             return JobPage([], None, 0)
@@ -544,11 +244,11 @@ class JobQueue:
         total = 0
         with _map_errors():
             for number, buf in self._buckets_down():
-                total += _count(buf, codes, owner_code)
+                total += count_in_bucket(buf, codes, owner_code)
                 if len(found) <= limit:
-                    found.extend(_matches(buf, number, codes, owner_code, highest, limit + 1 - len(found)))
+                    found.extend(bucket_matches(buf, number, codes, owner_code, highest, limit + 1 - len(found)))
             page = self._jobs(job_id for _seq, job_id in found[:limit])
-            jobs = [job for job in page if _CODE[job.state.value] in codes]  # a job may have moved on since
+            jobs = [job for job in page if CODE[job.state.value] in codes]  # a job may have moved on since
         next_cursor = found[limit - 1][0] if len(found) > limit and limit > 0 else None
         return JobPage(jobs, next_cursor, total)
 
@@ -556,24 +256,24 @@ class JobQueue:
         """How many jobs are in each state."""
         with _map_errors():
             buckets = [buf for _number, buf in self._buckets_down()]
-        return {state: sum(buf.count(code, 0, BUCKET_SIZE) for buf in buckets) for code, state in _STATE_OF.items()}
+        return {state: sum(buf.count(code, 0, BUCKET_SIZE) for buf in buckets) for code, state in STATE_OF.items()}
 
     def position(self, job_id: str) -> int | None:
         """0-based place among queued jobs (0 runs next); None when the job is not queued."""
-        at = _find(self._pending(), bytes.fromhex(job_id)) if _is_id(job_id) else None
-        return None if at is None else at // _ID_BYTES
+        at = find_id(self._pending(), bytes.fromhex(job_id)) if is_id(job_id) else None
+        return None if at is None else at // ID_BYTES
 
     def pending_ids(self) -> list[str]:
         """Ids of the queued jobs, in the order they will run."""
         pending = self._pending()
-        return [pending[at:at + _ID_BYTES].hex() for at in range(0, len(pending), _ID_BYTES)]
+        return [pending[at:at + ID_BYTES].hex() for at in range(0, len(pending), ID_BYTES)]
 
     def expired(self) -> list[Job]:
         """Running jobs whose lease has expired (their worker stopped renewing it)."""
         now = self._now()
-        code = {_CODE[_RUNNING]}
+        code = {CODE[RUNNING]}
         with _map_errors():
-            ids = [job_id for number, buf in self._buckets_down() for _seq, job_id in _matches(buf, number, code)]
+            ids = [job_id for number, buf in self._buckets_down() for _seq, job_id in bucket_matches(buf, number, code)]
             running = [job for job in self._jobs(ids) if job.state is JobState.RUNNING]
         return [job for job in running if job.lease_expires is None or job.lease_expires < now]
 
@@ -583,7 +283,7 @@ class JobQueue:
             return txn.pending()
 
     def _buckets_down(self) -> Iterator[tuple[int, bytes]]:
-        head = _load_head(self._cache.get(QUEUE_KEY))
+        head = load_head(self._cache.get(QUEUE_KEY))
         for number in range(head["bucket"], -1, -1):
             buf = self._cache.get(BUCKET_KEY.format(number))
             if buf is not None:
@@ -604,7 +304,7 @@ class JobQueue:
         with self._txn() as txn:
             while (job_id := txn.first_pending()) is not None:
                 old = self._cache.get(JOB_KEY.format(job_id))
-                if old is None or old["state"] != _QUEUED:  # a stale entry; never expected
+                if old is None or old["state"] != QUEUED:  # a stale entry; never expected
                     txn.remove_pending(job_id)
                     continue
                 new = _claimed(old, worker_id, now + lease_seconds, now)
@@ -617,7 +317,7 @@ class JobQueue:
         now = self._now()
         with self._txn() as txn:
             old = self._cache.get(JOB_KEY.format(job_id))
-            if old is None or old["state"] != _RUNNING or old["lease_owner"] != worker_id:
+            if old is None or old["state"] != RUNNING or old["lease_owner"] != worker_id:
                 return False
             txn.save(old, {**old, "lease_expires": now + lease_seconds})
         return True
@@ -714,7 +414,7 @@ class JobQueue:
         worker, which stops the backend and calls :meth:`mark_cancelled`. A final job is returned unchanged."""
 
         def change(old: dict[str, Any], now: float) -> dict[str, Any] | None:
-            if old["state"] == _QUEUED:
+            if old["state"] == QUEUED:
                 return {**old, **_ENDED, "state": JobState.CANCELLED.value, "finished_at": now,
                         "cancel_requested": True}
             return None if old["cancel_requested"] else {**old, "cancel_requested": True}
@@ -733,7 +433,7 @@ class JobQueue:
     def move(self, job_id: str, *, to_index: int) -> None:
         """Move a queued job to ``to_index`` in the run order (0 = front, clamped); QueueError if not queued."""
         with self._txn() as txn:
-            if txn.record(job_id)["state"] != _QUEUED:
+            if txn.record(job_id)["state"] != QUEUED:
                 raise QueueError(f"Job {job_id} is not queued, so it cannot be moved.")
             txn.remove_pending(job_id)
             txn.insert_pending(job_id, to_index)
@@ -744,7 +444,7 @@ class JobQueue:
         now = self._now()
         with self._txn() as txn:
             old = self._cache.get(JOB_KEY.format(job_id))
-            if old is None or old["state"] != _RUNNING:
+            if old is None or old["state"] != RUNNING:
                 return None
             live = old["lease_expires"] is not None and old["lease_expires"] >= now
             if live and not force and old["lease_owner"] != worker_id:
@@ -755,10 +455,10 @@ class JobQueue:
 
     def prune(self, *, older_than: float, batch: int = 256) -> int:
         """Delete final jobs that finished before ``older_than``; returns how many. Never touches live jobs."""
-        final = {_CODE[s.value] for s in _FINAL}
+        final = {CODE[s.value] for s in FINAL}
         with _map_errors():
             candidates = [job_id for number, buf in self._buckets_down()
-                          for _seq, job_id in _matches(buf, number, final)]
+                          for _seq, job_id in bucket_matches(buf, number, final)]
         deleted = 0
         for at in range(0, len(candidates), batch):  # short transactions: writers wait on each
             with self._txn() as txn:
@@ -766,14 +466,14 @@ class JobQueue:
                     deleted += self._delete_if_old(txn, job_id, older_than)
         return deleted
 
-    def _delete_if_old(self, txn: _Txn, job_id: str, older_than: float) -> bool:
+    def _delete_if_old(self, txn: Txn, job_id: str, older_than: float) -> bool:
         record = self._cache.get(JOB_KEY.format(job_id))
         if record is None or not JobState(record["state"]).is_final:
             return False
         if record["finished_at"] is None or record["finished_at"] >= older_than:
             return False
         self._cache.delete(JOB_KEY.format(job_id))
-        txn.index(record["seq"], _PRUNED)
+        txn.index(record["seq"], PRUNED)
         if record["idempotency_key"]:
             idem = _idempotency_key(record["owner"], record["idempotency_key"])
             seen = self._cache.get(idem)
@@ -799,9 +499,9 @@ class JobQueue:
         now = self._now()
         with self._txn() as txn:
             pending = txn.pending()
-            for at in range(0, min(len(pending), scan * _ID_BYTES), _ID_BYTES):
-                old = self._cache.get(JOB_KEY.format(pending[at:at + _ID_BYTES].hex()))
-                if old is None or old["state"] != _QUEUED or not accept(Job.from_dict(old)):
+            for at in range(0, min(len(pending), scan * ID_BYTES), ID_BYTES):
+                old = self._cache.get(JOB_KEY.format(pending[at:at + ID_BYTES].hex()))
+                if old is None or old["state"] != QUEUED or not accept(Job.from_dict(old)):
                     continue
                 new = _claimed(old, worker_id, now + lease_seconds, now)
                 txn.save(old, new)
@@ -814,61 +514,16 @@ _ENDED = {"lease_owner": None, "lease_expires": None}
 
 
 def _requeued(old: dict[str, Any], reason: str) -> dict[str, Any]:
-    return {**old, **_ENDED, "state": _QUEUED, "prompt_id": None, "progress": 0.0, "node": None, "step": None,
+    return {**old, **_ENDED, "state": QUEUED, "prompt_id": None, "progress": 0.0, "node": None, "step": None,
             "steps": None, "note": reason}
 
 
 def _check_lease(record: dict[str, Any], worker_id: str | None) -> None:
-    if worker_id is not None and (record["state"] != _RUNNING or record["lease_owner"] != worker_id):
+    if worker_id is not None and (record["state"] != RUNNING or record["lease_owner"] != worker_id):
         raise QueueError(f"Job {record['id']} is no longer leased by {worker_id} (lease lost).")
-
-
-def _is_id(job_id: str) -> bool:
-    try:
-        return len(bytes.fromhex(job_id)) == _ID_BYTES
-    except ValueError:
-        return False
-
-
-def _owners(buf: bytes) -> tuple[int, ...]:
-    return struct.unpack_from(_OWNERS_FORMAT, buf, _OWNERS_AT)
-
-
-def _count(buf: bytes, codes: set[int], owner_code: int | None) -> int:
-    if owner_code is None:
-        return sum(buf.count(code, 0, BUCKET_SIZE) for code in codes)
-    return sum(1 for state, owner in zip(buf[:BUCKET_SIZE], _owners(buf)) if owner == owner_code and state in codes)
-
-
-def _matches(buf: bytes, number: int, codes: set[int], owner_code: int | None = None, highest: int | None = None,
-             limit: int = BUCKET_SIZE) -> Iterator[tuple[int, str]]:
-    """(seq, id) of a bucket's jobs matching the filter, newest first from seq ``highest``, at most ``limit``."""
-    base = number * BUCKET_SIZE
-    top = BUCKET_SIZE - 1 if highest is None else min(highest - base - 1, BUCKET_SIZE - 1)
-    owners = _owners(buf) if owner_code is not None else None
-    found = 0
-    for offset in _offsets_down(buf, top, codes):
-        if owners is None or owners[offset] == owner_code:
-            yield base + offset + 1, buf[_IDS_AT + offset * _ID_BYTES:_IDS_AT + (offset + 1) * _ID_BYTES].hex()
-            found += 1
-            if found >= limit:
-                return
-
-
-def _offsets_down(buf: bytes, top: int, codes: set[int]) -> Iterator[int]:
-    if len(codes) == 1:  # one state (expired(), most filters): let bytes.rfind skip the rest
-        (code,) = codes
-        at = buf.rfind(code, 0, top + 1) if top >= 0 else -1
-        while at != -1:
-            yield at
-            at = buf.rfind(code, 0, at) if at else -1
-        return
-    for offset in range(top, -1, -1):
-        if buf[offset] in codes:
-            yield offset
 
 
 def _claimed(old: dict[str, Any], worker_id: str, lease_expires: float, now: float) -> dict[str, Any]:
     """The record of a queued job as ``worker_id`` takes it: running, one attempt more, leased."""
-    return {**old, "state": _RUNNING, "attempts": old["attempts"] + 1, "lease_owner": worker_id,
+    return {**old, "state": RUNNING, "attempts": old["attempts"] + 1, "lease_owner": worker_id,
             "lease_expires": lease_expires, "started_at": old["started_at"] if old["started_at"] is not None else now}

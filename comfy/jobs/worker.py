@@ -29,8 +29,10 @@ from comfy.backends.client import ComfyClient
 from comfy.backends.pool import Pool
 from comfy.errors import ComfyError, ExecutionInterrupted, QueueError, ServerUnavailable
 from comfy.jobs.events import EventBus, JobEvent
-from comfy.jobs.queue import Job, JobQueue, JobState, owner_alive
-from comfy.jobs.queue import worker_id as new_worker_id
+from comfy.jobs.leases import owner_alive
+from comfy.jobs.leases import worker_id as new_worker_id
+from comfy.jobs.queue import JobQueue
+from comfy.jobs.records import Job, JobState
 from comfy.storage.local import LocalStore, StoredImage
 
 if TYPE_CHECKING:

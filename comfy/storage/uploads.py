@@ -47,7 +47,9 @@ import diskcache
 
 from comfy.errors import ComfyError, JobNotFound, StorageError
 from comfy.graph import pngmeta
-from comfy.jobs.queue import Job, JobQueue, JobState, owner_alive, worker_id
+from comfy.jobs.leases import owner_alive, worker_id
+from comfy.jobs.queue import JobQueue
+from comfy.jobs.records import Job, JobState
 from comfy.storage.local import METADATA_KEY
 
 if TYPE_CHECKING:

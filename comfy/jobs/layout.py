@@ -1,0 +1,255 @@
+"""How the queue lies in diskcache: its keys, the index buckets and run-order chunks, and one transaction's reads and writes.
+
+See :mod:`comfy.jobs.queue` for the layout drawn out. Every value written in a transition fits in one SQLite page.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import diskcache
+
+from comfy.errors import JobNotFound
+from comfy.jobs.records import QUEUED, JobState
+
+QUEUE_KEY = "queue"
+PENDING_KEY = "pending:{}"
+JOB_KEY = "job:{}"
+BUCKET_KEY = "bucket:{}"
+OWNERS_KEY = "owners"
+IDEMPOTENCY_KEY = "idem:{}"
+
+# What a commit costs is the SQLite pages it writes (to the WAL), so every value written in a transition
+# fits in one page (< 4 KiB, no overflow pages) and the blobs that grow are cut into chunks.
+#: Jobs per index bucket: 2.75 KiB of state bytes, then 8-byte ids, then 2-byte owner codes.
+BUCKET_SIZE = 256
+#: Ids per chunk of the pending order (2 KiB).
+PENDING_CHUNK = 256
+ID_BYTES = 8
+_IDS_AT = BUCKET_SIZE
+_OWNERS_AT = (1 + ID_BYTES) * BUCKET_SIZE
+_BUCKET_BYTES = (1 + ID_BYTES + 2) * BUCKET_SIZE
+_OWNERS_FORMAT = f"<{BUCKET_SIZE}H"
+MAX_OWNERS = 2**16 - 1
+
+
+CODE = {state.value: code for code, state in enumerate(JobState, start=1)}
+_FREE, PRUNED = 0, 0xFF  # index codes of a slot not used yet, and of a deleted job
+STATE_OF = {code: JobState(value) for value, code in CODE.items()}
+
+
+class Txn:
+    """The reads and writes of one transaction; chunks, buckets and the head are written once, at the end.
+
+    The head changes only when a bucket or a chunk is started or dropped (once per 256 jobs or so), so
+    most transitions write just the record, one bucket and one chunk: each write is a page in the WAL.
+    """
+
+    def __init__(self, cache: diskcache.Cache) -> None:
+        self.cache = cache
+        self._head: dict[str, Any] | None = None
+        self._head_dirty = False
+        self._chunks: dict[int, bytes] = {}
+        self._dirty_chunks: set[int] = set()
+        self._buckets: dict[int, bytearray] = {}
+        self._dirty_buckets: set[int] = set()
+
+    @property
+    def head(self) -> dict[str, Any]:
+        if self._head is None:
+            self._head = load_head(self.cache.get(QUEUE_KEY))
+        return self._head
+
+    def flush(self) -> None:
+        kept = set(self.head["chunks"]) if self._dirty_chunks else set()
+        for number in self._dirty_chunks:
+            if number in kept:
+                self.cache.set(PENDING_KEY.format(number), self._chunks[number])
+            else:
+                self.cache.delete(PENDING_KEY.format(number))
+        for number in self._dirty_buckets:
+            self.cache.set(BUCKET_KEY.format(number), bytes(self._buckets[number]))
+        if self._head_dirty:
+            self.cache.set(QUEUE_KEY, self._head)
+
+    # -- the index: buckets of (state, id, owner) by seq ------------------------------------------
+
+    def bucket(self, number: int) -> bytearray:
+        buf = self._buckets.get(number)
+        if buf is None:
+            stored = self.cache.get(BUCKET_KEY.format(number))
+            buf = self._buckets[number] = bytearray(stored if stored is not None else _BUCKET_BYTES)
+        return buf
+
+    def next_seq(self) -> int:
+        """The next sequence number: the first free slot of the newest bucket (slots are never freed)."""
+        number = self.head["bucket"]
+        free = self.bucket(number).find(_FREE, 0, BUCKET_SIZE)
+        if free == -1:
+            number, free = number + 1, 0
+            self.head["bucket"] = number
+            self._head_dirty = True
+        return number * BUCKET_SIZE + free + 1
+
+    def index(self, seq: int, code: int, job_id: str | None = None, owner_code: int | None = None) -> None:
+        number, offset = _slot(seq)
+        buf = self.bucket(number)
+        self._dirty_buckets.add(number)
+        buf[offset] = code
+        if job_id is not None:
+            buf[_IDS_AT + offset * ID_BYTES:_IDS_AT + (offset + 1) * ID_BYTES] = bytes.fromhex(job_id)
+        if owner_code is not None:
+            struct.pack_into("<H", buf, _OWNERS_AT + offset * 2, owner_code)
+
+    # -- the pending order: chunks of 8-byte ids, front first ---------------------------------------
+
+    def chunk(self, number: int) -> bytes:
+        if number not in self._chunks:
+            self._chunks[number] = self.cache.get(PENDING_KEY.format(number), b"")
+        return self._chunks[number]
+
+    def pending(self) -> bytes:
+        return b"".join(self.chunk(number) for number in self.head["chunks"])
+
+    def first_pending(self) -> str | None:
+        first = self.chunk(self.head["chunks"][0]) if self.head["chunks"] else b""
+        return first[:ID_BYTES].hex() if first else None
+
+    def remove_pending(self, job_id: str) -> None:
+        needle = bytes.fromhex(job_id)
+        for at, number in enumerate(self.head["chunks"]):
+            data = self.chunk(number)
+            found = find_id(data, needle)
+            if found is not None:
+                self._put_chunk(at, data[:found] + data[found + ID_BYTES:])
+                return
+
+    def insert_pending(self, job_id: str, index: int | None) -> None:
+        """Insert at ``index`` (0 = front, clamped), or at the back when None."""
+        needle = bytes.fromhex(job_id)
+        at, cut = self._locate(index)
+        if at == len(self.head["chunks"]):
+            self._new_chunk(at, needle)
+            return
+        data = self.chunk(self.head["chunks"][at])
+        if len(data) < PENDING_CHUNK * ID_BYTES:
+            self._put_chunk(at, data[:cut] + needle + data[cut:])
+        elif cut == 0:
+            self._new_chunk(at, needle)
+        elif cut == len(data):
+            self._new_chunk(at + 1, needle)
+        else:  # split the full chunk around the new id
+            self._put_chunk(at, data[:cut] + needle)
+            self._new_chunk(at + 1, data[cut:])
+
+    def _locate(self, index: int | None) -> tuple[int, int]:
+        """(chunk, byte offset in it) of place ``index`` in the pending order; the back when None."""
+        chunks = self.head["chunks"]
+        if not chunks:
+            return 0, 0
+        if index is not None:
+            remaining = max(index, 0) * ID_BYTES
+            for at, number in enumerate(chunks):
+                length = len(self.chunk(number))
+                if remaining < length:
+                    return at, remaining
+                remaining -= length
+        return len(chunks) - 1, len(self.chunk(chunks[-1]))
+
+    def _put_chunk(self, at: int, data: bytes) -> None:
+        number = self.head["chunks"][at]
+        self._chunks[number] = data
+        self._dirty_chunks.add(number)
+        if not data and len(self.head["chunks"]) > 1:  # the last one stays, empty, for the next job
+            del self.head["chunks"][at]
+            self._head_dirty = True
+
+    def _new_chunk(self, at: int, data: bytes) -> None:
+        number = self.head["next_chunk"]
+        self.head["next_chunk"] = number + 1
+        self.head["chunks"].insert(at, number)
+        self._head_dirty = True
+        self._put_chunk(at, data)
+
+    # -- records ------------------------------------------------------------------------------------
+
+    def record(self, job_id: str) -> dict[str, Any]:
+        record = self.cache.get(JOB_KEY.format(job_id))
+        if record is None:
+            raise JobNotFound(job_id)
+        return record
+
+    def save(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """Write a changed record; keep the state index and the pending order in step with it."""
+        self.cache.set(JOB_KEY.format(new["id"]), new)
+        if old["state"] != new["state"]:
+            self.index(new["seq"], CODE[new["state"]])
+            if old["state"] == QUEUED:
+                self.remove_pending(new["id"])
+            elif new["state"] == QUEUED:  # a retry keeps its place: the front
+                self.insert_pending(new["id"], 0)
+
+
+def load_head(stored: dict[str, Any] | None) -> dict[str, Any]:
+    if stored is None:
+        return {"bucket": 0, "chunks": [], "next_chunk": 0}
+    return {**stored, "chunks": list(stored["chunks"])}
+
+
+def _slot(seq: int) -> tuple[int, int]:
+    """(bucket number, offset in it) of a sequence number; sequence numbers start at 1."""
+    return divmod(seq - 1, BUCKET_SIZE)
+
+
+def find_id(pending: bytes, needle: bytes) -> int | None:
+    at = pending.find(needle)
+    while at != -1 and at % ID_BYTES:  # a match across two ids: look further
+        at = pending.find(needle, at + 1)
+    return None if at == -1 else at
+
+
+def is_id(job_id: str) -> bool:
+    try:
+        return len(bytes.fromhex(job_id)) == ID_BYTES
+    except ValueError:
+        return False
+
+
+def _owners(buf: bytes) -> tuple[int, ...]:
+    return struct.unpack_from(_OWNERS_FORMAT, buf, _OWNERS_AT)
+
+
+def count_in_bucket(buf: bytes, codes: set[int], owner_code: int | None) -> int:
+    if owner_code is None:
+        return sum(buf.count(code, 0, BUCKET_SIZE) for code in codes)
+    return sum(1 for state, owner in zip(buf[:BUCKET_SIZE], _owners(buf)) if owner == owner_code and state in codes)
+
+
+def bucket_matches(buf: bytes, number: int, codes: set[int], owner_code: int | None = None, highest: int | None = None,
+             limit: int = BUCKET_SIZE) -> Iterator[tuple[int, str]]:
+    """(seq, id) of a bucket's jobs matching the filter, newest first from seq ``highest``, at most ``limit``."""
+    base = number * BUCKET_SIZE
+    top = BUCKET_SIZE - 1 if highest is None else min(highest - base - 1, BUCKET_SIZE - 1)
+    owners = _owners(buf) if owner_code is not None else None
+    found = 0
+    for offset in _offsets_down(buf, top, codes):
+        if owners is None or owners[offset] == owner_code:
+            yield base + offset + 1, buf[_IDS_AT + offset * ID_BYTES:_IDS_AT + (offset + 1) * ID_BYTES].hex()
+            found += 1
+            if found >= limit:
+                return
+
+
+def _offsets_down(buf: bytes, top: int, codes: set[int]) -> Iterator[int]:
+    if len(codes) == 1:  # one state (expired(), most filters): let bytes.rfind skip the rest
+        (code,) = codes
+        at = buf.rfind(code, 0, top + 1) if top >= 0 else -1
+        while at != -1:
+            yield at
+            at = buf.rfind(code, 0, at) if at else -1
+        return
+    for offset in range(top, -1, -1):
+        if buf[offset] in codes:
+            yield offset

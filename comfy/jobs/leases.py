@@ -1,0 +1,41 @@
+"""Worker ids and leases: who runs a job, and whether that worker still lives.
+
+A lease is an owner (a worker id, ``hostname:pid:random``) and an expiry. The queue and the upload backlog
+both lease their work this way, so a dead process's work is taken up by another, once.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+
+__all__ = ["worker_id", "owner_alive"]
+
+
+def worker_id() -> str:
+    """A new worker id, ``hostname:pid:random``, as :func:`owner_alive` reads it."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def owner_alive(lease_owner: str) -> bool | None:
+    """Whether the process behind a worker id lives: True/False on this host, None elsewhere (or unparsable).
+
+    A pid can be reused after the owner died, so True is "maybe alive": wait for the lease to expire.
+    """
+    try:
+        host, pid_text, _ = lease_owner.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return None
+    if host != socket.gethostname() or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    except OSError:
+        return None
+    return True
