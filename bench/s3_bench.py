@@ -36,7 +36,8 @@ from comfy.jobs.queue import JobQueue  # noqa: E402
 from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402
 from comfy.storage.local import LocalStore  # noqa: E402
-from comfy.storage.s3 import S3Store, Uploader, make_s3_client  # noqa: E402
+from comfy.storage.s3 import S3Store, make_s3_client  # noqa: E402
+from comfy.storage.uploader import Uploader
 from tests.fakes.comfy_server import FakeComfy  # noqa: E402
 
 BUCKET = "bench"

@@ -36,7 +36,8 @@ from comfy.storage.library import WorkflowLibrary
 from comfy.storage.local import LocalStore
 
 if TYPE_CHECKING:
-    from comfy.storage.s3 import Uploader, UploadStatus
+    from comfy.storage.backlog import UploadStatus
+    from comfy.storage.uploader import Uploader
 
 __all__ = ["Studio", "BackendStatus", "Models", "redact_url"]
 
@@ -121,7 +122,7 @@ class Studio:
         #: Copies outputs to S3 in the background when S3_BUCKET is set (boto3 is imported only then).
         self.uploader: Uploader | None = None
         if settings.s3_bucket:
-            from comfy.storage.s3 import Uploader
+            from comfy.storage.uploader import Uploader
 
             self.uploader = Uploader.from_settings(settings, self.queue, client=s3_client)
         self.worker = Worker(
@@ -192,7 +193,7 @@ class Studio:
     def upload_status(self, job_id: str) -> UploadStatus:
         """``uploaded`` (with the object keys), ``pending`` (with the reason) or ``off``."""
         if self.uploader is None:
-            from comfy.storage.s3 import OFF
+            from comfy.storage.backlog import OFF
 
             return OFF
         return self.uploader.status(job_id)

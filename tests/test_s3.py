@@ -30,7 +30,8 @@ from comfy.jobs.records import Job, JobState
 from comfy.service import Studio
 from comfy.settings import Settings, load_settings
 from comfy.storage.local import LocalStore
-from comfy.storage.s3 import PENDING_NOTE, S3Store, Uploader, _map_s3_errors, _Where, make_s3_client
+from comfy.storage.s3 import S3Store, _map_s3_errors, _Where, make_s3_client
+from comfy.storage.uploader import PENDING_NOTE, Uploader
 from tests.conftest import make_settings
 from tests.fakes.comfy_server import FakeComfy
 from tests.fakes.s3_server import REGION, MotoS3
@@ -291,7 +292,7 @@ async def test_an_upload_whose_answer_was_lost_is_not_sent_again(tmp_path, moto,
                                                                    caplog) -> None:
     """The one window left: S3 stored an object but the uploader never recorded it (stopped mid-PUT here;
     a crash or a lost answer look the same). The next try looks before it sends."""
-    caplog.set_level(logging.INFO, logger="comfy.storage.uploads")
+    caplog.set_level(logging.INFO, logger="comfy.storage.uploader")
     settings = s3_settings(tmp_path, moto)
     job = succeeded_job(queue, settings, images=2)
     client = fast_client(settings)

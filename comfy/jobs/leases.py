@@ -10,7 +10,7 @@ import os
 import secrets
 import socket
 
-__all__ = ["worker_id", "owner_alive"]
+__all__ = ["worker_id", "owner_alive", "held_elsewhere"]
 
 
 def worker_id() -> str:
@@ -39,3 +39,17 @@ def owner_alive(lease_owner: str) -> bool | None:
     except OSError:
         return None
     return True
+
+
+def held_elsewhere(holder: str | None, expires: float | None, me: str, now: float) -> bool:
+    """True while another worker's live lease holds the work: not expired, and its owner not known dead.
+
+    The one rule for both the job queue (taking over a running job) and the upload backlog (claiming a
+    record). An owner that died on this host gives its work up at once, before its lease runs out.
+
+    >>> held_elsewhere("elsewhere:1:ab", 110.0, "me", now=100.0), held_elsewhere("elsewhere:1:ab", 90.0, "me", now=100.0)
+    (True, False)
+    """
+    if holder is None or holder == me or expires is None or expires < now:
+        return False
+    return owner_alive(holder) is not False

@@ -36,7 +36,7 @@ from comfy.jobs.records import Job, JobState
 from comfy.storage.local import LocalStore, StoredImage
 
 if TYPE_CHECKING:
-    from comfy.storage.s3 import Uploader
+    from comfy.storage.uploader import Uploader
 
 __all__ = ["Worker", "build_prompt"]
 

@@ -2,7 +2,7 @@
 
 AWS S3, Cloudflare R2, MinIO or a Hugging Face bucket (``S3_ENDPOINT_URL=https://s3.hf.co/<namespace>``).
 Local files stay the source of truth: the worker saves each image under the data folder as always, and
-:class:`Uploader` (in :mod:`comfy.storage.uploads`, re-exported here) copies it to the bucket in the background, from
+:class:`~comfy.storage.uploader.Uploader` copies it to the bucket in the background, from
 a backlog that survives restarts, so a slow or unreachable bucket never holds a job up and loses nothing.
 
 This module is the bucket side: :func:`make_s3_client` (the studio's own key, or boto3's default chain),
@@ -38,18 +38,18 @@ from botocore.config import Config
 
 from comfy.errors import StorageError
 from comfy.storage.local import safe_name
-from comfy.storage.uploads import METADATA_NAME, OFF, PENDING_NOTE, Uploader, UploadStatus
 
 if TYPE_CHECKING:
     from comfy.settings import Settings
 
-__all__ = ["OFF", "PENDING_NOTE", "S3Store", "UploadStatus", "Uploader", "make_s3_client", "public_url"]
+__all__ = ["METADATA_NAME", "S3Store", "make_s3_client", "public_url"]
 
 logger = logging.getLogger(__name__)
 
 # -- names (defined once) ------------------------------------------------------------------------------
 
 JOBS_FOLDER = "jobs"
+METADATA_NAME = "metadata.json"
 
 #: Files above this size go multipart, in parts this size; with ``MAX_PARTS_IN_FLIGHT`` parts at a time an
 #: upload holds about 4 x 8 MiB whatever the file size (and ``Uploader.concurrency`` uploads run at once).

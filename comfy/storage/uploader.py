@@ -1,4 +1,5 @@
-"""The upload backlog and the loop that empties it into the bucket (see :mod:`comfy.storage.s3` for the bucket side).
+"""The upload backlog and the loop that empties it into the bucket (see :mod:`comfy.storage.s3` for the bucket side,
+:mod:`comfy.storage.backlog` for the records).
 
     worker: save locally ─▶ queue.finish ─▶ Uploader.schedule(job) ─▶ UploadBacklog (<data>/uploads)
     Uploader.run(): claim due records ─▶ S3Store.upload(image_<n>) for each image ─▶ S3Store.put_metadata
@@ -35,210 +36,33 @@ import hashlib
 import json
 import logging
 import random
-import sqlite3
 import struct
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-import diskcache
+from typing import TYPE_CHECKING, Any
 
 from comfy.errors import ComfyError, JobNotFound, StorageError
 from comfy.graph import pngmeta
-from comfy.jobs.leases import owner_alive, worker_id
+from comfy.jobs.leases import worker_id
 from comfy.jobs.queue import JobQueue
 from comfy.jobs.records import Job, JobState
+from comfy.storage.backlog import OFF, UploadBacklog, UploadStatus
 from comfy.storage.local import METADATA_KEY
+from comfy.storage.s3 import METADATA_NAME, S3Store, public_url
+
+__all__ = ["PENDING_NOTE", "Uploader", "job_metadata"]
+
 
 if TYPE_CHECKING:
     from comfy.settings import Settings
-    from comfy.storage.s3 import S3Store
 
-__all__ = ["OFF", "PENDING_NOTE", "UploadBacklog", "UploadStatus", "Uploader"]
 
 logger = logging.getLogger(__name__)
 
 #: The note on a job whose upload waits; ": <reason>" follows.
 PENDING_NOTE = "saved locally, upload pending"
-METADATA_NAME = "metadata.json"
 
-# Backlog keys (defined once). Values are plain dicts, so records survive code changes.
-RECORD_KEY = "upload:{}"  # one job: state, its job snapshot, objects done, attempts, reason, lease
-PENDING_KEY = "pending"  # {job_id: when it is due}: the backlog's order
-STATE_KEY = "state"  # {"enabled_at": when S3 was first turned on for this data folder}
-
-_BACKLOG_ERRORS = (diskcache.Timeout, sqlite3.Error, OSError)
-
-
-@dataclass(frozen=True)
-class UploadStatus:
-    """Where a job's upload is.
-
-    ``uploaded``: every object is in ``bucket`` (``keys``: the images in output order; ``metadata_key``).
-    ``pending``: saved locally, waiting to upload; ``reason`` says why the last attempt failed (None before one).
-    ``off``: nothing to upload: S3 is off, or the job did not succeed, or it finished before S3 was turned on.
-    """
-
-    state: Literal["uploaded", "pending", "off"]
-    keys: tuple[str, ...] = ()
-    metadata_key: str | None = None
-    bucket: str | None = None
-    reason: str | None = None
-    attempts: int = 0
-    next_attempt_at: float | None = None
-    uploaded_at: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "keys": list(self.keys)}
-
-
-OFF = UploadStatus("off")
-
-
-# -- the backlog: records on disk, short transactions, no network ----------------------------------------------
-
-class UploadBacklog:
-    """Upload records in their own diskcache directory, safe across threads and processes.
-
-    Raises :class:`StorageError` when the directory cannot be opened or stays locked.
-    """
-
-    def __init__(self, directory: str | Path, *, now: Callable[[], float] = time.time) -> None:
-        self.directory = Path(directory)
-        self._now = now
-        try:
-            # Eviction off: a plain Cache drops entries past 1 GB, which here would lose pending uploads.
-            self._cache = diskcache.Cache(str(self.directory), eviction_policy="none", size_limit=2**62,
-                                          cull_limit=0, statistics=False, tag_index=False,
-                                          sqlite_journal_mode="wal", sqlite_synchronous=1)
-            self._cache.add(STATE_KEY, {"enabled_at": now()})
-        except _BACKLOG_ERRORS as exc:
-            raise StorageError(f"Cannot open the upload backlog in {self.directory}: {exc}.") from exc
-
-    def close(self) -> None:
-        self._cache.close()
-
-    @contextlib.contextmanager
-    def _txn(self) -> Iterator[None]:
-        try:
-            with self._cache.transact():
-                yield
-        except _BACKLOG_ERRORS as exc:
-            raise StorageError(f"The upload backlog failed ({exc}); it is retried.") from exc
-
-    @property
-    def enabled_at(self) -> float:
-        return (self._cache.get(STATE_KEY) or {}).get("enabled_at", 0.0)
-
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        return self._cache.get(RECORD_KEY.format(job_id))
-
-    def pending(self) -> dict[str, float]:
-        return dict(self._cache.get(PENDING_KEY) or {})
-
-    def create(self, job: Job, reason: str | None) -> bool:
-        """A pending record for a succeeded job; False (and nothing changes) when the job is already known."""
-        now = self._now()
-        with self._txn():
-            key = RECORD_KEY.format(job.id)
-            if self._cache.get(key) is not None:
-                return False
-            self._cache.set(key, {
-                "job_id": job.id, "state": "pending", "scheduled_at": now, "attempts": 0, "tries": 0,
-                "reason": reason, "due": now, "lease": None, "done": {}, "job": job.to_dict(),
-            })
-            pending = self._cache.get(PENDING_KEY) or {}
-            pending[job.id] = now
-            self._cache.set(PENDING_KEY, pending)
-        return True
-
-    def claim(self, owner: str, limit: int, *, skip: set[str], lease_seconds: float
-              ) -> tuple[list[dict[str, Any]], float | None]:
-        """Lease up to ``limit`` due records (oldest due first); also returns when the next one falls due."""
-        now = self._now()
-        claimed: list[dict[str, Any]] = []
-        next_due = None
-        with self._txn():
-            pending = self._cache.get(PENDING_KEY) or {}
-            stale = []
-            for job_id, due in sorted(pending.items(), key=lambda item: item[1]):
-                if job_id in skip:
-                    continue
-                if due > now or len(claimed) >= limit:
-                    next_due = due if next_due is None else min(next_due, due)
-                    continue
-                record = self._cache.get(RECORD_KEY.format(job_id))
-                if record is None or record["state"] == "uploaded":
-                    stale.append(job_id)
-                elif not _leased_elsewhere(record["lease"], owner, now):
-                    record = {**record, "lease": [owner, now + lease_seconds], "tries": record["tries"] + 1}
-                    self._cache.set(RECORD_KEY.format(job_id), record)
-                    claimed.append(record)
-            if stale:
-                for job_id in stale:
-                    del pending[job_id]
-                self._cache.set(PENDING_KEY, pending)
-        return claimed, next_due
-
-    def mark_done(self, job_id: str, name: str, info: dict[str, Any], *, owner: str, lease_seconds: float) -> None:
-        """S3 acknowledged one object: it is never sent again. Extends the lease."""
-        with self._txn():
-            record = self.get(job_id)
-            if record is not None and record["state"] == "pending":
-                self._cache.set(RECORD_KEY.format(job_id), {
-                    **record, "done": {**record["done"], name: info}, "lease": [owner, self._now() + lease_seconds]})
-
-    def mark_uploaded(self, claimed: dict[str, Any], *, bucket: str, keys: list[str], metadata_key: str) -> None:
-        """Every object is in the bucket: keep the keys, drop the job snapshot, leave the pending order."""
-        job_id = claimed["job_id"]
-        with self._txn():
-            self._cache.set(RECORD_KEY.format(job_id), {
-                "job_id": job_id, "state": "uploaded", "scheduled_at": claimed["scheduled_at"],
-                "attempts": claimed["attempts"], "bucket": bucket, "keys": keys, "metadata_key": metadata_key,
-                "uploaded_at": self._now(),
-            })
-            pending = self._cache.get(PENDING_KEY) or {}
-            if pending.pop(job_id, None) is not None:
-                self._cache.set(PENDING_KEY, pending)
-
-    def mark_failed(self, job_id: str, reason: str, due: float, *, hold_others: bool, skip: set[str],
-                    new_reason: bool) -> list[str]:
-        """Count a failed attempt and set when to try again. With ``hold_others`` (S3 itself failed) every
-        pending job waits until ``due`` too, and, when the reason is new, takes it as its own. Returns the
-        jobs whose reason changed (their note should say so)."""
-        changed = []
-        with self._txn():
-            pending = self._cache.get(PENDING_KEY) or {}
-            record = self.get(job_id)
-            if record is not None and record["state"] == "pending":
-                if record["reason"] != reason:
-                    changed.append(job_id)
-                self._cache.set(RECORD_KEY.format(job_id), {**record, "attempts": record["attempts"] + 1,
-                                                            "lease": None, "reason": reason, "due": due})
-                pending[job_id] = due
-            others = [j for j in pending if j != job_id and j not in skip] if hold_others else []
-            for other in others:
-                pending[other] = max(pending[other], due)
-            for other in others if new_reason else []:
-                record = self.get(other)
-                if record is not None and record["state"] == "pending" and record["reason"] != reason:
-                    self._cache.set(RECORD_KEY.format(other), {**record, "reason": reason})
-                    changed.append(other)
-            self._cache.set(PENDING_KEY, pending)
-        return changed
-
-    def release(self, job_ids: set[str], owner: str) -> None:
-        """Give up leases held by ``owner`` (on stop), so the next start takes the jobs at once."""
-        with self._txn():
-            for job_id in job_ids:
-                record = self.get(job_id)
-                if record is not None and record.get("lease") and record["lease"][0] == owner:
-                    self._cache.set(RECORD_KEY.format(job_id), {**record, "lease": None})
-
-
-# -- the uploader -----------------------------------------------------------------------------------------------
 
 class Uploader:
     """Uploads succeeded jobs' outputs in the background, from a backlog that survives restarts.
@@ -291,7 +115,6 @@ class Uploader:
     @classmethod
     def from_settings(cls, settings: Settings, queue: JobQueue, *, client: Any = None, **options: Any) -> Uploader:
         """The uploader for ``settings`` (backlog in ``<data>/uploads``); ``client`` replaces the boto3 client."""
-        from comfy.storage.s3 import S3Store
 
         store = S3Store.from_settings(settings, client=client)
         return cls(store, queue, settings.data_dir / "uploads", keep_local=settings.s3_keep_local, **options)
@@ -639,13 +462,9 @@ class Uploader:
                 return scheduled
 
 
-# -- metadata.json and helpers -------------------------------------------------------------------------------
-
 def job_metadata(job: dict[str, Any], done: dict[str, dict[str, Any]],
                  name_of: Callable[[str, int, dict[str, Any]], str]) -> dict[str, Any]:
     """metadata.json: how the images were made (parameters, seed, workflow, timings) and where they are."""
-    from comfy.storage.s3 import public_url
-
     outputs = job["outputs"]
     studio = _studio_chunk(outputs[0]["path"]) if outputs else {}
     queued, started, finished = job.get("queued_at"), job.get("started_at"), job.get("finished_at")
@@ -673,13 +492,6 @@ def job_metadata(job: dict[str, Any], done: dict[str, dict[str, Any]],
         "images": images,
     }
 
-
-def _leased_elsewhere(lease: list[Any] | None, owner: str, now: float) -> bool:
-    """True while another live uploader (another process) holds the job."""
-    if not lease or lease[0] == owner:
-        return False
-    holder, expires = lease
-    return expires > now and owner_alive(holder) is not False
 
 
 def _sha256(path: Path) -> tuple[str, int]:
