@@ -9,7 +9,7 @@ import httpx_ws
 import pytest
 
 import comfy.errors as errors
-from comfy.backends.client import map_errors
+from comfy.backends.transport import map_errors
 
 
 def _subclasses(base: type) -> list[type]:

@@ -34,7 +34,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from comfy import graph as workflows
 from comfy.backends import protocol
-from comfy.backends.client import ComfyClient, EventStream
+from comfy.backends.client import ComfyClient
+from comfy.backends.event_socket import EventStream
 from comfy.backends.progress import ProgressTracker
 from comfy.errors import ComfyError, JobTimedOut, ServerTimeout
 from comfy.graph.object_info import ObjectInfo

@@ -11,24 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import httpx
-import httpx_ws
-import wsproto.events
 
 from comfy.backends import protocol
+from comfy.backends.event_socket import EventHandler, EventStream, Spare
 from comfy.backends.protocol import Event, OutputRef
+from comfy.backends.transport import map_errors
 from comfy.errors import (
-    ComfyError,
     ExecutionFailed,
     ExecutionInterrupted,
     PromptLost,
@@ -37,58 +33,13 @@ from comfy.errors import (
     ServerError,
     ServerTimeout,
     ServerUnavailable,
-    describe_transport_failure,
 )
 from comfy.graph.object_info import ObjectInfo
 
-__all__ = ["ComfyClient", "HistoryEntry", "QueuedPrompt", "RunResult", "EventStream", "map_errors"]
+__all__ = ["ComfyClient", "HistoryEntry", "QueuedPrompt", "RunResult"]
+
 
 logger = logging.getLogger(__name__)
-
-#: Previews are 512×512 JPEGs of ~35 KB by default, but ``--preview-size`` can make them larger.
-MAX_FRAME_BYTES = 16 * 1024 * 1024
-EventHandler = Callable[[Event], Awaitable[None] | None]
-
-
-@contextlib.contextmanager
-def map_errors(what: str) -> Iterator[None]:
-    """Turn httpx and httpx-ws exceptions into :class:`ServerError` subclasses (the one mapping point)."""
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise ServerTimeout(f"ComfyUI did not answer in time ({what}).") from exc
-    except httpx.TransportError as exc:
-        raise ServerUnavailable(f"Cannot reach the ComfyUI server ({what}): {describe_transport_failure(exc)}.") from exc
-    except httpx_ws.WebSocketUpgradeError as exc:
-        status = exc.response.status_code
-        hint = " Check COMFYUI_HEADERS if a proxy needs credentials." if status in (401, 403) else ""
-        raise ServerUnavailable(f"ComfyUI refused the event WebSocket with HTTP {status}.{hint}") from exc
-    except httpx_ws.WebSocketDisconnect as exc:
-        raise ServerUnavailable(f"ComfyUI closed the event WebSocket (code {exc.code}).") from exc
-    except (httpx_ws.WebSocketNetworkError, httpx_ws.HTTPXWSException) as exc:
-        raise ServerUnavailable(f"The event WebSocket to ComfyUI broke ({what}).") from exc
-    except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-        # A socket held by its own task (_Spare) whose reader died: its frame stream is closed under us.
-        raise ServerUnavailable(f"The event WebSocket to ComfyUI broke ({what}).") from exc
-    except httpx.HTTPError as exc:  # the rest: invalid URLs, decoding errors, stream misuse
-        raise ServerError(f"Talking to ComfyUI failed ({what}): {exc}") from exc
-
-
-def _unwrap_group(group: BaseExceptionGroup) -> BaseException:
-    # httpx-ws runs the socket in an anyio task group, which wraps anything raised inside.
-    leaves = list(_leaves(group))
-    for leaf in leaves:
-        if isinstance(leaf, ComfyError):
-            return leaf
-    return leaves[0] if leaves else group
-
-
-def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 @dataclass(frozen=True)
@@ -170,148 +121,6 @@ class RunResult:
         return end - start if start is not None and end is not None else None
 
 
-class EventStream:
-    """The event WebSocket of one client id; iterate it for typed :mod:`comfy.backends.protocol` events."""
-
-    def __init__(self, client: ComfyClient, client_id: str, *, feature_flags: bool = True) -> None:
-        self._client = client
-        self.client_id = client_id
-        self._feature_flags = feature_flags
-        self._stack = AsyncExitStack()
-        self._ws: httpx_ws.AsyncWebSocketSession | None = None
-        #: Set when the socket lives in a task of its own (opened ahead); closing then goes through it.
-        self._holder: _Spare | None = None
-
-    async def __aenter__(self) -> EventStream:
-        await self._open()
-        return self
-
-    async def _open(self) -> None:
-        url = self._client.url("/ws") + f"?clientId={self.client_id}"
-        try:
-            with map_errors("opening the event WebSocket"):
-                self._ws = await self._stack.enter_async_context(httpx_ws.aconnect_ws(
-                    url, self._client.http, max_message_size_bytes=MAX_FRAME_BYTES,
-                    keepalive_ping_interval_seconds=self._client.ping_interval,
-                    keepalive_ping_timeout_seconds=self._client.ping_interval,
-                ))
-                if self._feature_flags:
-                    # Must be the first frame on the socket, or the server ignores it (protocol note 4).
-                    await self._ws.send_text(json.dumps(protocol.FEATURE_FLAGS_HELLO))
-        except BaseException:
-            await self._close()
-            raise
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the socket and wait until it is closed (ComfyUI then forgets its client id)."""
-        if self._holder is not None:
-            await self._holder.aclose()  # anyio must leave the socket's task group in the task that entered it
-        else:
-            await self._close()
-
-    async def _close(self) -> None:
-        try:
-            await self._stack.aclose()
-        except BaseExceptionGroup as group:
-            leaf = _unwrap_group(group)
-            if not isinstance(leaf, (httpx_ws.HTTPXWSException, httpx.HTTPError, OSError)):
-                raise leaf from None
-        except (httpx_ws.HTTPXWSException, httpx.HTTPError, OSError):
-            pass  # closing a socket that already broke
-
-    async def receive(self, timeout: float | None = None) -> Event:
-        """The next event; raises TimeoutError when none came in ``timeout`` s, ServerUnavailable on a drop."""
-        assert self._ws is not None, "use the stream inside 'async with'"
-        with map_errors("reading the event WebSocket"):
-            while True:
-                frame = await self._ws.receive(timeout=timeout)
-                if isinstance(frame, wsproto.events.TextMessage):
-                    return protocol.decode_text(frame.data)
-                if isinstance(frame, wsproto.events.BytesMessage):
-                    return protocol.decode_binary(bytes(frame.data))
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Event]:
-        while True:
-            yield await self.receive()
-
-
-class _Spare:
-    """An event socket opened ahead of the prompt that will use it, by a task of its own.
-
-    The WebSocket handshake is then off a job's path. anyio (under httpx-ws) must leave a socket's
-    task group in the task that entered it, so this task opens the socket, reads and drops its frames
-    while it waits (only broadcasts reach an id nobody has submitted with, and reading keeps the
-    keepalive pongs flowing), and closes it once released: after the run, off the job's path too.
-    """
-
-    def __init__(self, client: ComfyClient) -> None:
-        self.stream = EventStream(client, uuid.uuid4().hex)
-        self.stream._holder = self
-        self.loop = asyncio.get_running_loop()
-        self._ready = asyncio.Event()
-        self._released = asyncio.Event()
-        self._idle: asyncio.Task[None] | None = None
-        client._spares.add(self)
-        self._task = asyncio.create_task(self._hold(client), name=f"comfy-ws-{self.stream.client_id[:8]}")
-
-    async def _hold(self, client: ComfyClient) -> None:
-        try:
-            if await self._open():
-                try:
-                    await self._released.wait()
-                finally:
-                    assert self._idle is not None
-                    self._idle.cancel()
-                    await self.stream._close()
-        finally:
-            client._spares.discard(self)
-
-    async def _open(self) -> bool:
-        try:
-            await self.stream._open()
-        except Exception:  # noqa: BLE001 - not swallowed: take() returns None and the caller opens a socket itself
-            return False
-        else:
-            self._idle = asyncio.create_task(self._discard())
-            return True
-        finally:
-            self._ready.set()
-
-    async def _discard(self) -> None:
-        with contextlib.suppress(ServerError):
-            while True:
-                await self.stream.receive()
-
-    async def take(self) -> EventStream | None:
-        """The open socket, no longer read by anyone else; None if it did not open or has closed since."""
-        await self._ready.wait()
-        idle = self._idle
-        if idle is None:
-            return None
-        idle.cancel()
-        await asyncio.wait({idle})
-        if not idle.cancelled():  # it ended on its own: the server closed the socket while it waited
-            self.release()
-            return None
-        return self.stream
-
-    def release(self) -> None:
-        """Let the socket's task close it (the caller does not wait)."""
-        self._released.set()
-
-    async def aclose(self) -> None:
-        self._released.set()
-        if not self._ready.is_set():
-            self._task.cancel()
-        await asyncio.wait({self._task})
-
-
 class ComfyClient:
     """HTTP + WebSocket access to one ComfyUI server.
 
@@ -348,9 +157,9 @@ class ComfyClient:
         self._object_info_lock = asyncio.Lock()
         self._closed = False
         #: The socket the next prompt will use, opening or open (see :meth:`prepare_events`).
-        self._spare: _Spare | None = None
+        self._spare: Spare | None = None
         #: Every socket held by a task of its own (the spare and those lent to prompts), closed by aclose.
-        self._spares: set[_Spare] = set()
+        self._spares: set[Spare] = set()
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -539,7 +348,7 @@ class ComfyClient:
         Called once a prompt is submitted: the handshake then overlaps its run, not its submission.
         """
         if self._spare is None and not self._closed:
-            self._spare = _Spare(self)
+            self._spare = Spare(self)
 
     async def run(
         self,
