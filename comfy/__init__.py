@@ -7,7 +7,8 @@ of backends: ComfyUI servers (``COMFYUI_URL``, comma-separated) and a RunPod Ser
 from comfy.backends.base import Backend, BackendHealth, ComfyBackend
 from comfy.backends.client import ComfyClient, HistoryEntry, RunResult
 from comfy.backends.pool import BackendState, Pool
-from comfy.backends.runpod import RequestTooLarge, RunExpired, RunPodBackend, RunPodClient
+from comfy.backends.runpod import RunPodBackend
+from comfy.backends.runpod_client import RequestTooLarge, RunExpired, RunPodClient
 from comfy.errors import (
     ComfyError,
     ConfigError,

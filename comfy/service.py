@@ -508,7 +508,8 @@ def _backends(settings: Settings, first: ComfyClient) -> list[Backend]:
             client.reconnect_window = settings.failover_seconds
         backends.append(ComfyBackend(client, max_in_flight=settings.max_in_flight))
     if settings.runpod_endpoint_id:
-        from comfy.backends.runpod import RunPodBackend, RunPodClient
+        from comfy.backends.runpod import RunPodBackend
+        from comfy.backends.runpod_client import RunPodClient
 
         assert settings.runpod_api_key is not None  # the settings refuse an endpoint without a key
         api = RunPodClient(settings.runpod_endpoint_id, settings.runpod_api_key, base_url=settings.runpod_base_url,

@@ -16,15 +16,9 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from comfy.backends.runpod import (
-    RunExpired,
-    RunPodBackend,
-    RunPodClient,
-    build_run_body,
-    describe_failure,
-    map_errors,
-    parse_progress,
-)
+from comfy.backends.runpod import RunPodBackend, describe_failure, parse_progress
+from comfy.backends.runpod_client import RunExpired, RunPodClient, map_errors
+from comfy.backends.runpod_payload import build_run_body
 from comfy.errors import ExecutionFailed, PromptRejected, ServerError, ServerUnavailable, WorkflowError
 from comfy.graph import pngmeta
 from comfy.graph.params import GenerationParams
