@@ -4,8 +4,9 @@ The UI and the REST API use only what is exported here; none of it imports gradi
 of backends: ComfyUI servers (``COMFYUI_URL``, comma-separated) and a RunPod Serverless endpoint.
 """
 
-from comfy.backends.base import Backend, BackendHealth, ComfyBackend
+from comfy.backends.base import Backend, BackendHealth
 from comfy.backends.client import ComfyClient, HistoryEntry, RunResult
+from comfy.backends.comfyui import ComfyBackend
 from comfy.backends.pool import BackendState, Pool
 from comfy.backends.runpod import RunPodBackend
 from comfy.backends.runpod_client import RequestTooLarge, RunExpired, RunPodClient

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from comfy import graph as workflows
-from comfy.backends.base import Backend, ComfyBackend, redact_url
+from comfy.backends.base import Backend, redact_url
 from comfy.backends.client import ComfyClient
+from comfy.backends.comfyui import ComfyBackend
 from comfy.backends.pool import BackendState, Pool, merge_object_info
 from comfy.errors import ComfyError, ServerError, WorkflowError
 from comfy.graph.object_info import STOCK_SAMPLERS, STOCK_SCHEDULERS, ObjectInfo

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from comfy.backends.base import ComfyBackend
 from comfy.backends.client import ComfyClient
+from comfy.backends.comfyui import ComfyBackend
 from comfy.backends.pool import BackendState, Pool, merge_object_info
 from comfy.graph.params import GenerationParams
 from comfy.jobs.records import JobState

@@ -24,8 +24,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from comfy.backends.base import Backend, ComfyBackend, Outcome, build_prompt
+from comfy.backends.base import Backend, Outcome
 from comfy.backends.client import ComfyClient
+from comfy.backends.comfyui import ComfyBackend, build_prompt
 from comfy.backends.pool import Pool
 from comfy.errors import ComfyError, ExecutionInterrupted, QueueError, ServerUnavailable
 from comfy.jobs.events import EventBus, JobEvent
