@@ -76,3 +76,7 @@ async def wait_for(predicate: Callable[[], object], timeout: float = 20.0) -> No
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.01)
+
+
+from tests.api_support import api, make_api  # noqa: E402, F401  (the REST API fixtures, for every API test file)
+from tests.graph_support import info  # noqa: E402, F401  (the real /object_info capture, for the graph tests)
