@@ -1,7 +1,10 @@
-"""ComfyUI Studio's engine: settings, ComfyUI client, workflows, persistent job queue, worker.
+"""ComfyUI Studio's engine: settings, the job queue and worker, backends, graphs and storage.
 
-The UI and the REST API use only what is exported here; none of it imports gradio. Jobs run on a pool
-of backends: ComfyUI servers (``COMFYUI_URL``, comma-separated) and a RunPod Serverless endpoint.
+Rooms by concept: ``jobs`` (the persistent queue, the worker, job events), ``backends`` (where a job runs:
+ComfyUI servers, RunPod Serverless, a pool), ``graph`` (workflows, parameters, object_info, PNG metadata),
+``storage`` (local files, S3, the upload backlog, saved workflows). ``service.Studio`` is the facade the
+doors call. The doors (``ui/``, ``api/``) use what is exported here; the engine imports neither of them,
+nor any web framework.
 """
 
 from comfy.backends.base import Backend, BackendHealth

@@ -23,8 +23,7 @@ from PIL import Image
 from comfy import ComfyError, GenerationParams, Job, JobEvent, JobState, Studio, WorkflowError
 from comfy import graph as workflows
 from comfy.graph.pnginfo import read_png_info
-
-from . import render
+from ui import render
 
 __all__ = ["Handlers", "FORM_FIELDS", "friendly"]
 

@@ -14,9 +14,8 @@ from typing import Any
 import gradio as gr
 
 from comfy import Settings, Studio
-
-from . import render
-from .handlers import FORM_FIELDS, Handlers
+from ui import render
+from ui.handlers import FORM_FIELDS, Handlers
 
 __all__ = ["build_ui", "CSS", "HEAD"]
 
