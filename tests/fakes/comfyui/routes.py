@@ -64,7 +64,7 @@ __all__ = ["FIXTURES_DIR", "FakeComfy", "load_workflow"]
 logger = logging.getLogger(__name__)
 
 #: The captured data; the fake reads everything it serves from here.
-FIXTURES_DIR = Path(__file__).parent.parent / "fixtures" / "comfyui"
+FIXTURES_DIR = Path(__file__).parent.parent.parent / "fixtures" / "comfyui"
 
 #: Samplers whose ``steps`` input drives per-step progress and previews.
 SAMPLERS = frozenset({"KSampler", "KSamplerAdvanced"})
