@@ -3,11 +3,13 @@
 One module per concern, each importing only the modules listed before it (so there are no cycles);
 from the rest of the project only ``tests.fakes.loopback``, never the studio's own code:
 
+* ``fixtures``: the captured files it serves, ``FIXTURES_DIR`` and ``load_workflow``;
 * ``routes``: ``FakeComfy`` with its HTTP and WebSocket routes and its lifecycle (and, for now, the rest).
 """
 
 from __future__ import annotations
 
-from tests.fakes.comfyui.routes import FIXTURES_DIR, FakeComfy, load_workflow
+from tests.fakes.comfyui.fixtures import FIXTURES_DIR, load_workflow
+from tests.fakes.comfyui.routes import FakeComfy
 
 __all__ = ["FIXTURES_DIR", "FakeComfy", "load_workflow"]
