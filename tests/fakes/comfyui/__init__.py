@@ -4,6 +4,7 @@ One module per concern, each importing only the modules listed before it (so the
 from the rest of the project only ``tests.fakes.loopback``, never the studio's own code:
 
 * ``fixtures``: the captured files it serves, ``FIXTURES_DIR`` and ``load_workflow``;
+* ``files``: input/, output/ and temp/ in memory, and the PNGs SaveImage writes;
 * ``routes``: ``FakeComfy`` with its HTTP and WebSocket routes and its lifecycle (and, for now, the rest).
 """
 
