@@ -57,6 +57,7 @@ from tests.fakes import loopback
 from tests.fakes.comfyui.files import _DEFAULT_SHAPE, _expand_prefix, _Files, _norm_subfolder, _PngFactory, _StoredFile
 from tests.fakes.comfyui.fixtures import FIXTURES_DIR, _Fixtures
 from tests.fakes.comfyui.hub import _TRANSPORT_KEY, _Conn, _Hub, _text_frame, _TransportWSProtocol
+from tests.fakes.comfyui.knobs import _Knobs
 from tests.fakes.comfyui.validation import _IMAGE_LOADERS, _error, _is_link, _Validator
 
 __all__ = ["FakeComfy"]
@@ -266,25 +267,11 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | No
 # --------------------------------------------------------------------------- the server
 
 
-class FakeComfy:
+class FakeComfy(_Knobs):
     """A ComfyUI 0.8.0 look-alike on a real loopback port (see the module docstring).
 
-    Knobs, settable at any time from the test thread:
-
-    * ``step_time`` seconds per KSampler/KSamplerAdvanced step (``steps`` of them, whatever ``denoise``);
-      ``node_time`` seconds for every other executed node; ``previews`` sends one binary frame per step.
-    * ``view_delay`` seconds before ``/view`` answers (404s included).
-    * ``reject_next = "<name>"``: the next POST /prompt gets ``http/post_prompt_400_<name>.json`` (or
-      ``post_prompt_<name>.json``, e.g. ``malformed_json``), status and body; ``number`` still counts.
-    * ``fail_next``: the next prompt that runs raises ``execution_error`` at its first VAEDecode to run,
-      else at its last non-output node. (A VAEDecode fed by EmptySD3LatentImage always fails, as captured.)
-    * ``drop_sockets_after = n``: after n more frames written while work is queued or running (every
-      socket write counts), every WebSocket is cut without a close frame; the run goes on. Resets to None.
-    * ``hold``: the executor does not start the next prompt until it is False again.
-
-    Observations: ``prompts`` (accepted POST /prompt bodies, as sent), ``interrupts`` (POST /interrupt
-    bodies, None when empty), ``deleted`` (ids actually removed by ``POST /queue {"delete": [...]}``),
-    ``client_ids`` (registered sockets) and ``file_names(kind)``.
+    The knobs a test turns (``step_time``, ``reject_next``, ``hold``...) and the observations it asserts
+    on (``prompts``, ``interrupts``, ``deleted``) are ``_Knobs``' (knobs.py, which lists them all).
     """
 
     def __init__(
@@ -295,16 +282,7 @@ class FakeComfy:
         previews: bool = True,
         object_info_path: Path | None = None,
     ) -> None:
-        self.step_time = step_time
-        self.node_time = node_time
-        self.previews = previews
-        self.view_delay = 0.0
-        self.reject_next: str | None = None
-        self.fail_next = False
-        self.drop_sockets_after: int | None = None
-        self.prompts: list[dict[str, Any]] = []
-        self.interrupts: list[dict[str, Any] | None] = []
-        self.deleted: list[str] = []
+        _Knobs.__init__(self, step_time=step_time, node_time=node_time, previews=previews)
 
         self._fx = _Fixtures(FIXTURES_DIR, object_info_path)
         self._classes: dict[str, Any] = self._fx.object_info
@@ -315,7 +293,6 @@ class FakeComfy:
         self._files.put("input", "", "example.png", self._png.make(512, 512, []))
         self._app = self._build_app()
         self._cond = threading.Condition()
-        self._hold = False
         self._port = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -336,16 +313,6 @@ class FakeComfy:
     @property
     def port(self) -> int:
         return self._port
-
-    @property
-    def hold(self) -> bool:
-        """When True the executor does not start the next prompt (fill the queue deterministically)."""
-        return self._hold
-
-    @hold.setter
-    def hold(self, value: bool) -> None:
-        self._hold = value
-        self._call_soon(self._poke)
 
     def start(self) -> FakeComfy:
         """Serve (again) in a daemon thread; returns once the port accepts connections.
@@ -538,20 +505,6 @@ class FakeComfy:
         """PromptServer.queue_updated: every socket, every queue change."""
         status = {"status": {"exec_info": {"queue_remaining": self._queue_remaining()}}}
         self._send("status", status, None, in_run=self._busy() if in_run is None else in_run)
-
-    def _frame_written(self, written: bool) -> bool:
-        """Counts frames for ``drop_sockets_after``; True means: cut every socket now."""
-        left = self.drop_sockets_after
-        if left is None:
-            return False
-        if written:
-            left -= 1
-            self.drop_sockets_after = left
-        if left <= 0:
-            self.drop_sockets_after = None
-            logger.info("fake ComfyUI: dropping every WebSocket (drop_sockets_after)")
-            return True
-        return False
 
     def _enqueue(self, item: tuple[Any, ...]) -> None:
         with self._cond:
