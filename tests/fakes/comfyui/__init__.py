@@ -8,6 +8,7 @@ from the rest of the project only ``tests.fakes.loopback``, never the studio's o
 * ``validation``: the port of ComfyUI's prompt validation against object_info (the 400 bodies);
 * ``hub``: the WebSocket side, sockets by clientId and the publish loop that writes their frames;
 * ``knobs``: the scenario knobs tests turn and what the fake observed (a mixin of ``FakeComfy``);
+* ``executor``: execution order, output cache, the queue and what a run sends (a mixin of ``FakeComfy``);
 * ``routes``: ``FakeComfy`` with its HTTP and WebSocket routes and its lifecycle (and, for now, the rest).
 """
 
