@@ -9,7 +9,8 @@ from the rest of the project only ``tests.fakes.loopback``, never the studio's o
 * ``hub``: the WebSocket side, sockets by clientId and the publish loop that writes their frames;
 * ``knobs``: the scenario knobs tests turn and what the fake observed (a mixin of ``FakeComfy``);
 * ``executor``: execution order, output cache, the queue and what a run sends (a mixin of ``FakeComfy``);
-* ``routes``: ``FakeComfy`` with its HTTP and WebSocket routes and its lifecycle (and, for now, the rest).
+* ``nodes``: what the nodes do: cache keys, image sizes, the files they write (a mixin of ``FakeComfy``);
+* ``routes``: ``FakeComfy`` with its HTTP and WebSocket routes and its lifecycle.
 """
 
 from __future__ import annotations

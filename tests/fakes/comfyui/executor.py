@@ -2,7 +2,8 @@
 
 ``_Executor`` is a mixin of FakeComfy: it works on the process state FakeComfy keeps (``_reset_process``)
 and reads the knobs (knobs.py); what the nodes do (``_is_changed``, ``_write_outputs``...) it reaches
-through ``self`` too. Frames go out through the hub. May import fixtures, validation and hub.
+through ``self`` too (nodes.py, which imports this module, never the other way round). Frames go out
+through the hub. May import fixtures, validation and hub.
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ import json
 import logging
 import mimetypes
 import posixpath
-import random
 import re
 import threading
 import uuid
@@ -50,12 +49,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from tests.fakes import loopback
-from tests.fakes.comfyui.executor import _Cached, _Executor, _now_ms, _Run
-from tests.fakes.comfyui.files import _DEFAULT_SHAPE, _expand_prefix, _Files, _norm_subfolder, _PngFactory, _StoredFile
+from tests.fakes.comfyui.executor import _Cached, _Executor, _now_ms
+from tests.fakes.comfyui.files import _Files, _norm_subfolder, _PngFactory, _StoredFile
 from tests.fakes.comfyui.fixtures import FIXTURES_DIR, _Fixtures
 from tests.fakes.comfyui.hub import _TRANSPORT_KEY, _Conn, _Hub, _text_frame, _TransportWSProtocol
 from tests.fakes.comfyui.knobs import _Knobs
-from tests.fakes.comfyui.validation import _IMAGE_LOADERS, _error, _is_link, _Validator
+from tests.fakes.comfyui.nodes import _Nodes
+from tests.fakes.comfyui.validation import _error, _Validator
 
 __all__ = ["FakeComfy"]
 
@@ -63,7 +63,6 @@ logger = logging.getLogger(__name__)
 
 #: execution.SENSITIVE_EXTRA_DATA_KEYS: moved out of extra_data before it is queued or stored.
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
-_TEMP_LETTERS = "abcdefghijklmnopqrstupvxyz"  # sic: nodes.PreviewImage's alphabet
 
 _T = TypeVar("_T")
 
@@ -94,13 +93,13 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | No
 # --------------------------------------------------------------------------- the server
 
 
-class FakeComfy(_Knobs, _Executor):
+class FakeComfy(_Knobs, _Executor, _Nodes):
     """A ComfyUI 0.8.0 look-alike on a real loopback port (see the module docstring).
 
     The knobs a test turns (``step_time``, ``reject_next``, ``hold``...) and the observations it asserts
     on (``prompts``, ``interrupts``, ``deleted``) are ``_Knobs``' (knobs.py, which lists them all); the
-    queue and the executor are ``_Executor``'s (executor.py). This class keeps the process state, serves
-    the routes and runs the server.
+    queue and the executor are ``_Executor``'s (executor.py), what the nodes do ``_Nodes``' (nodes.py).
+    This class keeps the process state, serves the routes and runs the server.
     """
 
     def __init__(
@@ -300,100 +299,6 @@ class FakeComfy(_Knobs, _Executor):
             self._ticker = None
         if server is not None:
             await loopback.halt(server)
-
-    # ----------------------------------------------------------------- node semantics
-
-    def _input_option(self, class_type: str, name: str, option: str) -> Any:
-        spec = self._classes.get(class_type, {}).get("input", {})
-        for category in ("required", "optional"):
-            entry = spec.get(category, {}).get(name)
-            if entry is not None and len(entry) > 1 and isinstance(entry[1], dict):
-                return entry[1].get(option)
-        return None
-
-    def _is_changed(self, prompt: dict[str, Any]) -> Callable[[str], Any]:
-        """IS_CHANGED: LoadImage hashes its file, every other node here has none (False)."""
-
-        def is_changed(node_id: str) -> Any:
-            node = prompt[node_id]
-            if node["class_type"] in _IMAGE_LOADERS:
-                stored = self._files.resolve_image(str(node.get("inputs", {}).get("image")))
-                return stored.sha256 if stored is not None else float("nan")
-            return False
-
-        return is_changed
-
-    def _keyed_by_id(self, prompt: dict[str, Any]) -> Callable[[str], bool]:
-        """include_unique_id_in_input: classes with a hidden UNIQUE_ID are cached per node id."""
-
-        def with_id(node_id: str) -> bool:
-            hidden = self._classes.get(prompt[node_id]["class_type"], {}).get("input", {}).get("hidden", {})
-            return "UNIQUE_ID" in hidden.values()
-
-        return with_id
-
-    def _image_exists(self, value: str) -> bool:
-        return self._files.resolve_image(value) is not None
-
-    def _image_shape(self, prompt: dict[str, Any], node_id: str, depth: int = 0) -> tuple[int, int, int]:
-        """(width, height, batch) of the images a node produces, traced back through the graph."""
-        node = prompt.get(node_id)
-        if node is None or depth > 64:
-            return _DEFAULT_SHAPE
-        inputs = node.get("inputs", {})
-        if node["class_type"] in _IMAGE_LOADERS:
-            stored = self._files.resolve_image(str(inputs.get("image")))
-            return (*stored.size, 1) if stored is not None else _DEFAULT_SHAPE
-        upstream = next(
-            (inputs[k] for k in ("images", "image", "samples", "pixels", "latent_image", "latent", "latents")
-             if _is_link(inputs.get(k))),
-            next((v for v in inputs.values() if _is_link(v)), None),
-        )
-        width, height, batch = self._image_shape(prompt, upstream[0], depth + 1) if upstream else _DEFAULT_SHAPE
-        if isinstance(inputs.get("width"), int) and isinstance(inputs.get("height"), int) and inputs["width"] > 0:
-            width, height = inputs["width"], inputs["height"]
-        elif isinstance(inputs.get("scale_by"), (int, float)):
-            width, height = max(1, round(width * inputs["scale_by"])), max(1, round(height * inputs["scale_by"]))
-        if isinstance(inputs.get("batch_size"), int) and inputs["batch_size"] > 0:
-            batch = inputs["batch_size"]
-        return width, height, batch
-
-    def _write_outputs(self, run: _Run, node_id: str) -> dict[str, Any] | None:
-        """SaveImage (output/, counters per prefix) and PreviewImage (temp/, random prefix)."""
-        node = run.prompt[node_id]
-        if node["class_type"] == "SaveImage":
-            kind, prefix = "output", str(node["inputs"].get("filename_prefix", "ComfyUI"))
-        elif node["class_type"] == "PreviewImage":
-            kind, prefix = "temp", "ComfyUI_temp_" + "".join(random.choice(_TEMP_LETTERS) for _ in range(5))
-        else:
-            return None
-        source = node["inputs"].get("images")
-        width, height, batch = self._image_shape(run.prompt, source[0]) if _is_link(source) else _DEFAULT_SHAPE
-        normalized = posixpath.normpath(_expand_prefix(prefix, width, height))
-        subfolder, base = posixpath.dirname(normalized), posixpath.basename(normalized)
-        counter = self._files.next_counter(kind, subfolder, base)
-        texts = self._png_texts(run)
-        images = []
-        for index in range(batch):
-            name = f"{base}_{counter:05}_.png"
-            self._files.put(kind, subfolder, name, self._png.make(width, height, texts, index))
-            images.append({"filename": name, "subfolder": subfolder, "type": kind})
-            counter += 1
-        return {"images": images}
-
-    def _png_texts(self, run: _Run) -> list[tuple[str, str]]:
-        """The hidden PROMPT (LoadImage nodes carry their injected ``is_changed``) and EXTRA_PNGINFO."""
-        prompt = dict(run.prompt)
-        for node_id, node in run.prompt.items():
-            if node.get("class_type") in _IMAGE_LOADERS:
-                stored = self._files.resolve_image(str(node["inputs"].get("image")))
-                if stored is not None:
-                    prompt[node_id] = {**node, "is_changed": [stored.sha256]}
-        texts = [("prompt", json.dumps(prompt))]
-        extra_pnginfo = run.extra.get("extra_pnginfo")
-        if isinstance(extra_pnginfo, dict):
-            texts.extend((key, json.dumps(value)) for key, value in extra_pnginfo.items())
-        return texts
 
     # ----------------------------------------------------------------- HTTP
 
