@@ -1,4 +1,4 @@
-"""Test doubles that speak real protocols over real sockets (see ``comfy_server``)."""
+"""Test doubles that speak real protocols over real sockets (see ``comfyui``)."""
 
 from __future__ import annotations
 
