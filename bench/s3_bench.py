@@ -37,7 +37,7 @@ from comfy.s3 import S3Store, Uploader, make_s3_client  # noqa: E402
 from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402
 from comfy.storage import LocalStore  # noqa: E402
-from tests.fakes.comfy_server import FakeComfy  # noqa: E402
+from tests.fakes.comfyui import FakeComfy  # noqa: E402
 
 BUCKET = "bench"
 IMAGES = 100

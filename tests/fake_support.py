@@ -17,7 +17,7 @@ import httpx
 from httpx_ws import AsyncWebSocketSession, aconnect_ws
 from wsproto.events import TextMessage
 
-from tests.fakes.comfy_server import FIXTURES_DIR, FakeComfy, load_workflow
+from tests.fakes.comfyui import FIXTURES_DIR, FakeComfy, load_workflow
 
 WS_MAX = 16 * 1024 * 1024
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

@@ -24,7 +24,7 @@ from comfy.api import create_api
 from comfy.service import Studio
 from comfy.settings import Settings
 from tests.conftest import make_settings
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 from tests.fixtures_util import image, workflow
 
 SMALL = {"prompt": "a lighthouse at dawn", "steps": 3, "seed": 42, "width": 64, "height": 64}

@@ -39,7 +39,7 @@ from tests.fake_support import (
     upload_test_input,
     with_seed,
 )
-from tests.fakes.comfy_server import FakeComfy, load_workflow
+from tests.fakes.comfyui import FakeComfy, load_workflow
 
 pytestmark = pytest.mark.timeout(30)
 

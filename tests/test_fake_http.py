@@ -29,7 +29,7 @@ from tests.fake_support import (
     upload_test_input,
     with_seed,
 )
-from tests.fakes.comfy_server import FIXTURES_DIR, FakeComfy, load_workflow
+from tests.fakes.comfyui import FIXTURES_DIR, FakeComfy, load_workflow
 
 pytestmark = pytest.mark.timeout(30)
 

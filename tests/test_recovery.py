@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from comfy.queue import JobQueue, JobState
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 
 ROOT = Path(__file__).parent.parent
 

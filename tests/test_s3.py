@@ -31,7 +31,7 @@ from comfy.service import Studio
 from comfy.settings import Settings, load_settings
 from comfy.storage import LocalStore
 from tests.conftest import make_settings
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 from tests.fakes.s3_server import REGION, MotoS3
 
 BUCKET = "studio-art"

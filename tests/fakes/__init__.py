@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tests.fakes.comfy_server import FIXTURES_DIR, FakeComfy, load_workflow
+from tests.fakes.comfyui import FIXTURES_DIR, FakeComfy, load_workflow
 
 __all__ = ["FIXTURES_DIR", "FakeComfy", "load_workflow"]
