@@ -41,7 +41,7 @@ from api.app import create_api  # noqa: E402
 from comfy.jobs.queue import JobQueue  # noqa: E402
 from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402
-from tests.fakes.comfy_server import FakeComfy  # noqa: E402
+from tests.fakes.comfyui import FakeComfy  # noqa: E402
 
 STEPS = 4
 STEP_TIME = 0.02  # 4 steps x 20 ms: ~80 ms of "GPU" per job

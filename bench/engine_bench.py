@@ -29,7 +29,7 @@ from comfy.graph.params import GenerationParams  # noqa: E402
 from comfy.jobs.records import JobState  # noqa: E402
 from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402
-from tests.fakes.comfy_server import FakeComfy  # noqa: E402
+from tests.fakes.comfyui import FakeComfy  # noqa: E402
 
 STEPS = 4
 STEP_TIME = 0.05  # 4 steps x 50 ms + small nodes: ~0.2 s of "GPU" per job

@@ -31,7 +31,7 @@ from comfy.graph.params import GenerationParams  # noqa: E402
 from comfy.jobs.records import JobState  # noqa: E402
 from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402
-from tests.fakes.comfy_server import FakeComfy  # noqa: E402
+from tests.fakes.comfyui import FakeComfy  # noqa: E402
 
 JOBS = 40
 STEPS = 5

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from gradio_client import Client  # noqa: E402
 
-from tests.fakes.comfy_server import FakeComfy  # noqa: E402
+from tests.fakes.comfyui import FakeComfy  # noqa: E402
 from tests.ui_support import app_process  # noqa: E402
 
 CLIENTS = 50

@@ -19,7 +19,7 @@ from api.app import create_api
 from comfy.service import Studio
 from comfy.settings import Settings
 from tests.conftest import make_settings
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 
 SMALL = {"prompt": "a lighthouse at dawn", "steps": 3, "seed": 42, "width": 64, "height": 64}
 ALPHA, BETA = "alpha-key-0123456789", "beta-key-9876543210"

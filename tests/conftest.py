@@ -12,7 +12,7 @@ import pytest
 from comfy.backends.runpod import RunPodBackend
 from comfy.service import Studio
 from comfy.settings import Settings
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from tests.api_support import (  # noqa: F401
     submit,
     until,
 )
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 from tests.fixtures_util import image, workflow
 
 # -- health, models, metrics ------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from schemathesis.checks import (
 from api.app import create_api
 from comfy.service import Studio
 from tests.conftest import make_settings
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 
 KEY = "fuzz-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}

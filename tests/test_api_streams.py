@@ -25,7 +25,7 @@ from tests.api_support import (  # noqa: F401
     until,
 )
 from tests.conftest import make_settings
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 
 # -- events -------------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from comfy.graph import pngmeta
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 from tests.fixtures_util import COMFY
 
 ROOT = Path(__file__).parent.parent

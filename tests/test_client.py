@@ -19,7 +19,7 @@ from comfy.errors import (
     ServerTimeout,
     ServerUnavailable,
 )
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 from tests.fixtures_util import image, workflow
 
 

@@ -18,7 +18,7 @@ from comfy.errors import ServerUnavailable
 from comfy.jobs.records import JobState
 from comfy.service import Studio
 from tests.conftest import wait_for
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 from tests.fixtures_util import workflow
 
 

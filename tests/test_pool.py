@@ -20,7 +20,7 @@ from comfy.jobs.records import JobState
 from comfy.service import BackendStatus, Studio
 from comfy.settings import Settings
 from tests.conftest import running, wait_for
-from tests.fakes.comfy_server import FIXTURES_DIR, FakeComfy, load_workflow
+from tests.fakes.comfyui import FIXTURES_DIR, FakeComfy, load_workflow
 from tests.fakes.runpod_server import FakeRunPod
 
 CKPT = "random-sd15.safetensors"

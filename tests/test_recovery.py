@@ -13,7 +13,7 @@ import pytest
 
 from comfy.jobs.queue import JobQueue
 from comfy.jobs.records import JobState
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 
 ROOT = Path(__file__).parent.parent
 

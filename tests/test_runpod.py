@@ -27,7 +27,7 @@ from comfy.service import Studio
 from comfy.settings import Settings
 from comfy.storage.local import METADATA_KEY
 from tests.conftest import running, wait_for
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 from tests.fakes.runpod_server import FakeRunPod, fixture
 from tests.fixtures_util import image
 from tests.test_errors import _instance, _subclasses

@@ -33,7 +33,7 @@ from comfy.storage.local import LocalStore
 from comfy.storage.s3 import S3Store, _map_s3_errors, _Where, make_s3_client
 from comfy.storage.uploader import PENDING_NOTE, Uploader
 from tests.conftest import make_settings
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 from tests.fakes.s3_server import REGION, MotoS3
 
 BUCKET = "studio-art"

@@ -16,7 +16,7 @@ from comfy.jobs.records import JobState
 from comfy.service import Studio, redact_url
 from comfy.storage.local import METADATA_KEY
 from tests.conftest import make_settings
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 from tests.fixtures_util import image, workflow
 
 LIGHTHOUSE = GenerationParams(prompt="a lighthouse at dawn", steps=3, seed=42, width=64, height=64)

@@ -11,7 +11,7 @@ import pytest
 from gradio_client import Client
 
 from comfy.graph import pngmeta
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 from tests.ui_support import ROOT, running_app
 
 

@@ -12,7 +12,7 @@ import pytest
 from comfy import JobState, Studio
 from comfy.graph import pngmeta
 from comfy.graph.pnginfo import parse_a1111, read_png_info
-from tests.fakes.comfy_server import FakeComfy
+from tests.fakes.comfyui import FakeComfy
 from tests.fixtures_util import COMFY, image
 from ui import render
 from ui.handlers import FORM_FIELDS, Handlers

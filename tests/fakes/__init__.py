@@ -1,7 +1,7 @@
-"""Test doubles that speak real protocols over real sockets (see ``comfy_server``)."""
+"""Test doubles that speak real protocols over real sockets (see ``comfyui``)."""
 
 from __future__ import annotations
 
-from tests.fakes.comfy_server import FIXTURES_DIR, FakeComfy, load_workflow
+from tests.fakes.comfyui import FIXTURES_DIR, FakeComfy, load_workflow
 
 __all__ = ["FIXTURES_DIR", "FakeComfy", "load_workflow"]

@@ -1,143 +1,47 @@
-"""The fake ComfyUI against the captured protocol: every comparison is with a fixture file.
+"""The fake ComfyUI's runs against the captured protocol: every comparison is with a fixture file.
 
 The fake is only useful if it is faithful, so these tests replay the requests the capture made and
 compare what comes back, frame by frame, with what the real ComfyUI 0.8.0 sent (prompt ids,
 timestamps and the socket id are normalised; nothing else is). Real sockets, httpx + httpx_ws.
+The HTTP side alone is in test_fake_http.py, the shared helpers in fake_support.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import re
-import struct
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import httpx
 import pytest
-from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, WebSocketNetworkError, aconnect_ws
-from wsproto.events import TextMessage
+from httpx_ws import WebSocketDisconnect, WebSocketNetworkError
 
-from tests.fakes.comfy_server import FIXTURES_DIR, FakeComfy, load_workflow
+from tests.fake_support import (
+    Frame,
+    captured_frames,
+    captured_requests,
+    chunks_fixture,
+    connect,
+    end_of,
+    envelope,
+    is_type,
+    norm,
+    norm_history,
+    png_chunks,
+    png_size,
+    recv,
+    recv_until,
+    run,
+    shape,
+    submit,
+    texts_of,
+    upload_test_input,
+    with_seed,
+)
+from tests.fakes.comfyui import FakeComfy, load_workflow
 
 pytestmark = pytest.mark.timeout(30)
-
-WS_MAX = 16 * 1024 * 1024
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_COUNTER = re.compile(r"_\d{5}_\.png$")
-_TEMP = re.compile(r"ComfyUI_temp_[a-z]{5}_")
-
-Frame = dict[str, Any] | bytes
-
-
-# --------------------------------------------------------------------------- fixture access
-
-
-def envelope(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES_DIR / "http" / f"{name}.json").read_text(encoding="utf-8"))
-
-
-def transcript(name: str) -> list[dict[str, Any]]:
-    lines = (FIXTURES_DIR / "ws" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def captured_requests(name: str) -> list[dict[str, Any]]:
-    """The POST /prompt bodies a transcript annotates, in order."""
-    return [
-        r["request_body"]
-        for r in transcript(name)
-        if r["dir"] == "http" and r["method"] == "POST" and r["path"] == "/prompt"
-    ]
-
-
-def captured_frames(name: str, *, counters: bool = False) -> list[Any]:
-    """What the real server sent on that socket, normalised like ``shape``."""
-    frames: list[Any] = []
-    for record in transcript(name):
-        if record["dir"] == "recv":
-            raw = record["msg"] if record["kind"] == "text" else base64.b64decode(record["b64"])
-            frames.append(shape(raw, counters=counters))
-    return frames
-
-
-def chunks_fixture(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES_DIR / "images" / f"{name}.chunks.json").read_text(encoding="utf-8"))
-
-
-def texts_of(name: str) -> dict[str, str]:
-    return {chunk["keyword"]: chunk["text"] for chunk in chunks_fixture(name)["text_chunks"]}
-
-
-# --------------------------------------------------------------------------- normalisation
-
-
-def norm(obj: Any, *, counters: bool = False) -> Any:
-    """Blank what differs between runs: ids, timestamps, the sid, temp names (and file counters if asked)."""
-    if isinstance(obj, dict):
-        out = {}
-        for key, value in obj.items():
-            if key in ("timestamp", "create_time"):
-                out[key] = 0
-            elif key == "sid":
-                out[key] = "<sid>"
-            elif key == "current_outputs":  # a set on the server
-                out[key] = sorted(value)
-            else:
-                out["<id>" if _UUID.match(key) else key] = norm(value, counters=counters)
-        return out
-    if isinstance(obj, list):
-        return [norm(value, counters=counters) for value in obj]
-    if isinstance(obj, str):
-        if _UUID.match(obj):
-            return "<id>"
-        obj = _TEMP.sub("ComfyUI_temp_?????_", obj)
-        return _COUNTER.sub("_#####_.png", obj) if counters else obj
-    return obj
-
-
-def shape(frame: Frame, *, counters: bool = False) -> Any:
-    """A text frame normalised; a binary frame reduced to its header layout and JPEG magic."""
-    if isinstance(frame, dict):
-        return norm(frame, counters=counters)
-    kind, second = struct.unpack(">II", frame[:8])
-    if kind == 4:
-        meta = json.loads(frame[8 : 8 + second])
-        return ("binary", 4, norm(meta), frame[8 + second : 8 + second + 3] == b"\xff\xd8\xff")
-    return ("binary", kind, second, frame[8:11] == b"\xff\xd8\xff")
-
-
-def norm_history(body: dict[str, Any], *, counters: bool = False) -> dict[str, Any]:
-    """History entries with the queue number blanked too (the capture's counter was further along)."""
-    out = norm(body, counters=counters)
-    for entry in out.values():
-        entry["prompt"][0] = "<number>"
-    return out
-
-
-def png_chunks(data: bytes) -> tuple[list[str], dict[str, str]]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    order, texts, pos = [], {}, 8
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        tag = data[pos + 4 : pos + 8].decode()
-        body = data[pos + 8 : pos + 8 + length]
-        order.append(tag)
-        if tag == "tEXt":
-            key, _, text = body.partition(b"\0")
-            texts[key.decode("latin-1")] = text.decode("latin-1")
-        pos += 12 + length
-    return order, texts
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    return struct.unpack(">II", data[16:24])
-
-
-# --------------------------------------------------------------------------- helpers
 
 
 @pytest.fixture
@@ -150,194 +54,6 @@ def fake() -> Iterator[FakeComfy]:
 async def http(fake: FakeComfy) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=fake.url, timeout=10) as client:
         yield client
-
-
-def connect(fake: FakeComfy, http: httpx.AsyncClient, client_id: str | None = None) -> Any:
-    query = f"?clientId={client_id}" if client_id else ""
-    return aconnect_ws(f"{fake.url}/ws{query}", http, max_message_size_bytes=WS_MAX)
-
-
-async def recv(ws: AsyncWebSocketSession, timeout: float = 10) -> Frame:
-    event = await ws.receive(timeout=timeout)
-    return json.loads(event.data) if isinstance(event, TextMessage) else bytes(event.data)
-
-
-async def recv_until(ws: AsyncWebSocketSession, done: Any, timeout: float = 10) -> list[Frame]:
-    """Frames up to and including the first one for which ``done(frame)`` holds."""
-    frames: list[Frame] = []
-    while True:
-        frames.append(await recv(ws, timeout))
-        if done(frames[-1]):
-            return frames
-
-
-def is_type(kind: str, **data: Any) -> Any:
-    return lambda f: isinstance(f, dict) and f["type"] == kind and all(f["data"].get(k) == v for k, v in data.items())
-
-
-def end_of(prompt_id: str) -> Any:
-    return is_type("executing", node=None, prompt_id=prompt_id)
-
-
-async def submit(http: httpx.AsyncClient, body: dict[str, Any]) -> str:
-    response = await http.post("/prompt", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()["prompt_id"]
-
-
-async def run(http: httpx.AsyncClient, fake: FakeComfy, body: dict[str, Any]) -> str:
-    prompt_id = await submit(http, body)
-    await fake.wait_idle_async()
-    return prompt_id
-
-
-async def upload_test_input(http: httpx.AsyncClient, data: bytes | None = None, **fields: str) -> httpx.Response:
-    content = data if data is not None else (FIXTURES_DIR / "images" / "protocol-test-input.png").read_bytes()
-    files = {"image": ("protocol-test-input.png", content, "image/png")}
-    return await http.post("/upload/image", files=files, data={"type": "input", "subfolder": "", **fields})
-
-
-def with_seed(seed: int, *, steps: int | None = None) -> dict[str, Any]:
-    prompt = load_workflow("txt2img")
-    prompt["3"]["inputs"]["seed"] = seed
-    if steps is not None:
-        prompt["3"]["inputs"]["steps"] = steps
-    return prompt
-
-
-# --------------------------------------------------------------------------- static routes
-
-STATIC = [
-    "system_stats", "features", "embeddings", "extensions", "models", "models_checkpoints", "models_loras_empty",
-    "object_info_KSampler", "object_info_unknown_node", "prompt_get_idle", "queue_idle", "history_empty",
-    "history_unknown_id",
-]
-
-
-@pytest.mark.parametrize("name", STATIC)
-async def test_static_get_matches_fixture_byte_for_byte(http: httpx.AsyncClient, name: str) -> None:
-    captured = envelope(name)
-    response = await http.get(captured["request"]["path"])
-    headers = captured["response"]["headers"]
-    assert response.status_code == captured["response"]["status"]
-    assert response.json() == captured["response"]["body"]
-    assert response.headers["content-type"] == headers["Content-Type"]
-    assert response.headers["content-length"] == headers["Content-Length"]  # same json.dumps formatting
-    assert response.headers["content-security-policy"] == headers["Content-Security-Policy"]
-    assert response.headers["server"] == headers["Server"]
-
-
-async def test_object_info_is_served_byte_exact(http: httpx.AsyncClient) -> None:
-    response = await http.get("/object_info")
-    assert response.content == (FIXTURES_DIR / "object_info.json").read_bytes()
-    recorded = envelope("object_info_envelope")["response"]["headers"]["Content-Length"]
-    assert response.headers["content-length"] == recorded
-
-
-@pytest.mark.parametrize("name", ["models_unknown_folder", "view_missing_file"])
-async def test_missing_things_are_404_with_empty_body(http: httpx.AsyncClient, name: str) -> None:
-    response = await http.get(envelope(name)["request"]["path"])
-    assert (response.status_code, response.content) == (404, b"")
-
-
-async def test_every_route_also_answers_under_api_prefix(fake: FakeComfy, http: httpx.AsyncClient) -> None:
-    captured = envelope("api_prefix_system_stats")
-    response = await http.get(captured["request"]["path"])
-    assert response.json().keys() == captured["response"]["body"].keys()
-    assert (await http.get("/api/object_info/KSampler")).json() == envelope("object_info_KSampler")["response"]["body"]
-    prompt_id = await submit(http, {"prompt": load_workflow("no_weights")})
-    await fake.wait_idle_async()
-    assert prompt_id in (await http.get(f"/api/history/{prompt_id}")).json()
-    async with aconnect_ws(f"{fake.url}/api/ws?clientId=api", http, max_message_size_bytes=WS_MAX) as ws:
-        assert (await recv(ws))["data"]["sid"] == "api"
-
-
-async def test_connect_without_client_id_gets_a_uuid4_hex_sid(fake: FakeComfy, http: httpx.AsyncClient) -> None:
-    async with connect(fake, http) as ws:
-        frame = await recv(ws)
-    assert [shape(frame)] == captured_frames("connect_without_clientId")
-    assert re.fullmatch(r"[0-9a-f]{32}", frame["data"]["sid"])
-
-
-# --------------------------------------------------------------------------- POST /prompt answers
-
-REJECTIONS = sorted(p.stem for p in (FIXTURES_DIR / "http").glob("post_prompt_400_*.json")) + [
-    "post_prompt_node_without_class_type"
-]
-
-
-def canonical(body: dict[str, Any]) -> dict[str, Any]:
-    """ComfyUI iterates sets while validating, so the order of errors within a node is arbitrary."""
-    out = json.loads(json.dumps(body))
-    for node in out["node_errors"].values():
-        node["errors"].sort(key=lambda e: (e["type"], e["details"]))
-    return out
-
-
-@pytest.mark.parametrize("name", REJECTIONS)
-async def test_validation_400_body_equals_the_captured_one(http: httpx.AsyncClient, name: str) -> None:
-    captured = envelope(name)
-    response = await http.post("/prompt", json=captured["request"]["body"])
-    assert response.status_code == 400
-    assert response.headers["content-type"] == "application/json; charset=utf-8"
-    assert canonical(response.json()) == canonical(captured["response"]["body"])
-    recorded = captured["response"]["headers"]["Content-Length"]
-    if len(json.dumps(captured["response"]["body"])) == int(recorded):  # not when the capture redacted paths
-        assert response.headers["content-length"] == recorded
-
-
-@pytest.mark.parametrize("name", ["post_prompt_malformed_json", "post_prompt_prompt_is_a_list"])
-async def test_malformed_bodies_get_aiohttps_text_500(http: httpx.AsyncClient, name: str) -> None:
-    captured = envelope(name)
-    body = captured["request"]["body"]
-    content = body if isinstance(body, str) else json.dumps(body)
-    response = await http.post("/prompt", content=content, headers={"Content-Type": "application/json"})
-    assert response.status_code == 500
-    assert response.text == captured["response"]["body"]
-    assert response.headers["content-type"] == captured["response"]["headers"]["Content-Type"]
-    assert response.headers["connection"] == "close"
-
-
-async def test_number_counts_every_post_and_client_prompt_id_is_kept(fake: FakeComfy, http: httpx.AsyncClient) -> None:
-    fake.hold = True
-    first = {"prompt": load_workflow("txt2img"), "client_id": "c1"}
-    chosen = envelope("post_prompt_200_client_chosen_prompt_id")["request"]["body"]
-    one = await http.post("/prompt", json=first)
-    rejected = await http.post("/prompt", json={"client_id": "x"})
-    two = await http.post("/prompt", json=chosen)
-    assert rejected.status_code == 400
-    assert one.json().keys() == envelope("post_prompt_200")["response"]["body"].keys()
-    assert (one.json()["number"], two.json()["number"]) == (0, 2)
-    assert two.json() == {"prompt_id": chosen["prompt_id"], "number": 2, "node_errors": {}}
-    assert fake.prompts == [first, chosen]
-    assert (await http.get("/prompt")).json() == {"exec_info": {"queue_remaining": 2}}
-    fake.hold = False
-    await fake.wait_idle_async()
-
-
-async def test_reject_next_answers_once_with_the_fixture_body(fake: FakeComfy, http: httpx.AsyncClient) -> None:
-    fake.reject_next = "unknown_ckpt_name"
-    body = {"prompt": load_workflow("txt2img")}
-    rejected = await http.post("/prompt", json=body)
-    captured = envelope("post_prompt_400_unknown_ckpt_name")["response"]["body"]
-    assert (rejected.status_code, rejected.json()) == (400, captured)
-    assert fake.reject_next is None and fake.prompts == []
-    accepted = await http.post("/prompt", json=body)
-    assert (accepted.status_code, accepted.json()["number"]) == (200, 1)
-    await fake.wait_idle_async()
-
-
-async def test_load_image_accepts_uploads_and_rejects_unknown_files(fake: FakeComfy, http: httpx.AsyncClient) -> None:
-    prompt = load_workflow("img2img")
-    before = await http.post("/prompt", json={"prompt": prompt})
-    assert before.status_code == 400
-    assert before.json()["node_errors"]["1"]["errors"] == [
-        {"type": "custom_validation_failed", "message": "Custom validation failed for node",
-         "details": "image - Invalid image file: protocol-test-input.png", "extra_info": {"input_name": "image"}}
-    ]
-    await upload_test_input(http, overwrite="true")
-    assert (await http.post("/prompt", json={"prompt": prompt})).status_code == 200
-    await fake.wait_idle_async()
 
 
 # --------------------------------------------------------------------------- runs vs transcripts
@@ -607,55 +323,6 @@ async def test_previews_can_be_switched_off(fake: FakeComfy, http: httpx.AsyncCl
         frames = await recv_until(ws, end_of(prompt_id))
     assert not [f for f in frames if isinstance(f, bytes)]
     assert [f["data"]["value"] for f in frames if isinstance(f, dict) and f["type"] == "progress"] == [1, 2, 3]
-
-
-# --------------------------------------------------------------------------- queue, history, files
-
-
-async def test_hold_front_and_history_order(fake: FakeComfy, http: httpx.AsyncClient) -> None:
-    fake.hold = True
-    ids = [await submit(http, {"prompt": with_seed(seed)}) for seed in (1, 2)]
-    ids.append(await submit(http, {"prompt": with_seed(3), "front": True}))
-    queue = (await http.get("/queue")).json()
-    assert queue["queue_running"] == [] and [item[1] for item in queue["queue_pending"]][0] == ids[2]
-    assert all(len(item) == 5 for item in queue["queue_pending"]) and queue["queue_pending"][0][0] == -2
-    with pytest.raises(TimeoutError):
-        fake.wait_idle(timeout=0.05)
-    fake.hold = False
-    await fake.wait_idle_async()
-    history = (await http.get("/history")).json()
-    assert list(history) == [ids[2], ids[0], ids[1]]
-    assert list((await http.get("/history", params={"max_items": 2})).json()) == [ids[0], ids[1]]
-    await http.post("/history", json={"delete": [ids[0]]})
-    assert list((await http.get("/history")).json()) == [ids[2], ids[1]]
-    assert (await http.post("/history", json={"clear": True})).content == b""
-    assert (await http.get("/history")).json() == {}
-
-
-async def test_batch_and_size_follow_the_graph_and_stay_cheap(fake: FakeComfy, http: httpx.AsyncClient) -> None:
-    prompt = load_workflow("txt2img")
-    prompt["5"]["inputs"].update(width=512, height=512, batch_size=4)
-    prompt["9"]["inputs"]["filename_prefix"] = "big/batch"
-    started = time.monotonic()
-    prompt_id = await run(http, fake, {"prompt": prompt})
-    assert time.monotonic() - started < 2
-    images = (await http.get(f"/history/{prompt_id}")).json()[prompt_id]["outputs"]["9"]["images"]
-    assert images == [{"filename": f"batch_{n:05}_.png", "subfolder": "big", "type": "output"} for n in range(1, 5)]
-    files = [(await http.get("/view", params=image)).content for image in images]
-    assert {png_size(data) for data in files} == {(512, 512)}
-    assert len(set(files)) == 4  # batch items are distinct files, not copies
-
-
-async def test_upload_naming_matches_the_captures(fake: FakeComfy, http: httpx.AsyncClient) -> None:
-    first = await upload_test_input(http, overwrite="true")
-    same = await upload_test_input(http)
-    different = await upload_test_input(http, data=b"\x89PNG different bytes")
-    for response, name in ((first, "upload_image"), (same, "upload_image_same_name_same_bytes"),
-                           (different, "upload_image_same_name_different_bytes")):
-        assert (response.status_code, response.json()) == (200, envelope(name)["response"]["body"])
-    assert sorted(fake.file_names("input")) == ["example.png", "protocol-test-input (1).png", "protocol-test-input.png"]
-    served = await http.get("/view", params={"filename": "protocol-test-input.png", "type": "input"})
-    assert served.content == (FIXTURES_DIR / "images" / "protocol-test-input.png").read_bytes()
 
 
 # --------------------------------------------------------------------------- process-level faults
