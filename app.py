@@ -15,7 +15,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import gradio as gr
@@ -89,12 +89,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="make a public Gradio link (same as SHARE=1)")
     parser.add_argument("--host", help="address to listen on (GRADIO_SERVER_NAME, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (GRADIO_SERVER_PORT, default 7860)")
+    parser.add_argument("--demo", action="store_true",
+                        help="run on the built-in demo backend, no ComfyUI or GPU needed (same as STUDIO_DEMO=1)")
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+def overrides_from(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, object]:
+    """Settings the command line (and the host: a Space) sets over the environment."""
+    on_spaces = bool(environ.get("SPACE_ID"))
     overrides: dict[str, object] = {}
     if args.share:
         overrides["share"] = True
@@ -102,8 +104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["server_name"] = args.host
     if args.port:
         overrides["server_port"] = args.port
-    if ON_SPACES and not args.host and "GRADIO_SERVER_NAME" not in os.environ:
+    if args.demo:
+        overrides["demo"] = True
+    if on_spaces and not any(environ.get(name) for name in ("COMFYUI_URL", "RUNPOD_ENDPOINT_ID", "STUDIO_DEMO")):
+        overrides["demo"] = True  # a Space nobody has connected yet: show the demo, and how to connect
+    if on_spaces and not args.host and "GRADIO_SERVER_NAME" not in environ:
         overrides["server_name"] = "0.0.0.0"  # a Space reaches the app through its own proxy
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    overrides = overrides_from(args, os.environ)
     try:
         settings = load_settings(**overrides)
         check_sharing(settings)
@@ -116,8 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.share:
         threading.Thread(target=_open_share_link, args=(server, settings.server_name, settings.server_port),
                          daemon=True).start()
+    backend = "the demo backend, no ComfyUI needed" if settings.demo else redact_url(settings.comfyui_urls[0])
     print(f"ComfyUI Studio on http://{settings.server_name}:{settings.server_port}  "
-          f"(backend {redact_url(settings.comfyui_urls[0])}; REST API docs at /docs)", flush=True)
+          f"(backend {backend}; REST API docs at /docs)", flush=True)
     server.run()
     return 0
 

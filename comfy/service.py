@@ -71,7 +71,7 @@ class BackendStatus:
     comfyui_version: str | None = None
     #: The name jobs record in ``job.backend`` (the redacted URL, or ``runpod:<endpoint id>``).
     name: str | None = None
-    #: ``comfyui`` (a ComfyUI server or pod) or ``runpod`` (RunPod Serverless).
+    #: ``comfyui`` (a ComfyUI server or pod), ``runpod`` (RunPod Serverless) or ``demo`` (the built-in demo).
     kind: str = "comfyui"
     #: ``up``, ``down`` or ``probing``; from ``reachable`` unless given.
     state: str | None = None
@@ -239,6 +239,7 @@ class Studio:
             elif isinstance(answer, BaseException):
                 raise answer
         infos += [p.last_info for p in pods if p not in asked and p.last_info is not None]
+        infos += [b.last_info for b in self.pool.backends if b.kind == "demo"]
         extra = self.settings.runpod_checkpoint_list or [] if self.settings.runpod_endpoint_id else []
         key = (tuple(id(info) for info in infos), tuple(extra))
         if self._merged is None or self._merged[0] != key:  # the same catalogues: the same union (and no write)
@@ -493,11 +494,15 @@ def _comfy_client(settings: Settings, url: str) -> ComfyClient:
 
 
 def _backends(settings: Settings, first: ComfyClient) -> list[Backend]:
-    """Each COMFYUI_URL (the first through ``first``), then the RunPod endpoint if one is set.
+    """Each COMFYUI_URL (the first through ``first``), then the RunPod endpoint if one is set (or the demo alone).
 
     Only the endpoint when RUNPOD_ENDPOINT_ID is set and COMFYUI_URL is not (its default would be a
     server that is not there).
     """
+    if settings.demo:  # the demo backend alone: nothing to reach, pictures drawn here
+        from comfy.backends.demo import DemoBackend
+
+        return [DemoBackend()]
     urls = list(dict.fromkeys(settings.comfyui_urls))
     if settings.runpod_endpoint_id and "comfyui_url" not in settings.model_fields_set:
         urls = []

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         description="Prompts kept queued on a backend at once; 2 keeps the GPU busy between jobs.",
     )
 
+    demo: bool = Field(
+        False, validation_alias=_env("STUDIO_DEMO", "demo"),
+        description="Run on the built-in demo backend: placeholder pictures drawn on the CPU, no ComfyUI needed.",
+    )
+
     # -- the studio's own state --------------------------------------------------------------------
     data_dir: Path = Field(Path("data"), validation_alias=_env("STUDIO_DATA_DIR", "data_dir"))
     max_attempts: int = Field(

@@ -55,7 +55,7 @@ def quick(studio: Studio) -> Studio:
     for backend in studio.pool.backends:
         if isinstance(backend, RunPodBackend):
             backend.poll_min, backend.poll_max, backend.api.backoff = 0.005, 0.03, 0.01
-        else:
+        elif backend.kind == "comfyui":
             backend.client.idle_check = 0.5
     return studio
 

@@ -20,6 +20,7 @@ from ui.handlers import FORM_FIELDS, Handlers
 __all__ = ["build_ui", "CSS", "HEAD"]
 
 CSS = """
+.studio-demo { font-size: 0.92em; padding: 8px 12px; border-radius: 8px; background: #fff7e0; color: #5c4400; border: 1px solid #f0d58a; }
 .studio-status { font-size: 0.9em; padding: 6px 10px; border-radius: 8px; }
 .studio-status .dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%; margin-right: 6px; }
 .studio-status.up .dot { background: #1f9d55; }
@@ -64,6 +65,8 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
         mode = gr.State("txt2img")
 
         gr.Markdown("## ComfyUI Studio")
+        if settings.demo:
+            gr.HTML(render.demo_banner(), elem_id="demo-banner")
         status = gr.HTML(elem_id="status")
         status_timer = gr.Timer(5.0)
 

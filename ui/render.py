@@ -72,6 +72,8 @@ def _backend_line(status: BackendStatus) -> str:
         reason = html.escape(status.error or "no answer")
         later = f" (down {status.down_for_s:.0f} s; asked again until it answers)" if status.down_for_s else ""
         return f"{name} · {reason}{later}"
+    if status.kind == "demo":
+        return f"{name} · demo backend: placeholder pictures drawn on the CPU, no GPU and no ComfyUI"
     if status.kind == "runpod":
         workers = f"{status.workers_running or 0} GPU workers busy, {status.workers_idle or 0} idle"
         what = f"RunPod Serverless · {workers} · {status.jobs_in_queue or 0} waiting there"
@@ -164,3 +166,13 @@ def job_summary(job: Job, position: int | None) -> str:
         timing.append(f"{job.attempts} attempts")
     lines.append(" · ".join(timing))
     return "\n\n".join(lines)
+
+
+def demo_banner() -> str:
+    """The line that says plainly the studio runs on the demo backend, and how to connect a real one."""
+    return ('<div class="studio-demo"><b>Demo</b>: no ComfyUI is connected, so the pictures are placeholders '
+            "drawn on the CPU (with real steps, previews, queue and history). To generate for real, set "
+            "<code>COMFYUI_URL</code> to your ComfyUI (a RunPod pod: "
+            "<code>https://&lt;pod-id&gt;-8188.proxy.runpod.net</code>), or <code>RUNPOD_ENDPOINT_ID</code> and "
+            "<code>RUNPOD_API_KEY</code> for RunPod Serverless (on a Space: <i>Settings → Variables and "
+            "secrets</i>), and restart.</div>")
