@@ -94,7 +94,7 @@ def check_sharing(settings: Settings) -> None:
         )
 
 
-def _open_share_link(server: uvicorn.Server, host: str, port: int) -> None:
+def _open_share_link(server: uvicorn.Server, host: str, port: int, who: str) -> None:
     from gradio import networking
 
     while not server.started:
@@ -105,7 +105,7 @@ def _open_share_link(server: uvicorn.Server, host: str, port: int) -> None:
     except Exception as exc:  # noqa: BLE001 - the local studio keeps running without the link
         logger.error("Could not create a share link (%s); the studio is still on http://%s:%s", exc, host, port)
         return
-    print(f"Public URL: {url}  (valid for up to a week; everyone needs the AUTH_USERS login)", flush=True)
+    print(f"Public URL: {url}  (valid for up to a week; {who})", flush=True)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -138,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = uvicorn.Server(uvicorn.Config(app, host=settings.server_name, port=settings.server_port,
                                            log_level="warning", ws="wsproto", timeout_graceful_shutdown=5))
     if settings.share:
-        threading.Thread(target=_open_share_link, args=(server, settings.server_name, settings.server_port),
+        who = ("everyone needs an AUTH_USERS login" if settings.users()
+               else "NO logins: anyone with the link can use the studio")
+        threading.Thread(target=_open_share_link, args=(server, settings.server_name, settings.server_port, who),
                          daemon=True).start()
     print(f"ComfyUI Studio on http://{settings.server_name}:{settings.server_port}  "
           f"(backend {redact_url(settings.comfyui_urls[0])}; REST API docs at /docs)", flush=True)
