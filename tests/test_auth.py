@@ -85,3 +85,19 @@ async def test_the_page_login_never_blocks_the_event_loop(tmp_path: Path, fake_c
         assert released == [True]
         ok = await http.post("/login/", data={"username": "ann", "password": "pw1"})
         assert ok.status_code == 200 and ok.json() == {"success": True}
+
+
+@pytest.mark.parametrize(("given", "says", "never"), [
+    ({}, ["open to anyone"], ["needs"]),
+    ({"api_keys": "k1,k2"}, ["page is OPEN", "2 API key(s) as Bearer"], ["HTTP Basic"]),
+    ({"auth_users": "ann:pw1"}, ["page needs a login (1 user(s)", "the same logins as HTTP Basic"], ["OPEN", "Bearer"]),
+    ({"auth_users": "ann:pw1", "api_keys": "k1"}, ["1 API key(s) as Bearer or the same logins as HTTP Basic"],
+     ["OPEN"]),
+])
+def test_the_start_up_line_says_what_is_protected(tmp_path: Path, given: dict, says: list[str],
+                                                  never: list[str]) -> None:
+    from app import protection
+
+    line = protection(make_settings(tmp_path, "http://127.0.0.1:1", **given))
+    assert all(words in line for words in says) and not any(words in line for words in never), line
+    assert "pw1" not in line and "k1" not in line and "ann" not in line
