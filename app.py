@@ -21,11 +21,13 @@ from pathlib import Path
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
+from starlette.routing import Mount
 
 from api.app import create_api
 from comfy import ConfigError, Settings, Studio, load_settings, redact_url
 from comfy.auth import PasswordChecker
 from ui import CSS, HEAD, build_ui, outputs_paths
+from ui.files import OwnedFiles, page_user
 
 logger = logging.getLogger("comfyui_studio")
 
@@ -43,18 +45,40 @@ def browser_secret(settings: Settings) -> str:
 
 
 def create_app(settings: Settings, *, studio: Studio | None = None) -> FastAPI:
-    """The FastAPI app: REST API routes, with the Gradio page mounted at /."""
+    """The FastAPI app: REST API routes, with the Gradio page mounted at /.
+
+    One :class:`PasswordChecker` serves both doors: the page's login form and HTTP Basic on the REST API,
+    so a user is the same owner of the same jobs on both.
+    """
     studio = studio or Studio(settings)
-    api = create_api(studio, settings)
     users = settings.users()
+    passwords = PasswordChecker(users) if users else None
+    api = create_api(studio, settings, passwords=passwords)
     blocks = build_ui(studio, settings, auth_on=bool(users), browser_secret=browser_secret(settings))
     blocks.queue(default_concurrency_limit=8)
-    return gr.mount_gradio_app(
-        api, blocks, path="/", auth=PasswordChecker(users) if users else None,
+    # Gradio awaits an async auth function: the password hash runs in the checker's threads, off the loop.
+    app = gr.mount_gradio_app(
+        api, blocks, path="/", auth=passwords.check if passwords else None,
         auth_message="Log in to ComfyUI Studio." if users else None,
         allowed_paths=outputs_paths(settings), css=CSS, head=HEAD, footer_links=["api", "gradio", "settings"],
         server_name=settings.server_name, server_port=settings.server_port,
     )
+    if users:
+        page = next(route.app for route in app.routes if isinstance(route, Mount) and route.app is not api)
+        app.add_middleware(OwnedFiles, studio=studio, user_of=page_user(page))
+    return app
+
+
+def protection(settings: Settings) -> str:
+    """What the start-up line says is guarded, and by what (no secrets: counts, not names)."""
+    users, keys = settings.users(), settings.keys()
+    if not users and not keys:
+        return "no logins and no API keys: the page and the REST API are open to anyone who can reach this address"
+    page = (f"the page needs a login ({len(users)} user(s) in AUTH_USERS; each sees only their own jobs)" if users
+            else "the page is OPEN (no AUTH_USERS): anyone who reaches it sees and cancels every page job")
+    ways = ([f"{len(keys)} API key(s) as Bearer"] if keys else []) + (["the same logins as HTTP Basic"] if users else [])
+    return (f"{page}; the REST API needs {' or '.join(ways)}, each seeing only its own jobs; "
+            "open: /healthz, /readyz, /health, /metrics, /docs (no prompts, no user data)")
 
 
 def check_sharing(settings: Settings) -> None:
@@ -70,7 +94,7 @@ def check_sharing(settings: Settings) -> None:
         )
 
 
-def _open_share_link(server: uvicorn.Server, host: str, port: int) -> None:
+def _open_share_link(server: uvicorn.Server, host: str, port: int, who: str) -> None:
     from gradio import networking
 
     while not server.started:
@@ -81,7 +105,7 @@ def _open_share_link(server: uvicorn.Server, host: str, port: int) -> None:
     except Exception as exc:  # noqa: BLE001 - the local studio keeps running without the link
         logger.error("Could not create a share link (%s); the studio is still on http://%s:%s", exc, host, port)
         return
-    print(f"Public URL: {url}  (valid for up to a week; everyone needs the AUTH_USERS login)", flush=True)
+    print(f"Public URL: {url}  (valid for up to a week; {who})", flush=True)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -127,11 +151,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = uvicorn.Server(uvicorn.Config(app, host=settings.server_name, port=settings.server_port,
                                            log_level="warning", ws="wsproto", timeout_graceful_shutdown=5))
     if settings.share:
-        threading.Thread(target=_open_share_link, args=(server, settings.server_name, settings.server_port),
+        who = ("everyone needs an AUTH_USERS login" if settings.users()
+               else "NO logins: anyone with the link can use the studio")
+        threading.Thread(target=_open_share_link, args=(server, settings.server_name, settings.server_port, who),
                          daemon=True).start()
     backend = "the demo backend, no ComfyUI needed" if settings.demo else redact_url(settings.comfyui_urls[0])
     print(f"ComfyUI Studio on http://{settings.server_name}:{settings.server_port}  "
           f"(backend {backend}; REST API docs at /docs)", flush=True)
+    print(f"Protected: {protection(settings)}", flush=True)
     server.run()
     return 0
 

@@ -35,6 +35,7 @@ from api.jobs import jobs_router
 from api.metrics import CONTENT_TYPE, HttpMetricsMiddleware, StudioMetrics
 from api.models import API_PREFIX, BackendOut, ErrorResponse, HealthOut, ModelsOut, ReadyOut, StorageOut, WorkerOut
 from api.stream import stream_router
+from comfy.auth import PasswordChecker
 from comfy.errors import ComfyError
 from comfy.service import BackendStatus, Studio
 from comfy.settings import Settings
@@ -48,16 +49,18 @@ DESCRIPTION = """
 Scripts and services use ComfyUI Studio the way artists do: the same queue, the same models, the
 same outputs as the studio UI served at `/`.
 
-**Keys.** When `API_KEYS` is set (comma-separated), every `/api/v1` route, `/models` and
-`/ws/jobs/{id}` need `Authorization: Bearer <key>`; each key sees only its own jobs, and its
-idempotency keys are its own. `/healthz`, `/readyz`, `/health`, `/metrics` and these docs stay open.
-The studio UI's logins (`AUTH_USERS`) are separate: they guard the UI, not the API.
+**Keys and logins.** When `API_KEYS` (comma-separated) or `AUTH_USERS` (the studio page's logins) is
+set, every `/api/v1` route, `/models`, the event streams and `/ws/jobs/{id}` need credentials:
+`Authorization: Bearer <key>` for a key, or HTTP Basic (`Authorization: Basic <base64 of user:password>`)
+for a login. Each key and each login sees only its own jobs (404 for anyone else's), and its idempotency
+keys are its own; a login sees the same jobs as that user on the page. `/healthz`, `/readyz`, `/health`,
+`/metrics` and these docs stay open; they carry no prompts and no user data.
 
 **Limits.** `STUDIO_RATE_LIMIT_PER_MINUTE` requests a minute per key (per client IP on an open API;
 0 = off) → 429 with `Retry-After`. Bodies over `STUDIO_MAX_REQUEST_BYTES` → 413.
 
 **Errors** are always `{"error": {"code", "message"}}`, plus `field` when one field is to blame:
-400 the studio refused the parameters, 401 no or wrong key, 404 no such job or route, 409 idempotency
+400 the studio refused the parameters, 401 no or wrong key or login, 404 no such job or route, 409 idempotency
 key reused with another body (or nothing left to cancel), 413 too large, 422 malformed request,
 429 rate limited, 502 ComfyUI failed the job, 503 ComfyUI (or our storage) unavailable, 504 timed out.
 
@@ -68,13 +71,14 @@ _OPEN = ["/healthz", "/readyz", "/health", "/metrics"]
 
 
 def create_api(studio: Studio, settings: Settings, *, manage_studio: bool = True,
-               keepalive: float = 15.0) -> FastAPI:
+               keepalive: float = 15.0, passwords: PasswordChecker | None = None) -> FastAPI:
     """The REST API for ``studio``. With ``manage_studio`` the app's lifespan starts and closes the studio.
 
-    ``keepalive`` is the idle time between keep-alive messages on event streams (seconds).
+    ``keepalive`` is the idle time between keep-alive messages on event streams (seconds); ``passwords``
+    checks ``AUTH_USERS`` logins (give the page's checker to share its remembered logins).
     """
     scrub = Scrubber(_secrets(settings))
-    ctx = ApiContext(studio, settings, Guard(settings), scrub, keepalive=keepalive)
+    ctx = ApiContext(studio, settings, Guard(settings, passwords=passwords), scrub, keepalive=keepalive)
     metrics = StudioMetrics(studio)
 
     @contextlib.asynccontextmanager

@@ -1,19 +1,23 @@
-"""Who is calling, may they, and how much: API keys, the per-caller rate limit, the request size limit.
+"""Who is calling, may they, and how much: API keys and logins, the per-caller rate limit, the size limit.
 
-* **Keys.** With ``API_KEYS`` set, every ``/api/v1`` route, ``/models`` and ``/ws/jobs/{id}`` need
-  ``Authorization: Bearer <key>`` (401 otherwise). Keys are compared in constant time, each against
-  every configured key. A caller is known by a stable id derived from its key (``key:`` + 16 hex of
-  its sha256), never by the key: that id owns the caller's jobs and scopes its idempotency keys.
-  Health, readiness and metrics stay open, as orchestrators and scrapers call them without a key.
+* **Who.** With ``API_KEYS`` or ``AUTH_USERS`` set, every ``/api/v1`` route, ``/models`` and
+  ``/ws/jobs/{id}`` need credentials (401 otherwise): ``Authorization: Bearer <key>`` for a key, or
+  ``Authorization: Basic <base64 user:password>`` for a login of ``AUTH_USERS`` (the page's logins).
+  Keys are compared in constant time, each against every configured key; passwords are checked off the
+  event loop by :class:`comfy.auth.PasswordChecker`. A key's caller is known by a stable id (``key:`` +
+  16 hex of the key's sha256), never by the key; a login's caller by the user name, the same owner the
+  page gives that user's jobs, so both doors show a user the same jobs. That id owns the caller's jobs
+  and scopes its idempotency keys. Liveness, readiness, status and metrics stay open (orchestrators and
+  scrapers call them without credentials); they carry no prompts and no user data.
 * **Rate limit.** A token bucket per caller id (per client IP when the API is open, and for requests
-  whose key is wrong, so guessing keys is slow too): ``STUDIO_RATE_LIMIT_PER_MINUTE``, 0 = off; 429
+  whose credentials are wrong, so guessing is slow too): ``STUDIO_RATE_LIMIT_PER_MINUTE``, 0 = off; 429
   with ``Retry-After`` (whole seconds).
 * **Size.** ``STUDIO_MAX_REQUEST_BYTES`` per request body under ``/api/``: 413 when ``Content-Length``
   says so, or as soon as a streamed (chunked) body passes it. The UI's own routes keep Gradio's limits.
 """
-
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import math
@@ -22,15 +26,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from api.errors import ApiError, BodyTooLarge, Scrubber, error_response
 from api.ratelimit import TokenBucket
+from comfy.auth import PasswordChecker
 from comfy.service import Studio
 from comfy.settings import Settings
 
-__all__ = ["ApiContext", "BodyLimitMiddleware", "Caller", "Guard", "bearer", "key_id"]
+__all__ = ["ApiContext", "BodyLimitMiddleware", "Caller", "Guard", "basic", "bearer", "key_id"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -40,6 +45,11 @@ Send = Callable[[Message], Awaitable[None]]
 #: Only for the OpenAPI document (the padlock in /docs); :class:`Guard` reads the header itself.
 bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
                     description="An API key from API_KEYS. Required only when API_KEYS is set.")
+basic = HTTPBasic(auto_error=False, scheme_name="Login", realm="ComfyUI Studio",
+                  description="A studio login from AUTH_USERS (the page's user name and password).")
+
+#: Longest decoded ``user:password`` looked at (a password check costs ~0.3 s; a novel gets a 401 at once).
+_MAX_LOGIN = 1024
 
 
 def key_id(key: str) -> str:
@@ -51,49 +61,87 @@ def key_id(key: str) -> str:
 class Caller:
     """An authenticated (or, on an open API, anonymous) caller."""
 
-    #: Owner of the caller's jobs: the key's id, or None on an open API (jobs are shared then).
+    #: Owner of the caller's jobs: the key's id or the login's user name; None on an open API (shared jobs).
     owner: str | None
     #: What the rate limit counts against.
     bucket: str
 
 
 class Guard:
-    """Checks one request: key first, then the rate limit. Raises :class:`ApiError` (401 / 429)."""
+    """Checks one request: credentials first, then the rate limit. Raises :class:`ApiError` (401 / 429)."""
 
-    def __init__(self, settings: Settings, limiter: TokenBucket | None = None) -> None:
+    def __init__(self, settings: Settings, limiter: TokenBucket | None = None,
+                 passwords: PasswordChecker | None = None) -> None:
         self._keys = [(key.encode(), key_id(key)) for key in settings.keys()]
+        users = settings.users()
+        self.passwords = passwords if passwords is not None else (PasswordChecker(users) if users else None)
         self.limiter = limiter or TokenBucket(settings.rate_limit_per_minute)
 
     @property
     def open(self) -> bool:
-        return not self._keys
+        return not self._keys and self.passwords is None
 
-    def check(self, conn: HTTPConnection) -> Caller:
+    async def check(self, conn: HTTPConnection) -> Caller:
         if self.open:
             caller = Caller(owner=None, bucket=_ip_bucket(conn))
         else:
-            owner = self._owner(conn)
+            owner = await self._owner(conn)
             caller = Caller(owner=owner, bucket=owner)
         self._limit(caller.bucket)
         return caller
 
-    def _owner(self, conn: HTTPConnection) -> str:
+    def _challenge(self, error: str | None = None) -> dict[str, str]:
+        schemes = []
+        if self._keys:
+            schemes.append("Bearer" + (f' error="{error}"' if error else ""))
+        if self.passwords is not None:
+            schemes.append('Basic realm="ComfyUI Studio", charset="UTF-8"')
+        return {"WWW-Authenticate": ", ".join(schemes)}
+
+    def _refuse(self, conn: HTTPConnection, message: str, error: str | None = None) -> ApiError:
+        self._limit(_ip_bucket(conn))  # wrong credentials count against the address: guessing is slow
+        return ApiError(401, "unauthorized", message, headers=self._challenge(error))
+
+    def _needs(self) -> str:
+        ways = []
+        if self._keys:
+            ways.append("a key as 'Authorization: Bearer <key>'")
+        if self.passwords is not None:
+            ways.append("a studio login as HTTP Basic ('Authorization: Basic <base64 of user:password>')")
+        return "This API needs " + " or ".join(ways) + "."
+
+    async def _owner(self, conn: HTTPConnection) -> str:
         scheme, _, token = conn.headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            self._limit(_ip_bucket(conn))
-            raise ApiError(401, "unauthorized", "This API needs a key: send the header 'Authorization: Bearer <key>'.",
-                           headers={"WWW-Authenticate": "Bearer"})
+        scheme, token = scheme.lower(), token.strip()
+        if scheme == "bearer" and token and self._keys:
+            return self._key_owner(conn, token)
+        if scheme == "basic" and token and self.passwords is not None:
+            return await self._login_owner(conn, token)
+        raise self._refuse(conn, self._needs())
+
+    def _key_owner(self, conn: HTTPConnection, token: str) -> str:
         given = token.encode()
         found = None
         for key, ident in self._keys:  # every key is compared, so timing says nothing about which matched
             if hmac.compare_digest(given, key):
                 found = ident
         if found is None:
-            self._limit(_ip_bucket(conn))
-            raise ApiError(401, "unauthorized", "The API key is not valid.",
-                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise self._refuse(conn, "The API key is not valid.", "invalid_token")
         return found
+
+    async def _login_owner(self, conn: HTTPConnection, token: str) -> str:
+        assert self.passwords is not None
+        try:
+            decoded = base64.b64decode(token, validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            decoded = ""
+        username, sep, password = decoded.partition(":")
+        if not sep or len(decoded) > _MAX_LOGIN:
+            raise self._refuse(conn, "Send HTTP Basic credentials as base64 of 'user:password'.")
+        username = username.strip()  # as the page's login form does
+        if not await self.passwords.check(username, password):
+            raise self._refuse(conn, "The user name or password is not valid.")
+        return username
 
     def _limit(self, bucket: str) -> None:
         wait = self.limiter.acquire(bucket)
@@ -117,12 +165,13 @@ class ApiContext:
     keepalive: float = 15.0
 
     async def caller(self, request: Request,
-                     _credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> Caller:
+                     _credentials: HTTPAuthorizationCredentials | None = Security(bearer),
+                     _login: HTTPBasicCredentials | None = Security(basic)) -> Caller:
         """FastAPI dependency: the checked caller of this request."""
-        return self.guard.check(request)
+        return await self.guard.check(request)
 
     def may_see(self, caller: Caller, job_owner: str | None) -> bool:
-        """Keys see only their own jobs; an open API shows every job."""
+        """Keys and logins see only their own jobs; an open API shows every job."""
         return self.guard.open or caller.owner == job_owner
 
 

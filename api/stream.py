@@ -144,7 +144,7 @@ def stream_router(ctx: ApiContext) -> APIRouter:
     async def job_socket(websocket: WebSocket, job_id: str, previews: Previews = "base64") -> None:
         """The same messages as the event stream, as JSON text frames; closed (1000) after the final one."""
         try:
-            caller = ctx.guard.check(websocket)
+            caller = await ctx.guard.check(websocket)
             job = visible_job(ctx, caller, job_id)
         except ApiError as exc:
             await _deny(websocket, exc.status, exc.code, exc.message, exc.headers)

@@ -145,3 +145,36 @@ def test_a_pool_of_a_pod_and_runpod_serverless_in_the_browser(browser, tmp_path:
         expect(status).to_contain_text("1 of 2 backends up", timeout=30_000)
         expect(status.locator("li.down")).to_contain_text(pod.url)
         _shot(page, "07-pool-one-down")
+
+
+@pytest.mark.slow
+def test_with_logins_each_user_sees_only_their_own_work_in_the_browser(browser, tmp_path: Path) -> None:
+    expect = sync_api.expect
+    with FakeComfy(step_time=0.05, node_time=0.01) as fake, \
+            running_app(fake.url, tmp_path / "data", AUTH_USERS="ann:pw1,bob:pw2") as url:
+
+        def log_in(user: str, password: str):
+            page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            page.goto(url)
+            page.get_by_label("username").fill(user)
+            page.get_by_label("password").fill(password)
+            page.get_by_role("button", name="Login").click()
+            expect(page.locator("#status")).to_contain_text("Connected", timeout=30_000)
+            return page
+
+        ann = log_in("ann", "pw1")
+        ann.locator("#prompt textarea").fill("ann's lighthouse")
+        ann.locator("#generate-btn").click()
+        gallery_img = ann.locator("#gallery img").first
+        expect(gallery_img).to_be_visible(timeout=60_000)  # her own images reach her browser
+        assert gallery_img.evaluate("img => img.naturalWidth") > 0
+        ann.get_by_role("tab", name="Queue & history").click()
+        expect(ann.locator("#jobs-table")).to_contain_text("ann's lighthouse", timeout=30_000)
+        _shot(ann, "08-logins-ann")
+
+        bob = log_in("bob", "pw2")
+        bob.get_by_role("tab", name="Queue & history").click()
+        bob.wait_for_timeout(2500)  # a refresh of the history table
+        assert "lighthouse" not in bob.locator("#jobs-table").inner_text()
+        assert bob.locator("#gallery img").count() == 0
+        _shot(bob, "09-logins-bob")

@@ -104,8 +104,49 @@ async def test_with_logins_users_see_only_their_jobs(studio: Studio) -> None:
     watched, _ = await h.generate("txt2img", None, *form(batch_count=1), request=ann)
     assert h.history("all", None, bob)[0] == []
     assert h.history("all", None, ann)[0][0][0] == watched[0]
-    with pytest.raises(gr.Error, match="someone else"):
+    with pytest.raises(gr.Error, match="No job with id"):
         h.cancel_job(watched[0], bob)
+
+
+async def test_with_logins_a_job_id_alone_gives_no_one_else_s_job(studio: Studio, fake_comfy: FakeComfy) -> None:
+    """Bob knows Ann's job id and even her page's session hash: he can neither follow nor stop her job."""
+    fake_comfy.hold = True
+    h = Handlers(studio, auth_on=True)
+    ann, bob = request("ann", "shared-hash"), request("bob", "shared-hash")
+    watched, _ = await h.generate("txt2img", None, *form(batch_count=1), request=ann)
+    assert h.restore_jobs(watched, bob) == []  # a reload with her ids in his browser storage
+    assert h.watched(ann) == watched  # and her page still follows them
+    first = await anext(aiter(h.watch(bob)))
+    assert watched[0] not in first[0]
+    h.stop(bob)
+    for call in (h.job_detail, h.cancel_job, h.move_to_front, h.reuse_settings, h.send_to_img2img):
+        with pytest.raises(gr.Error, match="No job with id"):
+            call(watched[0], bob)
+    with pytest.raises(gr.Error, match="No job with id"):
+        h.api_cancel(watched[0], bob)
+    with pytest.raises(gr.Error, match="No job with id"):
+        await anext(aiter(h.api_job_status(watched[0], bob)))
+    assert studio.job(watched[0]).state is JobState.QUEUED
+    assert h.restore_jobs(watched, ann) == watched
+    fake_comfy.hold = False
+    assert (await studio.wait(watched[0], timeout=30)).state is JobState.SUCCEEDED
+
+
+async def test_with_logins_saved_workflows_are_each_user_s_own(studio: Studio) -> None:
+    h = Handlers(studio, auth_on=True)
+    ann, bob = request("ann"), request("bob")
+    shared = await h.load_workflow(str(COMFY / "workflows" / "txt2img_api.json"), None, None, request())
+    studio.library.save("house style", shared["graph"])  # saved before logins were turned on
+    mine = {**shared, "graph": {**shared["graph"], "6": {**shared["graph"]["6"], "inputs": {
+        **shared["graph"]["6"]["inputs"], "text": "ann's prompt"}}}}
+    h.save_workflow(mine, "portrait", ann)
+    h.save_workflow(shared, "portrait", bob)  # the same name: his own, not over hers
+    h.save_workflow(shared, "house style", bob)
+    assert (await h.load_workflow(None, None, "portrait", ann))["graph"]["6"]["inputs"]["text"] == "ann's prompt"
+    assert (await h.load_workflow(None, None, "portrait", bob))["graph"] == shared["graph"]
+    assert studio.library.load("house style") == shared["graph"]
+    assert h.saved_workflows(ann)["choices"] == ["house style", "portrait"]
+    assert studio.library.names() == ["house style"]
 
 
 def test_png_info_reads_all_three_kinds(tmp_path: Path) -> None:

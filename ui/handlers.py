@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import io
 import logging
@@ -20,7 +21,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from comfy import ComfyError, GenerationParams, Job, JobEvent, JobState, Studio, WorkflowError
+from comfy import ComfyError, GenerationParams, Job, JobEvent, JobNotFound, JobState, Studio, WorkflowError
 from comfy import graph as workflows
 from comfy.graph.pnginfo import read_png_info
 from ui import render
@@ -69,7 +70,12 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _owner(request: gr.Request | None, auth_on: bool) -> str | None:
     """With logins on, each user has their own jobs; without, the studio is one shared workspace."""
-    return getattr(request, "username", None) if auth_on else None
+    if not auth_on:
+        return None
+    username = getattr(request, "username", None)
+    if not username:  # Gradio lets no one in without a login; refuse rather than fall back to "shared"
+        raise gr.Error("Log in first: this studio has logins.")
+    return username
 
 
 def _decode_data_url(value: str) -> bytes:
@@ -88,8 +94,9 @@ class Handlers:
     def __init__(self, studio: Studio, *, auth_on: bool = False) -> None:
         self.studio = studio
         self.auth_on = auth_on
-        #: session hash -> job ids that page follows (the newest batch and what is still running).
-        self._watched: dict[str, list[str]] = {}
+        #: (user, session hash) -> job ids that page follows (the newest batch and what is still running).
+        #: The user is part of the key: a session hash comes from the browser, anyone can send another's.
+        self._watched: dict[tuple[str | None, str], list[str]] = {}
 
     # -- models and status ------------------------------------------------------------------------
 
@@ -163,16 +170,28 @@ class Handlers:
         gr.Info(f"Queued {len(jobs)} job(s)" + (f", seed {jobs[0].params['seed']}" if jobs else "") + ".")
         return self.watched(request), int(jobs[0].params["seed"])
 
+    def _session(self, request: gr.Request | None) -> tuple[str | None, str]:
+        return _owner(request, self.auth_on), getattr(request, "session_hash", None) or "default"
+
     def _watch(self, request: gr.Request | None, job_ids: list[str]) -> None:
-        key = getattr(request, "session_hash", None) or "default"
+        key = self._session(request)
         keep = [i for i in self._watched.get(key, []) if not self._final(i)]
         self._watched[key] = (keep + [i for i in job_ids if i not in keep])[-WATCH_LIMIT:]
 
     def watched(self, request: gr.Request | None) -> list[str]:
-        return list(self._watched.get(getattr(request, "session_hash", None) or "default", []))
+        return list(self._watched.get(self._session(request), []))
 
     def forget_session(self, request: gr.Request) -> None:
-        self._watched.pop(getattr(request, "session_hash", None) or "default", None)
+        with contextlib.suppress(gr.Error):
+            self._watched.pop(self._session(request), None)
+
+    def _mine(self, job_ids: list[str], request: gr.Request | None) -> list[Job]:
+        """The jobs among ``job_ids`` that exist and the caller may see, in order."""
+        found = []
+        for job_id in job_ids:
+            with contextlib.suppress(ComfyError):
+                found.append(self._own(job_id, request))
+        return found
 
     def _final(self, job_id: str) -> bool:
         try:
@@ -184,24 +203,17 @@ class Handlers:
     def stop(self, request: gr.Request) -> None:
         """Cancel this page's unfinished jobs; the running one is interrupted on ComfyUI as well."""
         stopped = 0
-        for job_id in self.watched(request):
-            job = self.studio.job(job_id)
+        for job in self._mine(self.watched(request), request):
             if not job.state.is_final:
-                self.studio.cancel(job_id)
+                self.studio.cancel(job.id)
                 stopped += 1
         gr.Info(f"Stopping {stopped} job(s)." if stopped else "Nothing is running.")
 
     def restore_jobs(self, stored: list[str] | None, request: gr.Request) -> list[str]:
-        """After a reload: follow again the jobs this browser was following."""
-        known = []
-        for job_id in stored or []:
-            try:
-                self.studio.job(job_id)
-                known.append(job_id)
-            except ComfyError:
-                continue
-        key = getattr(request, "session_hash", None) or "default"
-        self._watched[key] = known[-WATCH_LIMIT:]
+        """After a reload: follow again the jobs this browser was following (those of this user)."""
+        ids = [i for i in (stored or []) if isinstance(i, str)][-WATCH_LIMIT:]
+        known = [job.id for job in self._mine(ids, request)]
+        self._watched[self._session(request)] = known
         return self.watched(request)
 
     async def watch(self, request: gr.Request) -> AsyncIterator[tuple[str, Any, list[Any]]]:
@@ -211,8 +223,8 @@ class Handlers:
         preview: Image.Image | None = None
         try:
             while True:
-                ids = self.watched(request)
-                jobs = [self.studio.job(i) for i in ids]
+                jobs = self._mine(self.watched(request), request)
+                ids = [job.id for job in jobs]
                 yield self._render_watch(jobs, live, preview)
                 if all(job.state.is_final for job in jobs):
                     return
@@ -260,11 +272,12 @@ class Handlers:
                   if (images := self.images(job))]
         return render.job_rows(page.jobs, positions), thumbs, page.next_cursor
 
-    def _own(self, job_id: str, request: gr.Request) -> Job:
-        job = self.studio.job(job_id)
+    def _own(self, job_id: str, request: gr.Request | None) -> Job:
+        """The job if the caller may see it; another user's job is "not found", as on the REST API."""
         owner = _owner(request, self.auth_on)
-        if owner is not None and job.owner != owner:
-            raise WorkflowError("That job belongs to someone else.", field="job")
+        job = self.studio.job(job_id)
+        if self.auth_on and job.owner != owner:
+            raise JobNotFound(job_id)
         return job
 
     @friendly
@@ -341,8 +354,13 @@ class Handlers:
 
     # -- workflows --------------------------------------------------------------------------------
 
+    def saved_workflows(self, request: gr.Request) -> Any:
+        """The saved-workflows list of this user (their own and the shared ones)."""
+        return gr.update(choices=self.studio.library.names(_owner(request, self.auth_on)))
+
     @friendly
-    async def load_workflow(self, file: str | None, pasted: str | None, saved: str | None) -> dict[str, Any]:
+    async def load_workflow(self, file: str | None, pasted: str | None, saved: str | None,
+                            request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]
         """Parse a workflow (file, pasted JSON or a saved one) and discover its editable inputs."""
         if file:
             data = Path(file).read_bytes()
@@ -351,7 +369,7 @@ class Handlers:
         elif pasted and pasted.strip():
             graph, name = workflows.parse_workflow(pasted), "pasted workflow"
         elif saved:
-            graph, name = self.studio.library.load(saved), saved
+            graph, name = self.studio.library.load(saved, _owner(request, self.auth_on)), saved
         else:
             raise WorkflowError("Choose a workflow file, paste its JSON, or pick a saved one.", field="workflow")
         info = await self.studio.object_info()
@@ -361,12 +379,14 @@ class Handlers:
         return {"name": name, "graph": graph, "inputs": [_input_dict(i) for i in inputs]}
 
     @friendly
-    def save_workflow(self, loaded: dict[str, Any] | None, name: str) -> Any:
+    def save_workflow(self, loaded: dict[str, Any] | None, name: str,
+                      request: gr.Request = None) -> Any:  # type: ignore[assignment]
         if not loaded:
             raise WorkflowError("Load a workflow first.", field="workflow")
-        saved = self.studio.library.save(name or loaded["name"], loaded["graph"])
+        owner = _owner(request, self.auth_on)  # with logins, into this user's own library only
+        saved = self.studio.library.save(name or loaded["name"], loaded["graph"], owner)
         gr.Info(f"Saved as {saved!r}.")
-        return gr.update(choices=self.studio.library.names(), value=saved)
+        return gr.update(choices=self.studio.library.names(owner), value=saved)
 
     @friendly
     async def run_workflow(self, loaded: dict[str, Any] | None, values: list[Any], request: gr.Request) -> list[str]:

@@ -200,6 +200,7 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
             h.watch, None, [progress, preview, gallery], **watch_kwargs)
         demo.load(h.restore_form, [form_store, *form], form, **private)
         demo.load(h.status, None, status, **private)
+        demo.load(h.saved_workflows, None, wf_saved, **private)
         demo.unload(h.forget_session)
         status_timer.tick(h.status, None, status, show_progress="hidden", **private)
         gr.on([c.change for c in form], lambda *values: dict(zip(FORM_FIELDS, values)), form, form_store,
