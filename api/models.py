@@ -197,7 +197,8 @@ class ModelsOut(BaseModel):
 class BackendOut(BaseModel):
     url: str = Field(description="The ComfyUI URL (or RunPod endpoint URL) without credentials or query.")
     name: str | None = Field(None, description="What jobs record as their backend: the URL, or runpod:<endpoint>.")
-    kind: Literal["comfyui", "runpod"] = Field("comfyui", description="A ComfyUI server, or RunPod Serverless.")
+    kind: Literal["comfyui", "runpod", "demo"] = Field(
+        "comfyui", description="A ComfyUI server, RunPod Serverless, or the built-in demo backend.")
     state: Literal["up", "down", "probing"] = Field(
         "up", description="down: marked down by the pool (its jobs go elsewhere); probing: being asked again.")
     reachable: bool

@@ -90,3 +90,12 @@ def test_the_page_says_plainly_it_is_a_demo(tmp_path) -> None:
 
     banner = render.demo_banner()
     assert "Demo" in banner and "COMFYUI_URL" in banner and "placeholders" in banner
+
+
+async def test_health_lists_the_demo_backend(tmp_path) -> None:
+    from tests.api_support import running_api
+
+    async with running_api(demo_settings(tmp_path), manage_studio=True) as api:
+        health = await api.http.get("/health")
+        assert health.status_code == 200, health.text
+        assert [b["kind"] for b in health.json()["backends"]] == ["demo"]
