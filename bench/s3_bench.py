@@ -37,7 +37,7 @@ from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402
 from comfy.storage.local import LocalStore  # noqa: E402
 from comfy.storage.s3 import S3Store, make_s3_client  # noqa: E402
-from comfy.storage.uploader import Uploader
+from comfy.storage.uploader import Uploader  # noqa: E402
 from tests.fakes.comfyui import FakeComfy  # noqa: E402
 
 BUCKET = "bench"

@@ -3,8 +3,8 @@
 Rooms by concept: ``jobs`` (the persistent queue, the worker, job events), ``backends`` (where a job runs:
 ComfyUI servers, RunPod Serverless, a pool), ``graph`` (workflows, parameters, object_info, PNG metadata),
 ``storage`` (local files, S3, the upload backlog, saved workflows). ``service.Studio`` is the facade the
-doors call. The doors (``ui/``, ``api/``) use what is exported here; the engine imports neither of them,
-nor any web framework.
+doors call. The doors (``ui/``, ``api/``) and the CLI import from here and from the rooms; the engine
+imports neither door, nor any web framework (tests/test_structure.py checks what each room may import).
 """
 
 from comfy.backends.base import Backend, BackendHealth

@@ -8,11 +8,11 @@
     │   ├── ServerTimeout           a request or a run took too long             [retryable]
     │   │   └── JobTimedOut         the job ran past STUDIO_JOB_TIMEOUT and was stopped  [not retryable]
     │   ├── PromptRejected          400 from /prompt; .problems are sentences    [not retryable]
-    │   │   └── RequestTooLarge     RunPod refused a body over 10 MB; in comfy.backends.runpod
+    │   │   └── RequestTooLarge     RunPod refused a body over 10 MB; in comfy.backends.runpod_client
     │   ├── ExecutionFailed         execution_error; .node_id, .node_type, ...   [not retryable]
     │   ├── ExecutionInterrupted    execution_interrupted (a cancel or someone else's interrupt)
     │   ├── PromptLost              the server no longer knows a prompt (it restarted)  [retryable]
-    │   ├── RunExpired              RunPod Serverless forgot the run (404); in comfy.backends.runpod  [retryable]
+    │   ├── RunExpired              RunPod Serverless forgot the run (404); in comfy.backends.runpod_client  [retryable]
     │   └── ProtocolError           a frame or body we did not expect            [retryable]
     ├── QueueError                  the job queue refused an operation
     │   ├── JobNotFound             no job with that id

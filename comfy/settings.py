@@ -122,7 +122,7 @@ class Settings(BaseSettings):
         description="How long POST /api/v1/generate waits before answering 202 with the job to poll.",
     )
 
-    # -- S3 storage (optional: on when S3_BUCKET is set; see comfy/s3.py) ----------------------------
+    # -- S3 storage (optional: on when S3_BUCKET is set; see comfy/storage/s3.py) --------------------
     s3_bucket: str | None = Field(
         None, validation_alias=_env("S3_BUCKET", "s3_bucket"),
         description="Bucket that receives every output (AWS S3, Cloudflare R2, MinIO, a Hugging Face bucket); "
@@ -217,7 +217,7 @@ class Settings(BaseSettings):
         return value
     # -- end of S3 storage ---------------------------------------------------------------------------
 
-    # -- RunPod Serverless (optional: on when RUNPOD_ENDPOINT_ID is set; see comfy/runpod.py) -----------
+    # -- RunPod Serverless (optional: on when RUNPOD_ENDPOINT_ID is set; see comfy/backends/runpod.py) --
     runpod_endpoint_id: str | None = Field(
         None, validation_alias=_env("RUNPOD_ENDPOINT_ID", "runpod_endpoint_id"),
         description="A RunPod Serverless endpoint running worker-comfyui; joins the pool of backends. "

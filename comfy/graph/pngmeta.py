@@ -46,35 +46,37 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return struct.unpack(">II", data[16:24])
 
 
-def read_text_chunks(data: bytes) -> dict[str, str]:
-    """Every ``tEXt``, ``zTXt`` and ``iTXt`` chunk as keyword → text (the first of a keyword wins).
+def read_text_chunks(data: bytes, *, too_large: list[str] | None = None) -> dict[str, str]:
+    """Every ``tEXt``, ``zTXt`` and ``iTXt`` chunk as keyword → text (a later chunk of a keyword wins, as in PIL).
 
     Compressed chunks are inflated to at most :data:`MAX_TEXT_BYTES` each and :data:`MAX_TOTAL_TEXT_BYTES`
-    in all, so a small PNG cannot become gigabytes of text (a zip bomb); a chunk past the limit, or
-    damaged, is skipped and the others are kept. A truncated file gives the chunks read so far.
+    in all, so a small PNG cannot become gigabytes of text (a zip bomb). A chunk past the limit is
+    skipped (its keyword is added to ``too_large`` when a list is given), and so is a damaged one
+    (a bad or truncated zlib stream); the others are kept. A truncated file gives the chunks read so far.
 
     >>> png = add_text_chunks(_tiny_png(), {"hello": "wörld"})
     >>> read_text_chunks(png)
     {'hello': 'wörld'}
     >>> bomb = _tiny_png_with(_chunk(b"zTXt", b"big\\0\\0" + zlib.compress(b"x" * (MAX_TEXT_BYTES + 1))))
-    >>> read_text_chunks(bomb)
-    {}
+    >>> skipped = []
+    >>> read_text_chunks(bomb, too_large=skipped), skipped
+    ({}, ['big'])
     """
     texts: dict[str, str] = {}
     if not is_png(data):
         return texts
     budget = [MAX_TOTAL_TEXT_BYTES]
-    for _, kind, body, end in _chunks(data):
-        if end > len(data):
-            break  # truncated: keep what was read so far
+    for start, kind, body, _end in _chunks(data):
+        if len(body) < struct.unpack_from(">I", data, start)[0]:
+            break  # truncated inside this chunk's data: keep what was read so far
         if kind in (b"tEXt", b"zTXt", b"iTXt"):
-            keyword, text = _text_of(kind, body, budget)
+            keyword, text = _text_of(kind, body, budget, too_large)
             if keyword and text is not None:
-                texts.setdefault(keyword, text)
+                texts[keyword] = text
     return texts
 
 
-def _text_of(kind: bytes, body: bytes, budget: list[int]) -> tuple[str, str | None]:
+def _text_of(kind: bytes, body: bytes, budget: list[int], too_large: list[str] | None) -> tuple[str, str | None]:
     keyword, _, rest = body.partition(b"\0")
     try:
         if kind == b"tEXt":
@@ -85,8 +87,16 @@ def _text_of(kind: bytes, body: bytes, budget: list[int]) -> tuple[str, str | No
         _language, _, rest = rest.partition(b"\0")
         _translated, _, text = rest.partition(b"\0")
         return keyword.decode("latin-1"), (_inflate(text, budget) if compressed else text).decode("utf-8")
+    except _TooLarge:
+        if too_large is not None:
+            too_large.append(keyword.decode("latin-1"))
+        return keyword.decode("latin-1"), None
     except (zlib.error, UnicodeDecodeError, IndexError):
         return keyword.decode("latin-1"), None  # one damaged chunk must not hide the others
+
+
+class _TooLarge(Exception):
+    """A compressed chunk inflates past the limits."""
 
 
 def _inflate(data: bytes, budget: list[int]) -> bytes:
@@ -94,7 +104,9 @@ def _inflate(data: bytes, budget: list[int]) -> bytes:
     inflater = zlib.decompressobj()
     out = inflater.decompress(data, limit + 1)  # bounded: never more than the limit in memory
     if len(out) > limit or inflater.unconsumed_tail:
-        raise zlib.error("text chunk too large")
+        raise _TooLarge
+    if not inflater.eof:
+        raise zlib.error("truncated zlib stream")
     budget[0] -= len(out)
     return out
 

@@ -109,7 +109,11 @@ def workflow_from_png(png: bytes) -> Graph:
     """
     if not pngmeta.is_png(png):
         raise WorkflowError("This file is not a PNG image; only PNGs saved by ComfyUI carry a workflow.")
-    texts = pngmeta.read_text_chunks(bytes(png))
+    too_large: list[str] = []
+    texts = pngmeta.read_text_chunks(bytes(png), too_large=too_large)
+    if "prompt" in too_large:
+        raise WorkflowError(f"The workflow in this PNG is larger than {pngmeta.MAX_TEXT_BYTES // 2**20} MB of text once "
+                            "unpacked; the studio does not read workflows that large.")
     if "prompt" not in texts:
         if "workflow" in texts:
             raise WorkflowError("This PNG holds only the editor workflow, not the API prompt. " + _UI_FORMAT_HINT)

@@ -10,7 +10,7 @@ import os
 import secrets
 import socket
 
-__all__ = ["worker_id", "owner_alive", "held_elsewhere"]
+__all__ = ["worker_id", "owner_alive", "lease_live", "held_elsewhere"]
 
 
 def worker_id() -> str:
@@ -41,15 +41,21 @@ def owner_alive(lease_owner: str) -> bool | None:
     return True
 
 
+def lease_live(expires: float | None, now: float) -> bool:
+    """Whether a lease still runs at ``now`` (one boundary for the queue and the backlog)."""
+    return expires is not None and expires > now
+
+
 def held_elsewhere(holder: str | None, expires: float | None, me: str, now: float) -> bool:
     """True while another worker's live lease holds the work: not expired, and its owner not known dead.
 
-    The one rule for both the job queue (taking over a running job) and the upload backlog (claiming a
-    record). An owner that died on this host gives its work up at once, before its lease runs out.
+    The upload backlog's claim rule: an owner that died on this host gives its records up at once,
+    before its lease runs out. (The job queue's ``take_over`` refuses any live lease unless forced: the
+    worker decides, with :func:`owner_alive`, when a dead owner's job is to be forced.)
 
     >>> held_elsewhere("elsewhere:1:ab", 110.0, "me", now=100.0), held_elsewhere("elsewhere:1:ab", 90.0, "me", now=100.0)
     (True, False)
     """
-    if holder is None or holder == me or expires is None or expires < now:
+    if holder is None or holder == me or not lease_live(expires, now):
         return False
     return owner_alive(holder) is not False

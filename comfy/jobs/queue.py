@@ -63,7 +63,7 @@ from comfy.jobs.layout import (
     is_id,
     load_head,
 )
-from comfy.jobs.leases import held_elsewhere
+from comfy.jobs.leases import lease_live
 from comfy.jobs.records import FINAL, QUEUED, RUNNING, TAKEN_OVER_NOTE, UPDATABLE_FIELDS, Job, JobPage, JobState
 
 __all__ = ["JobQueue"]
@@ -447,7 +447,7 @@ class JobQueue:
             old = self._cache.get(JOB_KEY.format(job_id))
             if old is None or old["state"] != RUNNING:
                 return None
-            if not force and held_elsewhere(old["lease_owner"], old["lease_expires"], worker_id, now):
+            if not force and old["lease_owner"] != worker_id and lease_live(old["lease_expires"], now):
                 return None
             new = {**old, "lease_owner": worker_id, "lease_expires": now + lease_seconds, "note": TAKEN_OVER_NOTE}
             txn.save(old, new)

@@ -1,4 +1,8 @@
-"""Test doubles that speak real protocols over real sockets (see ``comfyui``)."""
+"""Test doubles that speak real protocols over real sockets: ``comfyui`` (a fake ComfyUI replaying captures),
+``runpod_server`` (RunPod Serverless), ``s3_server`` (moto's S3 on loopback), ``loopback`` (serving them).
+
+They import nothing of the studio: they stand for the servers it talks to.
+"""
 
 from __future__ import annotations
 
