@@ -88,13 +88,15 @@ class _Request:
     idempotency_key: str | None
     owner: str | None
     fingerprint: str
+    note: str | None = None
 
 
 def _request(params: dict[str, Any], kind: str, workflow: dict[str, Any] | None, key: str | None,
-             owner: str | None) -> _Request:
+             owner: str | None, note: str | None = None) -> _Request:
     if kind not in ("generate", "workflow"):
         raise QueueError(f"Unknown job kind {kind!r}; expected 'generate' or 'workflow'.")
-    return _Request(kind, params, workflow, key, owner, _fingerprint(kind, params, workflow, owner) if key else "")
+    return _Request(kind, params, workflow, key, owner, _fingerprint(kind, params, workflow, owner) if key else "",
+                    note)
 
 
 def _fingerprint(kind: str, params: dict[str, Any], workflow: dict[str, Any] | None, owner: str | None) -> str:
@@ -153,13 +155,14 @@ class JobQueue:
     # -- enqueue ------------------------------------------------------------------------------------
 
     def enqueue(self, params: dict[str, Any], *, kind: str = "generate", workflow: dict[str, Any] | None = None,
-                idempotency_key: str | None = None, owner: str | None = None) -> tuple[Job, bool]:
-        """Queue a job; returns ``(job, created)``.
+                idempotency_key: str | None = None, owner: str | None = None,
+                note: str | None = None) -> tuple[Job, bool]:
+        """Queue a job; returns ``(job, created)``. ``note`` tells the user what was changed on the way in.
 
         With an ``idempotency_key`` already used by ``owner`` for the same request, returns that job
         (in whatever state) and ``created=False``; for a different request raises :class:`IdempotencyConflict`.
         """
-        request = _request(params, kind, workflow, idempotency_key, owner)
+        request = _request(params, kind, workflow, idempotency_key, owner, note)
         return self._enqueue([request])[0]
 
     def enqueue_many(self, requests: list[dict[str, Any]], *, owner: str | None = None) -> list[Job]:
@@ -190,7 +193,7 @@ class JobQueue:
         while True:
             job = Job(id=uuid.uuid4().hex[:16], seq=seq, kind=request.kind, params=request.params,
                       workflow=request.workflow, queued_at=now, idempotency_key=request.idempotency_key,
-                      owner=request.owner)
+                      owner=request.owner, note=request.note)
             if self._cache.add(JOB_KEY.format(job.id), job.to_dict()):
                 break  # else: a 1-in-2**60 id collision; draw again
         txn.index(seq, CODE[QUEUED], job.id, owner_code)

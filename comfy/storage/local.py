@@ -126,7 +126,8 @@ class LocalStore:
         return path
 
     def read_input(self, path: str | Path) -> bytes:
-        resolved = Path(path).resolve()
+        """A kept input by its name (what jobs record) or, for jobs stored by older versions, its path."""
+        resolved = (self.inputs_dir / path if Path(path).name == str(path) else Path(path)).resolve()
         if self.inputs_dir.resolve() not in resolved.parents:
             raise StorageError(f"{path} is not a kept input image.")
         try:
