@@ -35,6 +35,8 @@ from comfy.jobs.worker import Worker
 from comfy.settings import Settings
 from comfy.storage.library import WorkflowLibrary
 from comfy.storage.local import LocalStore
+from comfy.storage.mounts import refuse_network_queue
+from comfy.storage.retention import DAY, PruneReport, prune
 
 if TYPE_CHECKING:
     from comfy.storage.backlog import UploadStatus
@@ -116,6 +118,8 @@ class Studio:
         self.client = client or _comfy_client(settings, settings.comfyui_urls[0])
         #: Every backend jobs may run on, in the order configured; the worker's pool routes between them.
         self.pool = Pool(_backends(settings, self.client))
+        if queue is None:
+            refuse_network_queue(settings.queue_dir)
         self.queue = queue or JobQueue(settings.queue_dir, max_attempts=settings.max_attempts)
         self.store = store or LocalStore(settings.outputs_dir, settings.inputs_dir)
         self.bus = bus or EventBus()
@@ -137,6 +141,7 @@ class Studio:
         self._stop = asyncio.Event()
         self._upload_task: asyncio.Task[None] | None = None
         self._upload_stop = asyncio.Event()
+        self._retention_task: asyncio.Task[None] | None = None
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -148,9 +153,15 @@ class Studio:
         if self.uploader is not None and self._upload_task is None:  # uploads resume even without a worker
             self._upload_stop = asyncio.Event()
             self._upload_task = asyncio.create_task(self.uploader.run(self._upload_stop), name="studio-uploader")
+        if self.settings.retention_days > 0 and self._retention_task is None:
+            self._retention_task = asyncio.create_task(self._keep_pruning(), name="studio-retention")
 
     async def aclose(self) -> None:
         """Stop the worker; prompts still running on ComfyUI are re-attached at the next start."""
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            await asyncio.gather(self._retention_task, return_exceptions=True)
+            self._retention_task = None
         if self._worker_task is not None:
             self._stop.set()
             await asyncio.gather(self._worker_task, return_exceptions=True)
@@ -204,6 +215,24 @@ class Studio:
         if self.uploader is None:
             return {"configured": False, "storage": "local", "reachable": None, "error": None}
         return {"storage": "s3", **self.uploader.health()}
+
+    # -- retention ------------------------------------------------------------------------------------
+
+    def prune(self, older_than_days: float) -> PruneReport:
+        """Remove finished jobs older than this many days with their files (never a queued or running job)."""
+        backlog = self.uploader.backlog if self.uploader is not None else None
+        return prune(self.queue, self.store, older_than=time.time() - older_than_days * DAY, backlog=backlog)
+
+    async def _keep_pruning(self, interval: float = 3600.0) -> None:
+        """STUDIO_RETENTION_DAYS: prune at start and every hour, in a thread (it reads the index, files)."""
+        while True:
+            try:
+                report = await asyncio.to_thread(self.prune, self.settings.retention_days)
+                if report.jobs or report.inputs or report.files:
+                    logger.info("Retention (%g days): %s", self.settings.retention_days, report.sentence())
+            except ComfyError as exc:
+                logger.warning("Retention could not prune this time: %s", exc)
+            await asyncio.sleep(interval)
 
     # -- what the backend offers ------------------------------------------------------------------
 

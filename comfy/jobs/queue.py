@@ -458,23 +458,29 @@ class JobQueue:
 
     def prune(self, *, older_than: float, batch: int = 256) -> int:
         """Delete final jobs that finished before ``older_than``; returns how many. Never touches live jobs."""
+        return len(self.prune_records(older_than=older_than, batch=batch))
+
+    def prune_records(self, *, older_than: float, skip: Collection[str] = (), batch: int = 256) -> list[dict[str, Any]]:
+        """Like :meth:`prune`, returning the deleted records (their files are the caller's); ``skip`` is kept."""
         final = {CODE[s.value] for s in FINAL}
         with _map_errors():
             candidates = [job_id for number, buf in self._buckets_down()
-                          for _seq, job_id in bucket_matches(buf, number, final)]
-        deleted = 0
+                          for _seq, job_id in bucket_matches(buf, number, final) if job_id not in skip]
+        deleted: list[dict[str, Any]] = []
         for at in range(0, len(candidates), batch):  # short transactions: writers wait on each
             with self._txn() as txn:
                 for job_id in candidates[at:at + batch]:
-                    deleted += self._delete_if_old(txn, job_id, older_than)
+                    record = self._delete_if_old(txn, job_id, older_than)
+                    if record is not None:
+                        deleted.append(record)
         return deleted
 
-    def _delete_if_old(self, txn: Txn, job_id: str, older_than: float) -> bool:
+    def _delete_if_old(self, txn: Txn, job_id: str, older_than: float) -> dict[str, Any] | None:
         record = self._cache.get(JOB_KEY.format(job_id))
         if record is None or not JobState(record["state"]).is_final:
-            return False
+            return None
         if record["finished_at"] is None or record["finished_at"] >= older_than:
-            return False
+            return None
         self._cache.delete(JOB_KEY.format(job_id))
         txn.index(record["seq"], PRUNED)
         if record["idempotency_key"]:
@@ -482,7 +488,7 @@ class JobQueue:
             seen = self._cache.get(idem)
             if seen is not None and seen["job_id"] == job_id:
                 self._cache.delete(idem)
-        return True
+        return record
 
     def _change(self, job_id: str, change: Callable[[dict[str, Any], float], dict[str, Any] | None]) -> Job:
         """Apply ``change`` to a live job's record in one transaction; final jobs are returned unchanged."""

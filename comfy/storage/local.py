@@ -118,7 +118,10 @@ class LocalStore:
     def save_input(self, data: bytes, *, suffix: str = ".png") -> Path:
         """Keep an uploaded init image (deduplicated by content) so a job can be re-run after a restart."""
         path = self.inputs_dir / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
-        if not path.exists():
+        if path.exists():
+            with contextlib.suppress(OSError):
+                os.utime(path)  # used again: retention counts from the last use
+        else:
             try:
                 _atomic_write(path, data)
             except OSError as exc:
