@@ -20,6 +20,7 @@ JOB_KEY = "job:{}"
 BUCKET_KEY = "bucket:{}"
 OWNERS_KEY = "owners"
 IDEMPOTENCY_KEY = "idem:{}"
+COUNTS_KEY = "counts"
 
 # What a commit costs is the SQLite pages it writes (to the WAL), so every value written in a transition
 # fits in one page (< 4 KiB, no overflow pages) and the blobs that grow are cut into chunks.
@@ -55,6 +56,11 @@ class Txn:
         self._dirty_chunks: set[int] = set()
         self._buckets: dict[int, bytearray] = {}
         self._dirty_buckets: set[int] = set()
+        #: Jobs per state (by state value), kept in step with the index; None until read, {} when the
+        #: queue has none yet (an older queue: counts() builds them once from the buckets).
+        self._counts: dict[str, int] | None = None
+        self._tracking = False
+        self._counts_dirty = False
 
     @property
     def head(self) -> dict[str, Any]:
@@ -73,6 +79,34 @@ class Txn:
             self.cache.set(BUCKET_KEY.format(number), bytes(self._buckets[number]))
         if self._head_dirty:
             self.cache.set(QUEUE_KEY, self._head)
+        if self._counts_dirty:
+            self.cache.set(COUNTS_KEY, self._counts)
+
+    # -- running counts per state, changed in the same transaction as the index ---------------------
+
+    def _count(self, old_code: int, new_code: int) -> None:
+        if self._counts is None:
+            self._counts = dict(self.cache.get(COUNTS_KEY) or {})
+            self._tracking = COUNTS_KEY in self.cache
+        if not self._tracking or old_code == new_code:
+            return
+        for code, step in ((old_code, -1), (new_code, 1)):
+            state = STATE_OF.get(code)
+            if state is not None:
+                self._counts[state.value] = self._counts.get(state.value, 0) + step
+        self._counts_dirty = True
+
+    def build_counts(self) -> dict[str, int]:
+        """Count every bucket once and keep the counts (for a queue made before they were kept)."""
+        counts = {state.value: 0 for state in JobState}
+        number = self.head["bucket"]
+        for n in range(number, -1, -1):
+            buf = self.cache.get(BUCKET_KEY.format(n))
+            if buf is not None:
+                for code, state in STATE_OF.items():
+                    counts[state.value] += buf.count(code, 0, BUCKET_SIZE)
+        self._counts, self._tracking, self._counts_dirty = counts, True, True
+        return counts
 
     # -- the index: buckets of (state, id, owner) by seq ------------------------------------------
 
@@ -97,6 +131,7 @@ class Txn:
         number, offset = _slot(seq)
         buf = self.bucket(number)
         self._dirty_buckets.add(number)
+        self._count(buf[offset], code)
         buf[offset] = code
         if job_id is not None:
             buf[_IDS_AT + offset * ID_BYTES:_IDS_AT + (offset + 1) * ID_BYTES] = bytes.fromhex(job_id)

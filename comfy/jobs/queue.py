@@ -46,8 +46,8 @@ import diskcache
 from comfy.errors import IdempotencyConflict, JobNotFound, QueueError
 from comfy.jobs.layout import (
     BUCKET_KEY,
-    BUCKET_SIZE,
     CODE,
+    COUNTS_KEY,
     ID_BYTES,
     IDEMPOTENCY_KEY,
     JOB_KEY,
@@ -257,10 +257,13 @@ class JobQueue:
         return JobPage(jobs, next_cursor, total)
 
     def counts(self) -> dict[JobState, int]:
-        """How many jobs are in each state."""
+        """How many jobs are in each state: one small read (running counts kept with every transition)."""
         with _map_errors():
-            buckets = [buf for _number, buf in self._buckets_down()]
-        return {state: sum(buf.count(code, 0, BUCKET_SIZE) for buf in buckets) for code, state in STATE_OF.items()}
+            counts = self._cache.get(COUNTS_KEY)
+        if counts is None:  # a new queue, or one made before counts were kept: count once
+            with self._txn() as txn:
+                counts = self._cache.get(COUNTS_KEY) or txn.build_counts()
+        return {state: counts.get(state.value, 0) for state in JobState}
 
     def position(self, job_id: str) -> int | None:
         """0-based place among queued jobs (0 runs next); None when the job is not queued."""
