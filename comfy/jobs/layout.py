@@ -21,6 +21,10 @@ BUCKET_KEY = "bucket:{}"
 OWNERS_KEY = "owners"
 IDEMPOTENCY_KEY = "idem:{}"
 COUNTS_KEY = "counts"
+#: A job's workflow, apart from its record: written when it is set, so the progress written four times a
+#: second rewrites a few hundred bytes, not a graph of up to 25 MB. The record says it is there.
+WORKFLOW_KEY = "workflow:{}"
+HEAVY_FLAG = "workflow_stored"
 
 # What a commit costs is the SQLite pages it writes (to the WAL), so every value written in a transition
 # fits in one page (< 4 KiB, no overflow pages) and the blobs that grow are cut into chunks.
@@ -218,13 +222,30 @@ class Txn:
 
     def save(self, old: dict[str, Any], new: dict[str, Any]) -> None:
         """Write a changed record; keep the state index and the pending order in step with it."""
-        self.cache.set(JOB_KEY.format(new["id"]), new)
+        light, heavy = split_heavy(new)
+        if heavy is not None:
+            self.cache.set(WORKFLOW_KEY.format(new["id"]), heavy)
+        self.cache.set(JOB_KEY.format(new["id"]), light)
         if old["state"] != new["state"]:
             self.index(new["seq"], CODE[new["state"]])
             if old["state"] == QUEUED:
                 self.remove_pending(new["id"])
             elif new["state"] == QUEUED:  # a retry keeps its place: the front
                 self.insert_pending(new["id"], 0)
+
+
+def split_heavy(record: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(the record to store, the workflow to store apart or None when there is no new one)."""
+    if record.get("workflow") is None:
+        return record, None
+    return {**record, "workflow": None, HEAVY_FLAG: True}, record["workflow"]
+
+
+def with_heavy(cache: diskcache.Cache, record: dict[str, Any]) -> dict[str, Any]:
+    """The record with its workflow read back (records of older versions hold theirs inline)."""
+    if record.get(HEAVY_FLAG) and record.get("workflow") is None:
+        return {**record, "workflow": cache.get(WORKFLOW_KEY.format(record["id"]))}
+    return record
 
 
 def load_head(stored: dict[str, Any] | None) -> dict[str, Any]:

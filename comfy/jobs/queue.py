@@ -56,12 +56,15 @@ from comfy.jobs.layout import (
     PRUNED,
     QUEUE_KEY,
     STATE_OF,
+    WORKFLOW_KEY,
     Txn,
     bucket_matches,
     count_in_bucket,
     find_id,
     is_id,
     load_head,
+    split_heavy,
+    with_heavy,
 )
 from comfy.jobs.leases import held_elsewhere
 from comfy.jobs.records import FINAL, QUEUED, RUNNING, TAKEN_OVER_NOTE, UPDATABLE_FIELDS, Job, JobPage, JobState
@@ -188,14 +191,17 @@ class JobQueue:
             if seen is not None:
                 if seen["fingerprint"] != request.fingerprint:
                     raise IdempotencyConflict(request.idempotency_key or "", seen["job_id"])
-                return Job.from_dict(txn.record(seen["job_id"])), False
+                return Job.from_dict(with_heavy(self._cache, txn.record(seen["job_id"]))), False
         seq = txn.next_seq()
         while True:
             job = Job(id=uuid.uuid4().hex[:16], seq=seq, kind=request.kind, params=request.params,
                       workflow=request.workflow, queued_at=now, idempotency_key=request.idempotency_key,
                       owner=request.owner, note=request.note)
-            if self._cache.add(JOB_KEY.format(job.id), job.to_dict()):
+            light, heavy = split_heavy(job.to_dict())
+            if self._cache.add(JOB_KEY.format(job.id), light):
                 break  # else: a 1-in-2**60 id collision; draw again
+        if heavy is not None:
+            self._cache.set(WORKFLOW_KEY.format(job.id), heavy)
         txn.index(seq, CODE[QUEUED], job.id, owner_code)
         txn.insert_pending(job.id, None)
         if idem is not None:
@@ -226,12 +232,12 @@ class JobQueue:
     # -- reading ------------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
-        """The job with this id; raises :class:`JobNotFound`."""
+        """The job with this id, its workflow included; raises :class:`JobNotFound`."""
         with _map_errors():
             record = self._cache.get(JOB_KEY.format(job_id))
-        if record is None:
-            raise JobNotFound(job_id)
-        return Job.from_dict(record)
+            if record is None:
+                raise JobNotFound(job_id)
+            return Job.from_dict(with_heavy(self._cache, record))
 
     def list(self, *, states: Collection[JobState] | None = None, owner: str | None = None, limit: int = 50,
              cursor: int | None = None) -> JobPage:
@@ -316,7 +322,7 @@ class JobQueue:
                     continue
                 new = _claimed(old, worker_id, now + lease_seconds, now)
                 txn.save(old, new)
-                return Job.from_dict(new)
+                return Job.from_dict(with_heavy(self._cache, new))
         return None
 
     def renew(self, job_id: str, worker_id: str, *, lease_seconds: float) -> bool:
@@ -332,6 +338,8 @@ class JobQueue:
     def update(self, job_id: str, worker_id: str | None = None, **fields: Any) -> Job:
         """Record progress and run details (see ``UPDATABLE_FIELDS``); a final job is returned unchanged.
 
+        Only the small record is rewritten; the job returned carries a workflow only if one was set here.
+
         Raises :class:`QueueError` for other fields, or when ``worker_id`` no longer holds the lease.
         """
         unknown = set(fields) - UPDATABLE_FIELDS
@@ -344,7 +352,7 @@ class JobQueue:
             _check_lease(old, worker_id)
             return {**old, **fields}
 
-        return self._change(job_id, change)
+        return self._change(job_id, change, heavy=False)
 
     def finish(self, job_id: str, worker_id: str | None, *, outputs: list[dict[str, Any]]) -> Job:
         """Mark the job SUCCEEDED with its outputs; a job already final is returned unchanged."""
@@ -371,10 +379,9 @@ class JobQueue:
                 new["outputs"] = outputs
             if note is not None:
                 new["note"] = note or None
-            if new == old:
-                return Job.from_dict(old)
-            txn.save(old, new)
-        return Job.from_dict(new)
+            if new != old:
+                txn.save(old, new)
+            return Job.from_dict(with_heavy(self._cache, new))
 
     def fail(self, job_id: str, worker_id: str | None, *, code: str, message: str, retry: bool = False) -> Job:
         """Record a failure: with ``retry`` and attempts left (and no cancel asked), back to the front of the
@@ -457,7 +464,7 @@ class JobQueue:
                 return None
             new = {**old, "lease_owner": worker_id, "lease_expires": now + lease_seconds, "note": TAKEN_OVER_NOTE}
             txn.save(old, new)
-        return Job.from_dict(new)
+            return Job.from_dict(with_heavy(self._cache, new))
 
     def prune(self, *, older_than: float, batch: int = 256) -> int:
         """Delete final jobs that finished before ``older_than``; returns how many. Never touches live jobs."""
@@ -485,6 +492,7 @@ class JobQueue:
         if record["finished_at"] is None or record["finished_at"] >= older_than:
             return None
         self._cache.delete(JOB_KEY.format(job_id))
+        self._cache.delete(WORKFLOW_KEY.format(job_id))
         txn.index(record["seq"], PRUNED)
         if record["idempotency_key"]:
             idem = _idempotency_key(record["owner"], record["idempotency_key"])
@@ -493,16 +501,20 @@ class JobQueue:
                 self._cache.delete(idem)
         return record
 
-    def _change(self, job_id: str, change: Callable[[dict[str, Any], float], dict[str, Any] | None]) -> Job:
-        """Apply ``change`` to a live job's record in one transaction; final jobs are returned unchanged."""
+    def _change(self, job_id: str, change: Callable[[dict[str, Any], float], dict[str, Any] | None], *,
+                heavy: bool = True) -> Job:
+        """Apply ``change`` to a live job's record in one transaction; final jobs are returned unchanged.
+
+        Without ``heavy`` the job returned has no workflow unless ``change`` set one (progress stays cheap).
+        """
         now = self._now()
         with self._txn() as txn:
             old = txn.record(job_id)
             new = None if JobState(old["state"]).is_final else change(old, now)
-            if new is None:
-                return Job.from_dict(old)
-            txn.save(old, new)
-        return Job.from_dict(new)
+            if new is not None:
+                txn.save(old, new)
+            result = old if new is None else new
+            return Job.from_dict(with_heavy(self._cache, result) if heavy else result)
 
     def claim_matching(self, worker_id: str, *, lease_seconds: float, accept: Callable[[Job], bool],
                        scan: int = 64) -> Job | None:
@@ -513,11 +525,11 @@ class JobQueue:
             pending = txn.pending()
             for at in range(0, min(len(pending), scan * ID_BYTES), ID_BYTES):
                 old = self._cache.get(JOB_KEY.format(pending[at:at + ID_BYTES].hex()))
-                if old is None or old["state"] != QUEUED or not accept(Job.from_dict(old)):
+                if old is None or old["state"] != QUEUED or not accept(Job.from_dict(with_heavy(self._cache, old))):
                     continue
                 new = _claimed(old, worker_id, now + lease_seconds, now)
                 txn.save(old, new)
-                return Job.from_dict(new)
+                return Job.from_dict(with_heavy(self._cache, new))
         return None
 
 
