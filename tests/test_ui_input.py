@@ -88,3 +88,13 @@ async def test_the_form_numbers_keep_what_was_typed(studio: Studio) -> None:
     for label in ("Steps", "Width", "Height", "Batch size", "Batch count", "CFG", "Denoise strength"):
         assert isinstance(boxes[label], gr.Number), label
         assert boxes[label].maximum is None and boxes[label].minimum is None, label
+
+
+async def test_a_user_error_is_one_line_in_the_log(studio: Studio, caplog) -> None:
+    h = Handlers(studio)
+    caplog.set_level("INFO", logger="ui.handlers")
+    with pytest.raises(gr.Error) as info:
+        await h.generate("txt2img", None, *form(steps=0), request=request())
+    assert info.value.print_exception is False  # Gradio prints no chained traceback for it
+    lines = [r for r in caplog.records if r.name == "ui.handlers"]
+    assert len(lines) == 1 and lines[0].exc_info is None and "steps is 0" in lines[0].getMessage()

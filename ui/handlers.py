@@ -38,7 +38,10 @@ GALLERY_LIMIT = 48  # newest results shown under the preview; the history pages 
 
 def _to_gr_error(exc: Exception) -> gr.Error:
     if isinstance(exc, ComfyError):
-        return gr.Error(str(exc), title="Cannot do that" if isinstance(exc, WorkflowError) else "Backend problem")
+        # An ordinary error is one line in the log; Gradio would print the whole chained traceback.
+        user = isinstance(exc, WorkflowError)
+        logger.log(logging.INFO if user else logging.WARNING, "%s: %s", "Refused" if user else "Backend problem", exc)
+        return gr.Error(str(exc), title="Cannot do that" if user else "Backend problem", print_exception=False)
     logger.exception("Unexpected error in a UI handler")
     return gr.Error(f"Something went wrong ({type(exc).__name__}); the details are in the server log.")
 
