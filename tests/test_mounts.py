@@ -21,6 +21,7 @@ TABLE = """\
 35 21 0:45 / /mnt/host rw shared:14 - 9p hostshare rw
 36 21 0:46 / /mnt/with\\040space rw shared:15 - smb3 //srv/x rw
 37 32 8:2 / /data/local rw shared:16 - ext4 /dev/sdb1 rw
+38 21 0:47 / /mnt/ntfs rw shared:17 - fuseblk /dev/sdc1 rw
 """
 
 
@@ -36,7 +37,8 @@ def test_a_queue_on_a_network_filesystem_is_refused_with_a_sentence(folder: str)
 @pytest.mark.parametrize(("folder", "expected"), [("/home/me/studio/queue", ("ext4", "/")),
                                                   ("/tmp/q", ("tmpfs", "/tmp")),
                                                   ("/data/local/queue", ("ext4", "/data/local")),
-                                                  ("/tmpx/q", ("ext4", "/"))])
+                                                  ("/tmpx/q", ("ext4", "/")),
+                                                  ("/mnt/ntfs/q", ("fuseblk", "/mnt/ntfs"))])
 def test_a_local_queue_is_accepted(folder: str, expected) -> None:
     assert filesystem_of(folder, TABLE) == expected
     refuse_network_queue(folder, TABLE)

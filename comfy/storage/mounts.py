@@ -18,8 +18,10 @@ MOUNTINFO = Path("/proc/self/mountinfo")
 #: Filesystem types that are not a local disk (any ``fuse.*`` type counts as well).
 NETWORK_FILESYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre",
-    "gpfs", "beegfs", "davfs", "sshfs", "fuse", "fuseblk", "virtiofs", "ncpfs", "coda", "ocfs2", "gfs2",
+    "gpfs", "beegfs", "davfs", "sshfs", "fuse", "ncpfs", "coda", "ocfs2", "gfs2",
 })
+#: FUSE filesystems that are a local disk after all (NTFS via ntfs-3g, rootless containers' overlay).
+LOCAL_FUSE = frozenset({"fuseblk", "fuse.fuse-overlayfs", "fuse.lxcfs"})
 
 
 def _unescape(field: str) -> str:
@@ -62,7 +64,7 @@ def refuse_network_queue(queue_dir: str | Path, mountinfo: str | None = None) ->
     if found is None:
         return
     fs_type, mount_point = found
-    if fs_type in NETWORK_FILESYSTEMS or fs_type.startswith("fuse."):
+    if fs_type not in LOCAL_FUSE and (fs_type in NETWORK_FILESYSTEMS or fs_type.startswith("fuse.")):
         raise ConfigError(
             f"The job queue folder {queue_dir} is on a {fs_type} filesystem (mounted at {mount_point}). The "
             "queue is an SQLite database, which a network or FUSE filesystem can corrupt: set STUDIO_DATA_DIR "
