@@ -243,7 +243,7 @@ class JobQueue:
              cursor: int | None = None) -> JobPage:
         """Jobs newest first, optionally only some states or one owner's; ``cursor`` from the previous page.
 
-        Reads the index (a few KiB per 256 jobs) and then only the records on the page.
+        Reads the index (a few KiB per 256 jobs) down to the page, and then only the records on it.
         """
         codes = {CODE[JobState(s).value] for s in states} if states is not None else set(STATE_OF)
         owner_code = self._owner_code(owner, create=False) if owner is not None else None
@@ -251,10 +251,15 @@ class JobQueue:
             return JobPage([], None, 0)
         highest = None if cursor is None else cursor - 1
         found: list[tuple[int, str]] = []
-        total = 0
+        # Without an owner the total comes from the running counts, and the scan stops at the page.
+        known = self.counts() if owner_code is None else None
+        total = 0 if known is None else sum(known[STATE_OF[code]] for code in codes)
         with _map_errors():
             for number, buf in self._buckets_down():
-                total += count_in_bucket(buf, codes, owner_code)
+                if known is None:
+                    total += count_in_bucket(buf, codes, owner_code)
+                elif len(found) > limit:
+                    break
                 if len(found) <= limit:
                     found.extend(bucket_matches(buf, number, codes, owner_code, highest, limit + 1 - len(found)))
             page = self._jobs(job_id for _seq, job_id in found[:limit])
