@@ -90,8 +90,8 @@ class Txn:
 
     def _count(self, old_code: int, new_code: int) -> None:
         if self._counts is None:
-            self._counts = dict(self.cache.get(COUNTS_KEY) or {})
-            self._tracking = COUNTS_KEY in self.cache
+            stored = self.cache.get(COUNTS_KEY)
+            self._counts, self._tracking = dict(stored or {}), stored is not None
         if not self._tracking or old_code == new_code:
             return
         for code, step in ((old_code, -1), (new_code, 1)):
