@@ -29,7 +29,9 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY --chown=studio:studio . .
 
 USER 1000
-# Jobs, outputs and uploaded images live here: mount a volume to keep them across restarts.
+# Jobs, outputs and uploaded images live here: mount a volume to keep them across restarts. It must be a
+# local disk (a Docker volume is): the queue is SQLite in WAL mode, and the studio refuses NFS/SMB/FUSE mounts.
+# Images may go to such a mount with STUDIO_OUTPUTS_DIR, or to S3.
 VOLUME ["/data"]
 EXPOSE 7860
 

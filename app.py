@@ -62,6 +62,7 @@ def create_app(settings: Settings, *, studio: Studio | None = None) -> FastAPI:
         auth_message="Log in to ComfyUI Studio." if users else None,
         allowed_paths=outputs_paths(settings), css=CSS, head=HEAD, footer_links=["api", "gradio", "settings"],
         server_name=settings.server_name, server_port=settings.server_port,
+        max_file_size=settings.max_upload_bytes,  # an upload past STUDIO_MAX_UPLOAD_BYTES is refused at the door
     )
     if users:
         page = next(route.app for route in app.routes if isinstance(route, Mount) and route.app is not api)
@@ -147,7 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings)
+    try:
+        app = create_app(settings)  # refuses, with a sentence, a queue folder on a network filesystem
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     server = uvicorn.Server(uvicorn.Config(app, host=settings.server_name, port=settings.server_port,
                                            log_level="warning", ws="wsproto", timeout_graceful_shutdown=5))
     if settings.share:
@@ -159,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"ComfyUI Studio on http://{settings.server_name}:{settings.server_port}  "
           f"(backend {backend}; REST API docs at /docs)", flush=True)
     print(f"Protected: {protection(settings)}", flush=True)
+    print(f"Data folder: {settings.data_dir} (queue, kept inputs; images in {settings.outputs_dir})", flush=True)
     server.run()
     return 0
 

@@ -76,7 +76,9 @@ class GenerateRequest(BaseModel):
     batch_size: int = Field(1, ge=1, description="Images per job (at most STUDIO_MAX_BATCH_SIZE).")
     denoise: float = Field(1.0, ge=0, le=1, description="How much of the init image to repaint (img2img).")
     init_image: str | None = Field(
-        None, description="For img2img: a PNG, JPEG or WebP as base64 (a data: URL is accepted too)."
+        None, description="For img2img: a PNG, JPEG or WebP as base64 (a data: URL is accepted too). The job runs "
+        "at the image's own size, scaled down to fit STUDIO_MAX_WIDTH x STUDIO_MAX_HEIGHT (sides multiples of 8; "
+        "width and height are then the size that runs); over 64 megapixels is refused."
     )
 
     def engine_params(self) -> dict[str, Any]:

@@ -20,11 +20,12 @@ import base64
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from api.errors import ApiError, error_response
@@ -42,6 +43,40 @@ logger = logging.getLogger(__name__)
 Previews = Literal["base64", "url", "none"]
 _RUNNING_KINDS = {"started": "running", "progress": "running", "preview": "running"}
 _END = object()
+#: Event streams (SSE and WebSocket together) one caller may hold open at once.
+MAX_STREAMS_PER_CALLER = 8
+
+
+class StreamSlots:
+    """How many event streams each caller holds open; one more than the limit is a 429 with a sentence."""
+
+    def __init__(self, limit: int = MAX_STREAMS_PER_CALLER) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def take(self, caller: Caller) -> Callable[[], None]:
+        """Take a slot for ``caller``; returns the release (safe to call more than once)."""
+        key = caller.bucket
+        if self._open.get(key, 0) >= self.limit:
+            raise ApiError(429, "too_many_streams", f"You already have {self.limit} event streams open; close one "
+                           "before opening another.", headers={"Retry-After": "5"})
+        self._open[key] = self._open.get(key, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                left = self._open.get(key, 1) - 1
+                if left > 0:
+                    self._open[key] = left
+                else:
+                    self._open.pop(key, None)
+
+        return release
+
+    def open_for(self, caller: Caller) -> int:
+        return self._open.get(caller.bucket, 0)
 
 
 def event_message(ctx: ApiContext, event: JobEvent, *, previews: Previews, root: str) -> dict[str, Any] | None:
@@ -76,9 +111,11 @@ def event_message(ctx: ApiContext, event: JobEvent, *, previews: Previews, root:
 async def _events(ctx: ApiContext, job_id: str) -> AsyncIterator[JobEvent | None]:
     """The job's events as :meth:`Studio.follow` gives them, with None every ``keepalive`` idle seconds.
 
-    A separate task pumps the events, so waiting for a keep-alive tick never cancels the follow.
+    A separate task pumps the events, so waiting for a keep-alive tick never cancels the follow. It hands
+    over one event at a time: while the client does not read, the events wait in the bus's subscription,
+    which is bounded (old previews dropped, state changes kept), never in an unbounded queue here.
     """
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
 
     async def pump() -> None:
         try:
@@ -107,9 +144,11 @@ async def _events(ctx: ApiContext, job_id: str) -> AsyncIterator[JobEvent | None
             await task
 
 
-def stream_router(ctx: ApiContext) -> APIRouter:
+def stream_router(ctx: ApiContext, slots: StreamSlots | None = None) -> APIRouter:
     router = APIRouter()
     caller_dep = Depends(ctx.caller)
+    slots = slots or StreamSlots()
+    router.stream_slots = slots  # type: ignore[attr-defined]  # for tests and /health
 
     @router.get(
         f"{API_PREFIX}/jobs/{{job_id}}/events", tags=["jobs"], summary="Follow a job (Server-Sent Events)",
@@ -122,22 +161,27 @@ def stream_router(ctx: ApiContext) -> APIRouter:
                          caller: Caller = caller_dep) -> StreamingResponse:
         job = visible_job(ctx, caller, job_id)
         root = root_of(request)
+        release = slots.take(caller)
 
         async def body() -> AsyncIterator[str]:
-            yield "retry: 3000\n\n"
-            number = 0
-            async with contextlib.aclosing(_events(ctx, job.id)) as events:
-                async for event in events:
-                    if event is None:
-                        yield ": keep-alive\n\n"
-                        continue
-                    msg = event_message(ctx, event, previews=previews, root=root)
-                    if msg is None:
-                        continue
-                    number += 1
-                    yield f"id: {number}\nevent: {event.kind}\ndata: {json.dumps(msg, separators=(',', ':'))}\n\n"
+            try:
+                yield "retry: 3000\n\n"
+                number = 0
+                async with contextlib.aclosing(_events(ctx, job.id)) as events:
+                    async for event in events:
+                        if event is None:
+                            yield ": keep-alive\n\n"
+                            continue
+                        msg = event_message(ctx, event, previews=previews, root=root)
+                        if msg is None:
+                            continue
+                        number += 1
+                        yield f"id: {number}\nevent: {event.kind}\ndata: {json.dumps(msg, separators=(',', ':'))}\n\n"
+            finally:
+                release()
 
-        return StreamingResponse(body(), media_type="text/event-stream",
+        # The background release also runs when the client left before the body started.
+        return StreamingResponse(body(), media_type="text/event-stream", background=BackgroundTask(release),
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @router.websocket("/ws/jobs/{job_id}")
@@ -146,6 +190,7 @@ def stream_router(ctx: ApiContext) -> APIRouter:
         try:
             caller = await ctx.guard.check(websocket)
             job = visible_job(ctx, caller, job_id)
+            release = slots.take(caller)
         except ApiError as exc:
             await _deny(websocket, exc.status, exc.code, exc.message, exc.headers)
             return
@@ -170,6 +215,7 @@ def stream_router(ctx: ApiContext) -> APIRouter:
             pass  # the client left
         finally:
             watcher.cancel()
+            release()
 
     return router
 

@@ -6,6 +6,9 @@
 as timeit reports the best run: the rest is noise from other processes. The median and a round with no
 backlog (enqueue, claim, finish one job at a time) are reported too. ``list_page_ms`` is the slowest of
 three listings (all jobs, one state, one owner's jobs in one state), each the median of 20 pages.
+``counts_ms`` is ``counts()`` on that queue (the status line asks it every 5 s per open page), against
+``counts_scan_ms``, the scan of every index bucket it replaced (which grows with the jobs ever queued);
+``python bench/queue_bench.py --listed 200000`` shows the gap at a larger queue.
 """
 
 from __future__ import annotations
@@ -70,13 +73,41 @@ def _list_pages(directory: Path, listed: int) -> dict[str, float]:
         return timings
 
 
+def _counts(directory: Path) -> dict[str, float]:
+    """counts() (one record kept by the transitions) against the bucket scan it replaced, in ms (medians)."""
+    from comfy.jobs.layout import BUCKET_KEY, BUCKET_SIZE, STATE_OF
+
+    with JobQueue(directory) as queue:
+        def scan() -> dict[JobState, int]:
+            counts, number = dict.fromkeys(JobState, 0), 0
+            while (buf := queue._cache.get(BUCKET_KEY.format(number))) is not None:
+                for code, state in STATE_OF.items():
+                    counts[state] += buf.count(code, 0, BUCKET_SIZE)
+                number += 1
+            return counts
+
+        assert scan() == queue.counts()
+        timings = {}
+        for name, fn in (("counts_ms", queue.counts), ("counts_scan_ms", scan)):
+            samples = []
+            for _ in range(20):
+                t0 = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - t0) * 1000)
+            timings[name] = statistics.median(samples)
+        return timings
+
+
 def run(tmpdir: str | Path, *, jobs: int = 2000, listed: int = 10_000, rounds: int = 3) -> dict[str, float]:
     """Measure in fresh queues under ``tmpdir``."""
     root = Path(tmpdir)
     backlog = [_backlog_round(root / f"backlog-{i}", jobs) for i in range(rounds)]
     one_by_one = _one_by_one_round(root / "one-by-one", jobs)
     pages = _list_pages(root / "listing", listed)
+    counts = _counts(root / "listing")
     return {
+        "counts_ms": round(counts["counts_ms"], 3), "counts_scan_ms": round(counts["counts_scan_ms"], 3),
+        "counts_speedup": round(counts["counts_scan_ms"] / max(counts["counts_ms"], 1e-6), 1),
         "jobs_per_s": round(max(backlog)),
         "jobs_per_s_median": round(statistics.median(backlog)),
         "jobs_per_s_no_backlog": round(one_by_one),
@@ -86,8 +117,9 @@ def run(tmpdir: str | Path, *, jobs: int = 2000, listed: int = 10_000, rounds: i
 
 
 def main() -> None:
+    listed = int(sys.argv[sys.argv.index("--listed") + 1]) if "--listed" in sys.argv else 10_000
     with tempfile.TemporaryDirectory() as tmpdir:
-        print(json.dumps(run(tmpdir)))
+        print(json.dumps(run(tmpdir, listed=listed)))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -29,15 +30,25 @@ from comfy.errors import ComfyError, ConfigError, WorkflowError
 from comfy.graph.params import GenerationParams
 from comfy.jobs.records import Job, JobState
 from comfy.service import Studio
-from comfy.settings import load_settings
+from comfy.settings import DEFAULT_DATA_DIR, load_settings
 
 __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
+ENVIRONMENT = f"""\
+environment (or a .env file):
+  COMFYUI_URL        where ComfyUI answers (default http://127.0.0.1:8188); several, comma-separated, make a pool
+  STUDIO_DATA_DIR    the queue, outputs and kept inputs (default {DEFAULT_DATA_DIR}, whatever folder you run in)
+  RUNPOD_ENDPOINT_ID, RUNPOD_API_KEY   a RunPod Serverless endpoint instead of (or beside) COMFYUI_URL
+  STUDIO_RETENTION_DAYS                finished jobs older than this are removed (0 = keep for ever)
+every setting is listed in the README's configuration table."""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m comfy", description="ComfyUI Studio from the command line.")
+    parser = argparse.ArgumentParser(
+        prog="python -m comfy", description="ComfyUI Studio from the command line.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -59,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--count", type=int, default=1, help="how many jobs; seeds count up from the first")
     gen.add_argument("--idempotency-key", help="the same key returns the same job instead of a new one")
     gen.add_argument("--no-wait", action="store_true", help="queue and return; a worker runs the jobs")
+    gen.add_argument("--timeout", type=float, help="give up waiting after this many seconds (the jobs stay queued)")
 
     jobs = sub.add_parser("jobs", help="list jobs, newest first")
     jobs.add_argument("--state", action="append", choices=[s.value for s in JobState])
@@ -78,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="checkpoints, samplers and schedulers on the server")
     sub.add_parser("hash-password", help="print a password hash to use in AUTH_USERS (reads the password)")
     sub.add_parser("status", help="each backend (a JSON list): whether it answers, its GPU, load and queue")
+    prune = sub.add_parser("prune", help="remove finished jobs older than DAYS, with their images and inputs")
+    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS", dest="older_than",
+                       help="age in days of the jobs to remove (queued and running jobs are never removed)")
     return parser
 
 
@@ -115,23 +130,46 @@ async def _generate(studio: Studio, args: argparse.Namespace) -> int:
     if args.no_wait:
         return EXIT_OK
     await studio.start()
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
     failed = 0
-    for job in jobs:
-        final = await _follow_with_bar(studio, job)
-        failed += _report(final)
+    try:
+        for job in jobs:
+            final = await asyncio.wait_for(_follow_with_bar(studio, job), _left(deadline))
+            failed += _report(final)
+    except TimeoutError:
+        waiting = [job.id for job in jobs if not studio.job(job.id).state.is_final]
+        print(f"error: gave up waiting after {args.timeout:g} s; job(s) {', '.join(waiting)} stay in the queue "
+              f"(a worker runs them later; follow with 'python -m comfy show ID').", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+#: How often a job waiting for an unreachable backend says so again.
+WAITING_REMINDER = 30.0
 
 
 async def _follow_with_bar(studio: Studio, job: Job) -> Job:
     bar = tqdm(total=100, desc=job.id[:8], unit="%", bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}",
                file=sys.stderr, dynamic_ncols=True)
+    said_at = 0.0
     try:
         async for event in studio.follow(job.id):
+            down = studio.worker.backend_down
+            if down and time.monotonic() - said_at >= WAITING_REMINDER:
+                # Not a churning bar: one line now, and again every while, naming what it waits for.
+                said_at = time.monotonic()
+                bar.write(f"job {job.id}: waiting for the backend ({down}); it runs when the backend answers. "
+                          "Ctrl+C leaves it queued.", file=sys.stderr)
             if event.kind == "queued":
                 place = studio.position(job.id)
-                bar.set_postfix_str("queued" + (f", {place} ahead" if place else ""))
+                bar.set_postfix_str("waiting for the backend" if down else
+                                    "queued" + (f", {place} ahead" if place else ""))
             elif event.kind == "retrying":
-                bar.set_postfix_str(f"retrying: {event.message}")
+                bar.set_postfix_str("waiting for the backend" if down else f"retrying: {event.message}")
             elif event.progress is not None:
                 bar.n = round(event.progress * 100)
                 step = f" step {event.step}/{event.steps}" if event.steps else ""
@@ -198,6 +236,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "hash-password":
         return _hash_password()
     settings = load_settings()
+    if args.command in ("generate", "worker", "prune", "jobs"):
+        print(f"data folder: {settings.data_dir}", file=sys.stderr)
     async with Studio(settings) as studio:
         if args.command == "generate":
             return await _generate(studio, args)
@@ -219,6 +259,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "status":
             print(json.dumps([status.to_dict() for status in await studio.backends_status()], indent=2))
             return EXIT_OK
+        if args.command == "prune":
+            report = await asyncio.to_thread(studio.prune, args.older_than)
+            print(report.sentence())
+            return EXIT_OK
     return EXIT_USAGE
 
 
@@ -227,7 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return asyncio.run(_dispatch(args))
+        code = asyncio.run(_dispatch(args))
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # `python -m comfy status | head`: the reader left; say nothing, and keep Python from saying more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

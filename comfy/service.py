@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
 import json
 import logging
 import time
@@ -27,6 +26,7 @@ from comfy.backends.comfyui import ComfyBackend
 from comfy.backends.pool import BackendState, Pool, merge_object_info
 from comfy.errors import ComfyError, ServerError, WorkflowError
 from comfy.graph.object_info import STOCK_SAMPLERS, STOCK_SCHEDULERS, ObjectInfo
+from comfy.graph.images import FittedImage, fit_image
 from comfy.graph.params import GenerationParams, Limits
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.queue import JobQueue
@@ -35,6 +35,8 @@ from comfy.jobs.worker import Worker
 from comfy.settings import Settings
 from comfy.storage.library import WorkflowLibrary
 from comfy.storage.local import LocalStore
+from comfy.storage.mounts import refuse_network_queue
+from comfy.storage.retention import DAY, PruneReport, prune
 
 if TYPE_CHECKING:
     from comfy.storage.backlog import UploadStatus
@@ -116,6 +118,8 @@ class Studio:
         self.client = client or _comfy_client(settings, settings.comfyui_urls[0])
         #: Every backend jobs may run on, in the order configured; the worker's pool routes between them.
         self.pool = Pool(_backends(settings, self.client))
+        if queue is None:
+            refuse_network_queue(settings.queue_dir)
         self.queue = queue or JobQueue(settings.queue_dir, max_attempts=settings.max_attempts)
         self.store = store or LocalStore(settings.outputs_dir, settings.inputs_dir)
         self.bus = bus or EventBus()
@@ -137,6 +141,7 @@ class Studio:
         self._stop = asyncio.Event()
         self._upload_task: asyncio.Task[None] | None = None
         self._upload_stop = asyncio.Event()
+        self._retention_task: asyncio.Task[None] | None = None
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -148,9 +153,15 @@ class Studio:
         if self.uploader is not None and self._upload_task is None:  # uploads resume even without a worker
             self._upload_stop = asyncio.Event()
             self._upload_task = asyncio.create_task(self.uploader.run(self._upload_stop), name="studio-uploader")
+        if self.settings.retention_days > 0 and self._retention_task is None:
+            self._retention_task = asyncio.create_task(self._keep_pruning(), name="studio-retention")
 
     async def aclose(self) -> None:
         """Stop the worker; prompts still running on ComfyUI are re-attached at the next start."""
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            await asyncio.gather(self._retention_task, return_exceptions=True)
+            self._retention_task = None
         if self._worker_task is not None:
             self._stop.set()
             await asyncio.gather(self._worker_task, return_exceptions=True)
@@ -204,6 +215,24 @@ class Studio:
         if self.uploader is None:
             return {"configured": False, "storage": "local", "reachable": None, "error": None}
         return {"storage": "s3", **self.uploader.health()}
+
+    # -- retention ------------------------------------------------------------------------------------
+
+    def prune(self, older_than_days: float) -> PruneReport:
+        """Remove finished jobs older than this many days with their files (never a queued or running job)."""
+        backlog = self.uploader.backlog if self.uploader is not None else None
+        return prune(self.queue, self.store, older_than=time.time() - older_than_days * DAY, backlog=backlog)
+
+    async def _keep_pruning(self, interval: float = 3600.0) -> None:
+        """STUDIO_RETENTION_DAYS: prune at start and every hour, in a thread (it reads the index, files)."""
+        while True:
+            try:
+                report = await asyncio.to_thread(self.prune, self.settings.retention_days)
+                if report.jobs or report.inputs or report.files:
+                    logger.info("Retention (%g days): %s", self.settings.retention_days, report.sentence())
+            except ComfyError as exc:
+                logger.warning("Retention could not prune this time: %s", exc)
+            await asyncio.sleep(interval)
 
     # -- what the backend offers ------------------------------------------------------------------
 
@@ -315,15 +344,22 @@ class Studio:
             raise WorkflowError(f"count is {count}; it must be between 1 and 100.", field="count")
         # Under an idempotency key a random seed is drawn from the request, so a retry is the same job.
         params = params.check(self.limits).resolve_seed(*((owner, idempotency_key) if idempotency_key else ()))
+        note = None
         if image is not None:
-            _check_image(image, self.settings.max_upload_bytes)
-            params = dataclasses.replace(params, init_image=str(self.store.save_input(image)))
+            name, fitted = await asyncio.to_thread(self._keep_image, image, multiple=8)
+            if min(fitted.width, fitted.height) < 64:
+                raise WorkflowError(f"The init image is {fitted.width}×{fitted.height}; it must be at least 64 "
+                                    "pixels on each side.", field="image")
+            # img2img runs at the image's own size (fitted to the limits), and records that size.
+            params = dataclasses.replace(params, init_image=name, width=fitted.width, height=fitted.height)
+            note = fitted.note
         params = await self._check_against_server(params)
         jobs = []
         for index in range(count):
             one = params.with_seed((params.seed + index) % 2**64) if count > 1 else params
             key = f"{idempotency_key}#{index}" if idempotency_key and count > 1 else idempotency_key
-            job, _created = self.queue.enqueue(one.to_dict(), kind="generate", idempotency_key=key, owner=owner)
+            job, _created = self.queue.enqueue(one.to_dict(), kind="generate", idempotency_key=key, owner=owner,
+                                               note=note)
             jobs.append(job)
             self.bus.publish(JobEvent(job.id, "queued", job=job.to_dict()))
         self.worker.wake()
@@ -358,16 +394,19 @@ class Studio:
         if inputs:
             graph = workflows.apply_inputs(graph, inputs)
         kept: dict[str, str] = {}
+        notes = []
         for node_id, data in (images or {}).items():
             if node_id not in graph:
                 raise WorkflowError(f"The workflow has no node {node_id} to take an image.", field=f"node {node_id}")
-            _check_image(data, self.settings.max_upload_bytes)
-            kept[node_id] = str(self.store.save_input(data))
+            kept[node_id], fitted = await asyncio.to_thread(self._keep_image, data, field=f"node {node_id}")
+            if fitted.note:
+                notes.append(f"Node {node_id}: {fitted.note}")
         info = await self.object_info()
         if info is not None:
             workflows.validate(graph, info, pending_uploads=True)
         job, _created = self.queue.enqueue({**(params or {}), "images": kept}, kind="workflow", workflow=graph,
-                                           idempotency_key=idempotency_key, owner=owner)
+                                           idempotency_key=idempotency_key, owner=owner,
+                                           note=" ".join(notes) or None)
         self.bus.publish(JobEvent(job.id, "queued", job=job.to_dict()))
         self.worker.wake()
         return job
@@ -404,6 +443,15 @@ class Studio:
             jobs.append(await self.submit_workflow(workflows.bind_values(graph, one), idempotency_key=key,
                                                    owner=owner, params=one))
         return jobs
+
+    def _keep_image(self, data: bytes, *, multiple: int = 1, field: str = "image") -> tuple[str, FittedImage]:
+        """Check an upload, fit it to the size limits and keep it; the kept file's name (never a server path).
+
+        Decoding is CPU work: call it in a thread.
+        """
+        fitted = fit_image(data, max_width=self.limits.max_width, max_height=self.limits.max_height,
+                           max_bytes=self.settings.max_upload_bytes, multiple=multiple, field=field)
+        return self.store.save_input(fitted.data).name, fitted
 
     # -- jobs -------------------------------------------------------------------------------------
 
@@ -525,19 +573,3 @@ def _backends(settings: Settings, first: ComfyClient) -> list[Backend]:
             ttl=settings.runpod_ttl, reconnect_window=settings.failover_seconds if several else 120.0,
         ))
     return backends
-
-
-def _check_image(data: bytes, limit: int) -> None:
-    """Refuse what is not an image, or is too big, with a sentence that says so."""
-    from PIL import Image, UnidentifiedImageError
-
-    if len(data) > limit:
-        raise WorkflowError(f"The image is {len(data) / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.",
-                            field="image")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.verify()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise WorkflowError("The uploaded file is not an image that can be read (PNG, JPEG or WebP).",
-                            field="image") from exc
-

@@ -19,7 +19,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from comfy.errors import ConfigError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "load_settings", "DEFAULT_DATA_DIR"]
+
+#: The project folder (where app.py is): its ``data`` folder is the default, whatever folder a command
+#: runs in, so the page and ``python -m comfy`` started anywhere share one queue.
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = PROJECT_DIR / "data"
 
 
 def _env(name: str, field: str) -> AliasChoices:
@@ -31,7 +36,7 @@ class Settings(BaseSettings):
     """ComfyUI Studio's configuration (see the README's configuration table)."""
 
     model_config = SettingsConfigDict(
-        env_file=".env",
+        env_file=(PROJECT_DIR / ".env", ".env"),  # the project's, then the current folder's (it wins)
         env_file_encoding="utf-8",
         extra="ignore",
         hide_input_in_errors=True,  # a SecretStr would otherwise be echoed in a ValidationError
@@ -70,7 +75,18 @@ class Settings(BaseSettings):
     )
 
     # -- the studio's own state --------------------------------------------------------------------
-    data_dir: Path = Field(Path("data"), validation_alias=_env("STUDIO_DATA_DIR", "data_dir"))
+    data_dir: Path = Field(
+        DEFAULT_DATA_DIR, validation_alias=_env("STUDIO_DATA_DIR", "data_dir"),
+        description="The queue (on a local disk), outputs, kept inputs and saved workflows; resolved once.",
+    )
+    outputs_dir_override: Path | None = Field(
+        None, validation_alias=_env("STUDIO_OUTPUTS_DIR", "outputs_dir"),
+        description="Where finished images go (default <data>/outputs); may be a network mount, unlike the queue.",
+    )
+    retention_days: float = Field(
+        0.0, ge=0, validation_alias=_env("STUDIO_RETENTION_DAYS", "retention_days"),
+        description="Finished jobs older than this many days are removed with their files; 0 keeps them for ever.",
+    )
     max_attempts: int = Field(
         3, ge=1, le=20, validation_alias=_env("STUDIO_MAX_ATTEMPTS", "max_attempts"),
         description="How often a job is submitted at most when the backend loses it or cannot be reached.",
@@ -335,13 +351,19 @@ class Settings(BaseSettings):
             return []
         return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
 
+    @field_validator("data_dir", "outputs_dir_override")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Resolved once, at start-up: a later chdir (or a command run elsewhere) sees the same folder.
+        return None if value is None or str(value) == "" else Path(value).expanduser().absolute()
+
     @property
     def queue_dir(self) -> Path:
         return self.data_dir / "queue"
 
     @property
     def outputs_dir(self) -> Path:
-        return self.data_dir / "outputs"
+        return self.outputs_dir_override or self.data_dir / "outputs"
 
     @property
     def inputs_dir(self) -> Path:

@@ -284,3 +284,26 @@ async def test_the_worker_keeps_max_in_flight_per_backend(tmp_path, count: int) 
             for server in servers:
                 server.hold = False
             assert [(await studio.wait(j.id, timeout=30)).state for j in jobs] == [JobState.SUCCEEDED] * len(jobs)
+
+
+async def test_an_orphan_on_the_only_backend_is_stopped_while_it_stays_up() -> None:
+    now = [0.0]
+    with FakeComfy() as server:
+        server.hold = True
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(f"{server.url}/prompt", json={"prompt": load_workflow("txt2img"), "client_id": "x"})
+        left_behind = answer.json()["prompt_id"]
+        async with ComfyClient(server.url) as client:
+            backend = ComfyBackend(client)
+            pool = Pool([backend], clock=lambda: now[0])
+            await pool.check_all()
+            assert pool.state(backend) is BackendState.UP
+            pool.add_orphan(backend, left_behind)  # a cancel that timed out; the backend never went down
+            now[0] += pool.next_check_in()
+            pool.tick(lambda: None)
+            for _ in range(100):
+                if server.deleted:
+                    break
+                await asyncio.sleep(0.02)
+            assert server.deleted == [left_behind] and pool.state(backend) is BackendState.UP
+            await pool.aclose()

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from comfy.errors import ConfigError
-from comfy.settings import Settings, load_settings
+from comfy.settings import DEFAULT_DATA_DIR, Settings, load_settings
 
 SECRET = "Bearer sk-very-secret-token"
 
@@ -17,7 +17,7 @@ def test_defaults(tmp_path, monkeypatch) -> None:
     settings = load_settings()
     assert settings.comfyui_url == "http://127.0.0.1:8188"
     assert settings.comfyui_urls == ["http://127.0.0.1:8188"]
-    assert str(settings.data_dir) == "data" and settings.max_in_flight == 2
+    assert settings.data_dir == DEFAULT_DATA_DIR and settings.data_dir.is_absolute() and settings.max_in_flight == 2
     assert settings.backend_headers() == {}
 
 

@@ -130,7 +130,7 @@ def test_a_pool_of_a_pod_and_runpod_serverless_in_the_browser(browser, tmp_path:
         expect(status).to_contain_text("RunPod Serverless")
         assert serverless.api_key not in status.inner_html()
         page.locator("#prompt textarea").fill("a lighthouse at dawn, oil painting")
-        count = page.get_by_role("spinbutton", name="number input for Batch count")
+        count = page.get_by_label("Batch count")
         count.fill("3")  # two fill the pod's slots, the third goes to RunPod
         count.press("Enter")
         page.locator("#generate-btn").click()

@@ -92,7 +92,7 @@ async def test_history_detail_and_reuse(studio: Studio) -> None:
     assert rows[0][0] == watched[0] and rows[0][1] == "succeeded" and len(thumbs) == 1 and next_cursor is None
     summary, settings, images = h.job_detail(watched[0], req)
     assert "succeeded" in summary and settings["seed"] == 42 and len(images) == 1
-    updates = h.reuse_settings(watched[0], req)
+    updates = await h.reuse_settings(watched[0], req)
     assert updates[FORM_FIELDS.index("prompt")]["value"] == "a lighthouse"
     assert h.send_to_img2img(watched[0], req).endswith(".png")
     assert h.history("failed", None, req)[0] == []

@@ -26,7 +26,7 @@ from comfy import graph as workflows
 from comfy.graph.pnginfo import read_png_info
 from ui import render
 
-__all__ = ["Handlers", "FORM_FIELDS", "friendly"]
+__all__ = ["Handlers", "FORM_FIELDS", "friendly", "storable_form"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,10 @@ GALLERY_LIMIT = 48  # newest results shown under the preview; the history pages 
 
 def _to_gr_error(exc: Exception) -> gr.Error:
     if isinstance(exc, ComfyError):
-        return gr.Error(str(exc), title="Cannot do that" if isinstance(exc, WorkflowError) else "Backend problem")
+        # An ordinary error is one line in the log; Gradio would print the whole chained traceback.
+        user = isinstance(exc, WorkflowError)
+        logger.log(logging.INFO if user else logging.WARNING, "%s: %s", "Refused" if user else "Backend problem", exc)
+        return gr.Error(str(exc), title="Cannot do that" if user else "Backend problem", print_exception=False)
     logger.exception("Unexpected error in a UI handler")
     return gr.Error(f"Something went wrong ({type(exc).__name__}); the details are in the server log.")
 
@@ -132,20 +135,24 @@ class Handlers:
     # -- generating -------------------------------------------------------------------------------
 
     def _params(self, values: dict[str, Any], *, img2img: bool) -> GenerationParams:
-        seed = values.get("seed")
+        """The form as parameters; every number is checked by the engine, never clamped here."""
+
+        def number(name: str, default: float, kind: type) -> Any:
+            value = values.get(name)
+            return default if value in (None, "") else _whole(name, value) if kind is int else float(value)
+
         params = {
             "prompt": values["prompt"] or "", "negative_prompt": values.get("negative_prompt") or "",
             "checkpoint": values.get("checkpoint") or None, "sampler": values.get("sampler") or "euler",
-            "scheduler": values.get("scheduler") or "normal", "steps": int(values.get("steps") or 20),
-            "cfg": float(values.get("cfg") if values.get("cfg") is not None else 7.0),
-            "seed": int(seed) if seed not in (None, "") else -1,
-            "batch_size": int(values.get("batch_size") or 1),
+            "scheduler": values.get("scheduler") or "normal", "steps": number("steps", 20, int),
+            "cfg": number("cfg", 7.0, float), "seed": number("seed", -1, int),
+            "batch_size": number("batch_size", 1, int),
         }
-        if img2img:
-            params["denoise"] = float(values.get("denoise") if values.get("denoise") is not None else 0.6)
+        if img2img:  # the size is the init image's own (fitted to the limits), set by the engine
+            params["denoise"] = number("denoise", 0.6, float)
         else:
-            params["width"] = int(values.get("width") or 512)
-            params["height"] = int(values.get("height") or 512)
+            params["width"] = number("width", 512, int)
+            params["height"] = number("height", 512, int)
         return GenerationParams.from_dict(params)
 
     @friendly
@@ -158,16 +165,19 @@ class Handlers:
                   "scheduler": scheduler, "steps": steps, "cfg": cfg, "seed": seed, "width": width, "height": height,
                   "batch_size": batch_size, "batch_count": batch_count, "denoise": denoise}
         img2img = mode == "img2img"
+        params = self._params(values, img2img=img2img)  # checked before the image is read
+        count = _whole("batch_count", batch_count) if batch_count not in (None, "") else 1
         data = None
         if img2img:
             if not image:
                 raise WorkflowError("Image to image needs an image: upload or paste one first.", field="image")
-            data = Path(image).read_bytes()
-        params = self._params(values, img2img=img2img)
-        count = int(values.get("batch_count") or 1)
+            data = await asyncio.to_thread(Path(image).read_bytes)
         jobs = await self.studio.submit(params, count=count, image=data, owner=_owner(request, self.auth_on))
         self._watch(request, [job.id for job in jobs])
-        gr.Info(f"Queued {len(jobs)} job(s)" + (f", seed {jobs[0].params['seed']}" if jobs else "") + ".")
+        size = f", {jobs[0].params['width']}×{jobs[0].params['height']}" if img2img and jobs else ""
+        gr.Info(f"Queued {len(jobs)} job(s)" + (f", seed {jobs[0].params['seed']}" if jobs else "") + size + ".")
+        if jobs and jobs[0].note:
+            gr.Warning(jobs[0].note)
         return self.watched(request), int(jobs[0].params["seed"])
 
     def _session(self, request: gr.Request | None) -> tuple[str | None, str]:
@@ -309,19 +319,31 @@ class Handlers:
         gr.Info("It runs next.")
 
     @friendly
-    def reuse_settings(self, job_id: str | None, request: gr.Request) -> list[Any]:
+    async def reuse_settings(self, job_id: str | None, request: gr.Request) -> list[Any]:
         """The form values of a finished job ("use these settings")."""
         if not job_id:
             raise WorkflowError("Select a job first.", field="job")
         job = self._own(job_id, request)
         if job.kind != "generate":
             raise WorkflowError("That job ran a loaded workflow; reopen it in the Workflow tab.", field="job")
-        return self.form_values(job.params)
+        return await self.form_values(job.params)
 
-    def form_values(self, params: dict[str, Any]) -> list[Any]:
-        """gr.update()s for the form fields, leaving alone what ``params`` does not say."""
-        return [gr.update(value=params[name]) if params.get(name) is not None else gr.update()
-                for name in FORM_FIELDS if name != "batch_count"] + [gr.update()]
+    async def form_values(self, params: dict[str, Any]) -> list[Any]:
+        """gr.update()s for the form fields, leaving alone what ``params`` does not say.
+
+        A checkpoint, sampler or scheduler the server does not offer is left as it is, with a warning
+        that names it: setting a value outside a dropdown's choices fails the whole update.
+        """
+        models = await self.studio.models()
+        offered = {"checkpoint": models.checkpoints, "sampler": models.samplers, "scheduler": models.schedulers}
+        missing = [f"{name} {params[name]!r}" for name, choices in offered.items()
+                   if params.get(name) is not None and params[name] not in choices]
+        if missing:
+            gr.Warning(f"The server has no {' and no '.join(missing)}, so that was left as it is; "
+                       "the other settings were filled in.")
+        skip = {"batch_count", *(name for name in offered if params.get(name) not in offered[name])}
+        return [gr.update(value=params[name]) if params.get(name) is not None and name not in skip else gr.update()
+                for name in FORM_FIELDS]
 
     @friendly
     def send_to_img2img(self, job_id: str | None, request: gr.Request) -> str:
@@ -347,10 +369,10 @@ class Handlers:
         return f"Settings read from **{source[info.source]}**.", info.params, info.texts
 
     @friendly
-    def png_to_form(self, params: dict[str, Any] | None) -> list[Any]:
+    async def png_to_form(self, params: dict[str, Any] | None) -> list[Any]:
         if not params or not params.get("prompt"):
             raise WorkflowError("This PNG has no settings to use.", field="image")
-        return self.form_values(params)
+        return await self.form_values(params)
 
     # -- workflows --------------------------------------------------------------------------------
 
@@ -468,6 +490,21 @@ class Handlers:
         page = self.studio.jobs(states=states, owner=_owner(request, self.auth_on), limit=max(1, min(int(limit), 200)))
         return [{"job_id": j.id, "state": j.state.value, "prompt": j.params.get("prompt"), "progress": j.progress,
                  "images": self.images(j), "error": j.error} for j in page.jobs]
+
+
+def _whole(name: str, value: Any) -> int:
+    """A form number that must be whole: 20.0 is 20; 20.5 is an error naming the field."""
+    number = float(value)
+    if not number.is_integer():
+        raise WorkflowError(f"{name.replace('_', ' ')} must be a whole number, not {value}.", field=name)
+    return int(number)
+
+
+def storable_form(*values: Any) -> dict[str, Any]:
+    """The form as the browser keeps it: a number JSON cannot carry exactly (a seed of 10**23) is not kept,
+    since one such value would break the page's event stream."""
+    return {name: None if isinstance(value, int) and not -2**63 <= value < 2**63 else value
+            for name, value in zip(FORM_FIELDS, values)}
 
 
 def _decode_preview(data: bytes) -> Image.Image | None:

@@ -15,9 +15,9 @@ import gradio as gr
 
 from comfy import Settings, Studio
 from ui import render
-from ui.handlers import FORM_FIELDS, Handlers
+from ui.handlers import FORM_FIELDS, Handlers, storable_form
 
-__all__ = ["build_ui", "CSS", "HEAD"]
+__all__ = ["build_ui", "CSS", "HEAD", "uploaded_image"]
 
 CSS = """
 .studio-demo { font-size: 0.92em; padding: 8px 12px; border-radius: 8px; background: #fff7e0; color: #5c4400; border: 1px solid #f0d58a; }
@@ -87,12 +87,15 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
                                     base = gr.Radio([512, 768, 1024], value=512, label="Base size")
                                     swap = gr.Button("⇅ Swap", size="sm")
                                 with gr.Row():
-                                    width = gr.Slider(64, limits.max_width, value=512, step=8, label="Width")
-                                    height = gr.Slider(64, limits.max_height, value=512, step=8, label="Height")
+                                    width = _number("Width", 512, 64, limits.max_width, step=8)
+                                    height = _number("Height", 512, 64, limits.max_height, step=8)
                             with gr.Tab("Image to image", id="img2img") as img2img_tab:
-                                init_image = gr.Image(label="Init image", type="filepath", image_mode=None,
-                                                      sources=["upload", "clipboard"], elem_id="init-image")
-                                denoise = gr.Slider(0.0, 1.0, value=0.6, step=0.01, label="Denoise strength")
+                                init_image = uploaded_image(label="Init image",
+                                                            sources=["upload", "clipboard"], elem_id="init-image")
+                                gr.Markdown(f"Runs at the image's own size; a larger one is scaled down to fit "
+                                            f"{limits.max_width}×{limits.max_height} (sides in multiples of 8).",
+                                            elem_id="img2img-size")
+                                denoise = _number("Denoise strength", 0.6, 0.0, 1.0, step=0.01, whole=False)
                         with gr.Accordion("Model and sampler", open=True):
                             with gr.Row():
                                 checkpoint = gr.Dropdown([], label="Checkpoint", scale=4, elem_id="checkpoint")
@@ -101,15 +104,15 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
                                 sampler = gr.Dropdown([], label="Sampler", elem_id="sampler")
                                 scheduler = gr.Dropdown([], label="Scheduler", elem_id="scheduler")
                             with gr.Row():
-                                steps = gr.Slider(1, limits.max_steps, value=20, step=1, label="Steps")
-                                cfg = gr.Slider(0.0, 30.0, value=7.0, step=0.5, label="CFG")
+                                steps = _number("Steps", 20, 1, limits.max_steps)
+                                cfg = _number("CFG", 7.0, 0.0, 100.0, step=0.5, whole=False)
                             with gr.Row():
                                 seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, scale=4)
                                 dice = gr.Button("Random", size="sm", scale=1, min_width=70)
                                 recycle = gr.Button("Last used", size="sm", scale=1, min_width=70)
                             with gr.Row():
-                                batch_size = gr.Slider(1, limits.max_batch_size, value=1, step=1, label="Batch size")
-                                batch_count = gr.Slider(1, 16, value=1, step=1, label="Batch count")
+                                batch_size = _number("Batch size", 1, 1, limits.max_batch_size)
+                                batch_count = _number("Batch count", 1, 1, 100)
 
                     with gr.Tab("Workflow", id="workflow") as workflow_tab:
                         gr.Markdown("Load any ComfyUI workflow in **API format** (*Export (API)* in ComfyUI) or a "
@@ -171,8 +174,8 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
                         history_timer = gr.Timer(2.0, active=False)
 
                     with gr.Tab("PNG info", id="pnginfo") as pnginfo_tab:
-                        png_in = gr.Image(label="Drop a PNG", type="filepath", image_mode=None,
-                                          sources=["upload", "clipboard"])
+                        png_in = uploaded_image(label="Drop a PNG",
+                                                sources=["upload", "clipboard"])
                         png_source = gr.Markdown()
                         png_params = gr.JSON(label="Settings")
                         with gr.Row():
@@ -203,7 +206,7 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
         demo.load(h.saved_workflows, None, wf_saved, **private)
         demo.unload(h.forget_session)
         status_timer.tick(h.status, None, status, show_progress="hidden", **private)
-        gr.on([c.change for c in form], lambda *values: dict(zip(FORM_FIELDS, values)), form, form_store,
+        gr.on([c.change for c in form], storable_form, form, form_store,
               trigger_mode="always_last", show_progress="hidden", **private)
 
         # Generate returns at once; the watcher streams (concurrency_limit=None: waiting on ComfyUI is I/O).
@@ -288,6 +291,32 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
     return demo
 
 
+def uploaded_image(**kwargs: Any) -> gr.Image:
+    """An image upload (``type="filepath"``) that reaches its handler as the file's path, never decoded on the way.
+
+    ``gr.Image`` opens every upload with Pillow before the handler runs, so a decompression bomb failed
+    there without a word; the engine checks and decodes uploads itself, in a thread, and says what is wrong.
+    (A subclass would make Gradio write a ``.pyi`` beside this file, so the one instance is adapted.)
+    """
+    image = gr.Image(type="filepath", image_mode=None, **kwargs)
+    decode = image.preprocess
+
+    def path_only(payload: Any) -> Any:
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return decode(payload)
+
+    image.preprocess = path_only  # type: ignore[method-assign]
+    return image
+
+
+def _number(label: str, value: float, low: float, high: float, *, step: float = 1, whole: bool = True) -> gr.Number:
+    """A number box that keeps what was typed: the engine refuses a value out of range with a sentence,
+    where a slider would clamp it silently after a toast and queue the clamped value."""
+    shown = f"{low:g}" + f" to {high:g}" + (f", in steps of {step:g}" if whole and step > 1 else "")
+    return gr.Number(value, label=label, info=shown, step=step, precision=0 if whole else None, min_width=120)
+
+
 def _widget(spec: dict[str, Any]) -> Any:
     """The component for one discovered workflow input."""
     label = spec["label"]
@@ -303,8 +332,7 @@ def _widget(spec: dict[str, Any]) -> Any:
                          step=spec.get("step") or (1 if kind == "int" else 0.01), precision=0 if kind == "int" else None,
                          **elem)
     if kind == "image":
-        return gr.Image(label=f"{label} (leave empty to keep {spec['value']!r})", type="filepath", image_mode=None,
-                        **elem)
+        return uploaded_image(label=f"{label} (leave empty to keep {spec['value']!r})", **elem)
     return gr.Textbox(str(spec["value"] if spec["value"] is not None else ""), label=label,
                       lines=3 if spec.get("multiline") else 1, **elem)
 

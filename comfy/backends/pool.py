@@ -201,8 +201,8 @@ class Pool:
             if entry.check is not None:
                 continue
             due = entry.next_check <= now
-            if entry.state is BackendState.UP and (self.single or not due):
-                continue  # a lone backend is checked by its jobs; the others' load is refreshed when due
+            if entry.state is BackendState.UP and (not due or (self.single and not entry.orphans)):
+                continue  # a lone backend is checked by its jobs (unless it has runs to stop); others when due
             if entry.state is not BackendState.UP and not due:
                 continue
             entry.check = asyncio.create_task(self._check(entry), name=f"check-{entry.backend.name}")
@@ -211,7 +211,7 @@ class Pool:
         """Seconds until the next check is due (for the worker's wait)."""
         now = self._clock()
         due = [e.next_check - now for e in self._entries
-               if e.check is None and (e.state is not BackendState.UP or not self.single)]
+               if e.check is None and (e.state is not BackendState.UP or not self.single or e.orphans)]
         return max(min(due), 0.0) if due else self.probe_max
 
     async def check_all(self, *, timeout: float = 3.0) -> None:

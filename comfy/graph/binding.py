@@ -181,9 +181,13 @@ def bind(graph: Mapping[str, Any], params: GenerationParams, *, strict: bool = T
     or, when ``strict``, if a parameter the caller set has no place in this workflow.
     """
     places = find_bindings(graph)
+    # With an init image, width and height record the image's size; a graph that takes its size from
+    # the image (the img2img template) has no place for them, and needs none.
+    from_image = {"width", "height"} if params.init_image is not None else set()
     values = {
         param: value for param in PARAM_NAMES
-        if (value := getattr(params, param)) is not None and (param in places or (strict and _was_set(param, value)))
+        if (value := getattr(params, param)) is not None
+        and (param in places or (strict and param not in from_image and _was_set(param, value)))
     }
     return bind_values(graph, values)
 

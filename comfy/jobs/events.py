@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +20,8 @@ __all__ = ["JobEvent", "EventBus", "Subscription", "EventKind"]
 
 EventKind = Literal["queued", "started", "progress", "preview", "succeeded", "failed", "cancelled", "retrying"]
 FINAL_KINDS = frozenset({"succeeded", "failed", "cancelled"})
+#: Previews one subscriber keeps unread: the newest is what a late reader wants to see.
+MAX_PREVIEWS = 2
 
 
 @dataclass(frozen=True)
@@ -48,35 +51,73 @@ class JobEvent:
 
 
 class Subscription:
-    """An async iterator of :class:`JobEvent`; close it (or use ``async with``) when done."""
+    """An async iterator of :class:`JobEvent`; close it (or use ``async with``) when done.
 
-    def __init__(self, bus: EventBus, job_id: str | None, maxsize: int) -> None:
+    Bounded, so a subscriber that stops reading costs little: it keeps at most ``max_previews`` previews
+    (the newest; a preview can be hundreds of KB) and ``maxsize`` events in all, dropping the oldest
+    progress ticks first and never a final event.
+    """
+
+    def __init__(self, bus: EventBus, job_id: str | None, maxsize: int, max_previews: int = MAX_PREVIEWS) -> None:
         self._bus = bus
         self.job_id = job_id
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[JobEvent] = asyncio.Queue(maxsize)
+        self._events: deque[JobEvent] = deque()
+        self._ready = asyncio.Event()
+        self._maxsize = maxsize
+        self._max_previews = max_previews
+        self._previews = 0
+
+    @property
+    def buffered(self) -> int:
+        """Events waiting to be read."""
+        return len(self._events)
 
     def _offer(self, event: JobEvent) -> None:
-        # Runs on the subscriber's loop. When full, drop the oldest preview or progress tick.
-        if self._queue.full():
-            kept = [e for e in _drain(self._queue) if e.kind not in ("preview", "progress")]
-            for old in kept[-(self._queue.maxsize - 1):]:
-                self._queue.put_nowait(old)
-        self._queue.put_nowait(event)
+        # Runs on the subscriber's loop.
+        if event.kind == "preview":
+            if self._previews >= self._max_previews:
+                self._drop(lambda e: e.kind == "preview")
+            self._previews += 1
+        if len(self._events) >= self._maxsize:
+            self._drop(lambda e: e.kind in ("preview", "progress")) or self._drop(lambda e: not e.final)
+        self._events.append(event)
+        self._ready.set()
+
+    def _drop(self, which: Callable[[JobEvent], bool]) -> bool:
+        """Remove the oldest event ``which`` accepts; False when there is none."""
+        for index, old in enumerate(self._events):
+            if which(old):
+                del self._events[index]
+                if old.kind == "preview":
+                    self._previews -= 1
+                return True
+        return False
+
+    def _pop(self) -> JobEvent:
+        event = self._events.popleft()
+        if event.kind == "preview":
+            self._previews -= 1
+        return event
 
     async def get(self, timeout: float | None = None) -> JobEvent:
-        return await asyncio.wait_for(self._queue.get(), timeout)
+        """The next event; raises ``TimeoutError`` when none comes within ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while not self._events:
+                self._ready.clear()
+                await self._ready.wait()
+        return self._pop()
 
     def drain(self) -> list[JobEvent]:
         """The events already waiting, without waiting for more."""
-        return _drain(self._queue)
+        return [self._pop() for _ in range(len(self._events))]
 
     def __aiter__(self) -> AsyncIterator[JobEvent]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[JobEvent]:
         while True:
-            yield await self._queue.get()
+            yield await self.get()
 
     def close(self) -> None:
         self._bus._remove(self)
@@ -86,13 +127,6 @@ class Subscription:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
-
-
-def _drain(queue: asyncio.Queue[JobEvent]) -> list[JobEvent]:
-    items = []
-    while not queue.empty():
-        items.append(queue.get_nowait())
-    return items
 
 
 class EventBus:

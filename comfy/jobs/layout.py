@@ -20,6 +20,11 @@ JOB_KEY = "job:{}"
 BUCKET_KEY = "bucket:{}"
 OWNERS_KEY = "owners"
 IDEMPOTENCY_KEY = "idem:{}"
+COUNTS_KEY = "counts"
+#: A job's workflow, apart from its record: written when it is set, so the progress written four times a
+#: second rewrites a few hundred bytes, not a graph of up to 25 MB. The record says it is there.
+WORKFLOW_KEY = "workflow:{}"
+HEAVY_FLAG = "workflow_stored"
 
 # What a commit costs is the SQLite pages it writes (to the WAL), so every value written in a transition
 # fits in one page (< 4 KiB, no overflow pages) and the blobs that grow are cut into chunks.
@@ -55,6 +60,11 @@ class Txn:
         self._dirty_chunks: set[int] = set()
         self._buckets: dict[int, bytearray] = {}
         self._dirty_buckets: set[int] = set()
+        #: Jobs per state (by state value), kept in step with the index; None until read, {} when the
+        #: queue has none yet (an older queue: counts() builds them once from the buckets).
+        self._counts: dict[str, int] | None = None
+        self._tracking = False
+        self._counts_dirty = False
 
     @property
     def head(self) -> dict[str, Any]:
@@ -73,6 +83,34 @@ class Txn:
             self.cache.set(BUCKET_KEY.format(number), bytes(self._buckets[number]))
         if self._head_dirty:
             self.cache.set(QUEUE_KEY, self._head)
+        if self._counts_dirty:
+            self.cache.set(COUNTS_KEY, self._counts)
+
+    # -- running counts per state, changed in the same transaction as the index ---------------------
+
+    def _count(self, old_code: int, new_code: int) -> None:
+        if self._counts is None:
+            stored = self.cache.get(COUNTS_KEY)
+            self._counts, self._tracking = dict(stored or {}), stored is not None
+        if not self._tracking or old_code == new_code:
+            return
+        for code, step in ((old_code, -1), (new_code, 1)):
+            state = STATE_OF.get(code)
+            if state is not None:
+                self._counts[state.value] = self._counts.get(state.value, 0) + step
+        self._counts_dirty = True
+
+    def build_counts(self) -> dict[str, int]:
+        """Count every bucket once and keep the counts (for a queue made before they were kept)."""
+        counts = {state.value: 0 for state in JobState}
+        number = self.head["bucket"]
+        for n in range(number, -1, -1):
+            buf = self.cache.get(BUCKET_KEY.format(n))
+            if buf is not None:
+                for code, state in STATE_OF.items():
+                    counts[state.value] += buf.count(code, 0, BUCKET_SIZE)
+        self._counts, self._tracking, self._counts_dirty = counts, True, True
+        return counts
 
     # -- the index: buckets of (state, id, owner) by seq ------------------------------------------
 
@@ -97,6 +135,7 @@ class Txn:
         number, offset = _slot(seq)
         buf = self.bucket(number)
         self._dirty_buckets.add(number)
+        self._count(buf[offset], code)
         buf[offset] = code
         if job_id is not None:
             buf[_IDS_AT + offset * ID_BYTES:_IDS_AT + (offset + 1) * ID_BYTES] = bytes.fromhex(job_id)
@@ -183,13 +222,30 @@ class Txn:
 
     def save(self, old: dict[str, Any], new: dict[str, Any]) -> None:
         """Write a changed record; keep the state index and the pending order in step with it."""
-        self.cache.set(JOB_KEY.format(new["id"]), new)
+        light, heavy = split_heavy(new)
+        if heavy is not None:
+            self.cache.set(WORKFLOW_KEY.format(new["id"]), heavy)
+        self.cache.set(JOB_KEY.format(new["id"]), light)
         if old["state"] != new["state"]:
             self.index(new["seq"], CODE[new["state"]])
             if old["state"] == QUEUED:
                 self.remove_pending(new["id"])
             elif new["state"] == QUEUED:  # a retry keeps its place: the front
                 self.insert_pending(new["id"], 0)
+
+
+def split_heavy(record: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(the record to store, the workflow to store apart or None when there is no new one)."""
+    if record.get("workflow") is None:
+        return record, None
+    return {**record, "workflow": None, HEAVY_FLAG: True}, record["workflow"]
+
+
+def with_heavy(cache: diskcache.Cache, record: dict[str, Any]) -> dict[str, Any]:
+    """The record with its workflow read back (records of older versions hold theirs inline)."""
+    if record.get(HEAVY_FLAG) and record.get("workflow") is None:
+        return {**record, "workflow": cache.get(WORKFLOW_KEY.format(record["id"]))}
+    return record
 
 
 def load_head(stored: dict[str, Any] | None) -> dict[str, Any]:

@@ -46,8 +46,8 @@ import diskcache
 from comfy.errors import IdempotencyConflict, JobNotFound, QueueError
 from comfy.jobs.layout import (
     BUCKET_KEY,
-    BUCKET_SIZE,
     CODE,
+    COUNTS_KEY,
     ID_BYTES,
     IDEMPOTENCY_KEY,
     JOB_KEY,
@@ -56,12 +56,15 @@ from comfy.jobs.layout import (
     PRUNED,
     QUEUE_KEY,
     STATE_OF,
+    WORKFLOW_KEY,
     Txn,
     bucket_matches,
     count_in_bucket,
     find_id,
     is_id,
     load_head,
+    split_heavy,
+    with_heavy,
 )
 from comfy.jobs.leases import lease_live
 from comfy.jobs.records import FINAL, QUEUED, RUNNING, TAKEN_OVER_NOTE, UPDATABLE_FIELDS, Job, JobPage, JobState
@@ -88,13 +91,15 @@ class _Request:
     idempotency_key: str | None
     owner: str | None
     fingerprint: str
+    note: str | None = None
 
 
 def _request(params: dict[str, Any], kind: str, workflow: dict[str, Any] | None, key: str | None,
-             owner: str | None) -> _Request:
+             owner: str | None, note: str | None = None) -> _Request:
     if kind not in ("generate", "workflow"):
         raise QueueError(f"Unknown job kind {kind!r}; expected 'generate' or 'workflow'.")
-    return _Request(kind, params, workflow, key, owner, _fingerprint(kind, params, workflow, owner) if key else "")
+    return _Request(kind, params, workflow, key, owner, _fingerprint(kind, params, workflow, owner) if key else "",
+                    note)
 
 
 def _fingerprint(kind: str, params: dict[str, Any], workflow: dict[str, Any] | None, owner: str | None) -> str:
@@ -153,13 +158,14 @@ class JobQueue:
     # -- enqueue ------------------------------------------------------------------------------------
 
     def enqueue(self, params: dict[str, Any], *, kind: str = "generate", workflow: dict[str, Any] | None = None,
-                idempotency_key: str | None = None, owner: str | None = None) -> tuple[Job, bool]:
-        """Queue a job; returns ``(job, created)``.
+                idempotency_key: str | None = None, owner: str | None = None,
+                note: str | None = None) -> tuple[Job, bool]:
+        """Queue a job; returns ``(job, created)``. ``note`` tells the user what was changed on the way in.
 
         With an ``idempotency_key`` already used by ``owner`` for the same request, returns that job
         (in whatever state) and ``created=False``; for a different request raises :class:`IdempotencyConflict`.
         """
-        request = _request(params, kind, workflow, idempotency_key, owner)
+        request = _request(params, kind, workflow, idempotency_key, owner, note)
         return self._enqueue([request])[0]
 
     def enqueue_many(self, requests: list[dict[str, Any]], *, owner: str | None = None) -> list[Job]:
@@ -185,14 +191,17 @@ class JobQueue:
             if seen is not None:
                 if seen["fingerprint"] != request.fingerprint:
                     raise IdempotencyConflict(request.idempotency_key or "", seen["job_id"])
-                return Job.from_dict(txn.record(seen["job_id"])), False
+                return Job.from_dict(with_heavy(self._cache, txn.record(seen["job_id"]))), False
         seq = txn.next_seq()
         while True:
             job = Job(id=uuid.uuid4().hex[:16], seq=seq, kind=request.kind, params=request.params,
                       workflow=request.workflow, queued_at=now, idempotency_key=request.idempotency_key,
-                      owner=request.owner)
-            if self._cache.add(JOB_KEY.format(job.id), job.to_dict()):
+                      owner=request.owner, note=request.note)
+            light, heavy = split_heavy(job.to_dict())
+            if self._cache.add(JOB_KEY.format(job.id), light):
                 break  # else: a 1-in-2**60 id collision; draw again
+        if heavy is not None:
+            self._cache.set(WORKFLOW_KEY.format(job.id), heavy)
         txn.index(seq, CODE[QUEUED], job.id, owner_code)
         txn.insert_pending(job.id, None)
         if idem is not None:
@@ -223,18 +232,18 @@ class JobQueue:
     # -- reading ------------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
-        """The job with this id; raises :class:`JobNotFound`."""
+        """The job with this id, its workflow included; raises :class:`JobNotFound`."""
         with _map_errors():
             record = self._cache.get(JOB_KEY.format(job_id))
-        if record is None:
-            raise JobNotFound(job_id)
-        return Job.from_dict(record)
+            if record is None:
+                raise JobNotFound(job_id)
+            return Job.from_dict(with_heavy(self._cache, record))
 
     def list(self, *, states: Collection[JobState] | None = None, owner: str | None = None, limit: int = 50,
              cursor: int | None = None) -> JobPage:
         """Jobs newest first, optionally only some states or one owner's; ``cursor`` from the previous page.
 
-        Reads the index (a few KiB per 256 jobs) and then only the records on the page.
+        Reads the index (a few KiB per 256 jobs) down to the page, and then only the records on it.
         """
         codes = {CODE[JobState(s).value] for s in states} if states is not None else set(STATE_OF)
         owner_code = self._owner_code(owner, create=False) if owner is not None else None
@@ -242,10 +251,15 @@ class JobQueue:
             return JobPage([], None, 0)
         highest = None if cursor is None else cursor - 1
         found: list[tuple[int, str]] = []
-        total = 0
+        # Without an owner the total comes from the running counts, and the scan stops at the page.
+        known = self.counts() if owner_code is None else None
+        total = 0 if known is None else sum(known[STATE_OF[code]] for code in codes)
         with _map_errors():
             for number, buf in self._buckets_down():
-                total += count_in_bucket(buf, codes, owner_code)
+                if known is None:
+                    total += count_in_bucket(buf, codes, owner_code)
+                elif len(found) > limit:
+                    break
                 if len(found) <= limit:
                     found.extend(bucket_matches(buf, number, codes, owner_code, highest, limit + 1 - len(found)))
             page = self._jobs(job_id for _seq, job_id in found[:limit])
@@ -254,10 +268,13 @@ class JobQueue:
         return JobPage(jobs, next_cursor, total)
 
     def counts(self) -> dict[JobState, int]:
-        """How many jobs are in each state."""
+        """How many jobs are in each state: one small read (running counts kept with every transition)."""
         with _map_errors():
-            buckets = [buf for _number, buf in self._buckets_down()]
-        return {state: sum(buf.count(code, 0, BUCKET_SIZE) for buf in buckets) for code, state in STATE_OF.items()}
+            counts = self._cache.get(COUNTS_KEY)
+        if counts is None:  # a new queue, or one made before counts were kept: count once
+            with self._txn() as txn:
+                counts = self._cache.get(COUNTS_KEY) or txn.build_counts()
+        return {state: counts.get(state.value, 0) for state in JobState}
 
     def position(self, job_id: str) -> int | None:
         """0-based place among queued jobs (0 runs next); None when the job is not queued."""
@@ -310,7 +327,7 @@ class JobQueue:
                     continue
                 new = _claimed(old, worker_id, now + lease_seconds, now)
                 txn.save(old, new)
-                return Job.from_dict(new)
+                return Job.from_dict(with_heavy(self._cache, new))
         return None
 
     def renew(self, job_id: str, worker_id: str, *, lease_seconds: float) -> bool:
@@ -326,6 +343,8 @@ class JobQueue:
     def update(self, job_id: str, worker_id: str | None = None, **fields: Any) -> Job:
         """Record progress and run details (see ``UPDATABLE_FIELDS``); a final job is returned unchanged.
 
+        Only the small record is rewritten; the job returned carries a workflow only if one was set here.
+
         Raises :class:`QueueError` for other fields, or when ``worker_id`` no longer holds the lease.
         """
         unknown = set(fields) - UPDATABLE_FIELDS
@@ -338,7 +357,7 @@ class JobQueue:
             _check_lease(old, worker_id)
             return {**old, **fields}
 
-        return self._change(job_id, change)
+        return self._change(job_id, change, heavy=False)
 
     def finish(self, job_id: str, worker_id: str | None, *, outputs: list[dict[str, Any]]) -> Job:
         """Mark the job SUCCEEDED with its outputs; a job already final is returned unchanged."""
@@ -365,10 +384,9 @@ class JobQueue:
                 new["outputs"] = outputs
             if note is not None:
                 new["note"] = note or None
-            if new == old:
-                return Job.from_dict(old)
-            txn.save(old, new)
-        return Job.from_dict(new)
+            if new != old:
+                txn.save(old, new)
+            return Job.from_dict(with_heavy(self._cache, new))
 
     def fail(self, job_id: str, worker_id: str | None, *, code: str, message: str, retry: bool = False) -> Job:
         """Record a failure: with ``retry`` and attempts left (and no cancel asked), back to the front of the
@@ -451,46 +469,57 @@ class JobQueue:
                 return None
             new = {**old, "lease_owner": worker_id, "lease_expires": now + lease_seconds, "note": TAKEN_OVER_NOTE}
             txn.save(old, new)
-        return Job.from_dict(new)
+            return Job.from_dict(with_heavy(self._cache, new))
 
     def prune(self, *, older_than: float, batch: int = 256) -> int:
         """Delete final jobs that finished before ``older_than``; returns how many. Never touches live jobs."""
+        return len(self.prune_records(older_than=older_than, batch=batch))
+
+    def prune_records(self, *, older_than: float, skip: Collection[str] = (), batch: int = 256) -> list[dict[str, Any]]:
+        """Like :meth:`prune`, returning the deleted records (their files are the caller's); ``skip`` is kept."""
         final = {CODE[s.value] for s in FINAL}
         with _map_errors():
             candidates = [job_id for number, buf in self._buckets_down()
-                          for _seq, job_id in bucket_matches(buf, number, final)]
-        deleted = 0
+                          for _seq, job_id in bucket_matches(buf, number, final) if job_id not in skip]
+        deleted: list[dict[str, Any]] = []
         for at in range(0, len(candidates), batch):  # short transactions: writers wait on each
             with self._txn() as txn:
                 for job_id in candidates[at:at + batch]:
-                    deleted += self._delete_if_old(txn, job_id, older_than)
+                    record = self._delete_if_old(txn, job_id, older_than)
+                    if record is not None:
+                        deleted.append(record)
         return deleted
 
-    def _delete_if_old(self, txn: Txn, job_id: str, older_than: float) -> bool:
+    def _delete_if_old(self, txn: Txn, job_id: str, older_than: float) -> dict[str, Any] | None:
         record = self._cache.get(JOB_KEY.format(job_id))
         if record is None or not JobState(record["state"]).is_final:
-            return False
+            return None
         if record["finished_at"] is None or record["finished_at"] >= older_than:
-            return False
+            return None
         self._cache.delete(JOB_KEY.format(job_id))
+        self._cache.delete(WORKFLOW_KEY.format(job_id))
         txn.index(record["seq"], PRUNED)
         if record["idempotency_key"]:
             idem = _idempotency_key(record["owner"], record["idempotency_key"])
             seen = self._cache.get(idem)
             if seen is not None and seen["job_id"] == job_id:
                 self._cache.delete(idem)
-        return True
+        return record
 
-    def _change(self, job_id: str, change: Callable[[dict[str, Any], float], dict[str, Any] | None]) -> Job:
-        """Apply ``change`` to a live job's record in one transaction; final jobs are returned unchanged."""
+    def _change(self, job_id: str, change: Callable[[dict[str, Any], float], dict[str, Any] | None], *,
+                heavy: bool = True) -> Job:
+        """Apply ``change`` to a live job's record in one transaction; final jobs are returned unchanged.
+
+        Without ``heavy`` the job returned has no workflow unless ``change`` set one (progress stays cheap).
+        """
         now = self._now()
         with self._txn() as txn:
             old = txn.record(job_id)
             new = None if JobState(old["state"]).is_final else change(old, now)
-            if new is None:
-                return Job.from_dict(old)
-            txn.save(old, new)
-        return Job.from_dict(new)
+            if new is not None:
+                txn.save(old, new)
+            result = old if new is None else new
+            return Job.from_dict(with_heavy(self._cache, result) if heavy else result)
 
     def claim_matching(self, worker_id: str, *, lease_seconds: float, accept: Callable[[Job], bool],
                        scan: int = 64) -> Job | None:
@@ -501,11 +530,11 @@ class JobQueue:
             pending = txn.pending()
             for at in range(0, min(len(pending), scan * ID_BYTES), ID_BYTES):
                 old = self._cache.get(JOB_KEY.format(pending[at:at + ID_BYTES].hex()))
-                if old is None or old["state"] != QUEUED or not accept(Job.from_dict(old)):
+                if old is None or old["state"] != QUEUED or not accept(Job.from_dict(with_heavy(self._cache, old))):
                     continue
                 new = _claimed(old, worker_id, now + lease_seconds, now)
                 txn.save(old, new)
-                return Job.from_dict(new)
+                return Job.from_dict(with_heavy(self._cache, new))
         return None
 
 

@@ -195,3 +195,14 @@ class UploadBacklog:
                 record = self.get(job_id)
                 if record is not None and record.get("lease") and record["lease"][0] == owner:
                     self._cache.set(RECORD_KEY.format(job_id), {**record, "lease": None})
+
+    def forget(self, job_ids: set[str]) -> int:
+        """Drop the finished (uploaded) records of these jobs, for retention; pending ones stay. Returns how many."""
+        forgotten = 0
+        with self._txn():
+            for job_id in job_ids:
+                record = self.get(job_id)
+                if record is not None and record["state"] == "uploaded":
+                    self._cache.delete(RECORD_KEY.format(job_id))
+                    forgotten += 1
+        return forgotten

@@ -118,7 +118,10 @@ class LocalStore:
     def save_input(self, data: bytes, *, suffix: str = ".png") -> Path:
         """Keep an uploaded init image (deduplicated by content) so a job can be re-run after a restart."""
         path = self.inputs_dir / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
-        if not path.exists():
+        if path.exists():
+            with contextlib.suppress(OSError):
+                os.utime(path)  # used again: retention counts from the last use
+        else:
             try:
                 _atomic_write(path, data)
             except OSError as exc:
@@ -126,7 +129,8 @@ class LocalStore:
         return path
 
     def read_input(self, path: str | Path) -> bytes:
-        resolved = Path(path).resolve()
+        """A kept input by its name (what jobs record) or, for jobs stored by older versions, its path."""
+        resolved = (self.inputs_dir / path if Path(path).name == str(path) else Path(path)).resolve()
         if self.inputs_dir.resolve() not in resolved.parents:
             raise StorageError(f"{path} is not a kept input image.")
         try:
