@@ -1,0 +1,124 @@
+"""Exactly once on the GPU: a lost reply, an outage, a refused socket, a dead task, RunPod's unsure answers.
+
+Against the fake ComfyUI and the fake RunPod over real sockets; each test counts what reached the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from comfy.graph.params import GenerationParams
+from comfy.jobs.records import JobState
+from comfy.service import Studio
+from tests.conftest import make_settings, quick, running, wait_for
+from tests.fakes.comfyui import FakeComfy
+from tests.fakes.runpod_server import FakeRunPod
+
+SMALL = GenerationParams(prompt="a lighthouse at dawn", steps=3, seed=42, width=64, height=64)
+
+
+async def finished(studio: Studio, job_id: str, timeout: float = 30):
+    """The job once final; a job that never ends fails the test instead of hanging it."""
+    return await asyncio.wait_for(studio.wait(job_id, timeout=timeout), timeout + 5)
+
+
+async def test_a_reply_lost_after_comfyui_queued_the_prompt_is_followed_not_resent(
+        studio: Studio, fake_comfy: FakeComfy) -> None:
+    fake_comfy.lose_first_replies = True  # every prompt's POST is reset after it was queued
+    jobs = await studio.submit(SMALL, count=3)
+    done = [await finished(studio, job.id) for job in jobs]
+    assert [job.state for job in done] == [JobState.SUCCEEDED] * 3
+    assert len(fake_comfy.lost_replies) == 3  # each answer was lost...
+    assert len(fake_comfy.prompts) == 3  # ...and each prompt still ran once, and was followed
+    assert [job.prompt_id for job in done] == fake_comfy.lost_replies
+    assert all(job.attempts == 1 and len(job.outputs) == 1 for job in done)
+
+
+async def test_a_prompt_id_is_stored_on_the_job_before_it_is_submitted(studio: Studio, fake_comfy: FakeComfy) -> None:
+    fake_comfy.hold = True
+    [job] = await studio.submit(SMALL)
+    await wait_for(lambda: fake_comfy.prompts)
+    assert studio.job(job.id).prompt_id == fake_comfy.prompts[0]["prompt_id"]
+    fake_comfy.hold = False
+    assert (await finished(studio, job.id)).state is JobState.SUCCEEDED
+
+
+async def test_after_a_long_outage_the_run_is_found_again_not_resubmitted(studio: Studio, fake_comfy: FakeComfy) -> None:
+    studio.client.reconnect_window = 0.2  # the outage outlasts the socket's reconnection window
+    fake_comfy.step_time = 0.05
+    [job] = await studio.submit(GenerationParams(prompt="x", steps=10, seed=5, width=64, height=64))
+    await wait_for(lambda: (studio.job(job.id).step or 0) >= 1)
+    await asyncio.to_thread(fake_comfy.outage, 1.5)  # ComfyUI finishes the prompt meanwhile
+    done = await finished(studio, job.id)
+    assert done.state is JobState.SUCCEEDED and len(done.outputs) == 1
+    assert len(fake_comfy.prompts) == 1 and done.prompt_id == fake_comfy.prompts[0]["prompt_id"]
+    assert done.attempts == 1  # waiting for the backend used none
+
+
+async def test_a_proxy_that_refuses_the_websocket_fails_the_job_after_its_attempts(
+        tmp_path, fake_comfy: FakeComfy) -> None:
+    fake_comfy.refuse_websocket = True
+    async with running(make_settings(tmp_path, fake_comfy.url, max_attempts=3)) as studio:
+        [job] = await studio.submit(SMALL)
+        done = await finished(studio, job.id)
+    assert done.state is JobState.FAILED and done.attempts == 3
+    assert "WebSocket" in done.error["message"] and "403" in done.error["message"]
+    assert fake_comfy.prompts == []  # nothing was ever submitted without its event socket
+
+
+async def test_a_running_job_left_without_its_task_is_taken_up_again(tmp_path, fake_comfy: FakeComfy) -> None:
+    studio = quick(Studio(make_settings(tmp_path, fake_comfy.url)))
+    try:
+        [job] = await studio.submit(SMALL)
+        # What a task that died in finish/fail/release leaves: RUNNING, leased to this very worker, no task.
+        claimed = studio.queue.claim(studio.worker.id, lease_seconds=0.05)
+        assert claimed is not None and claimed.id == job.id
+        await asyncio.sleep(0.1)  # its lease has expired
+        await studio.start()
+        done = await finished(studio, job.id)
+        assert done.state is JobState.SUCCEEDED and len(fake_comfy.prompts) == 1
+    finally:
+        await studio.aclose()
+
+
+async def test_the_queue_lock_timeout_is_shorter_than_the_lease(tmp_path, fake_comfy: FakeComfy) -> None:
+    async with Studio(make_settings(tmp_path, fake_comfy.url, lease_seconds=5.0)) as studio:
+        assert 0 < studio.queue.lock_timeout < studio.settings.lease_seconds / 2 + 0.01
+
+
+async def test_wait_honours_its_timeout_while_no_event_arrives(tmp_path, fake_comfy: FakeComfy) -> None:
+    async with Studio(make_settings(tmp_path, fake_comfy.url)) as studio:  # no worker: nothing ever happens
+        [job] = await studio.submit(SMALL)
+        with pytest.raises(TimeoutError, match="did not finish in 0.3 s"):
+            await asyncio.wait_for(studio.wait(job.id, timeout=0.3), 10)
+        assert studio.job(job.id).state is JobState.QUEUED
+
+
+# -- RunPod: a /run answered 5xx may have been queued there ---------------------------------------------
+
+
+@pytest.fixture
+def runpod() -> FakeRunPod:
+    with FakeRunPod(step_time=0.005) as fake:
+        yield fake
+
+
+def runpod_settings(tmp_path, fake: FakeRunPod, **overrides: object):
+    from tests.test_runpod import runpod_settings as settings_for
+
+    return settings_for(tmp_path, fake, **overrides)
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+async def test_a_run_answered_5xx_after_runpod_took_it_is_never_sent_twice(tmp_path, runpod: FakeRunPod,
+                                                                           status: int) -> None:
+    runpod.lose_run_reply_next = status
+    async with running(runpod_settings(tmp_path, runpod)) as studio:
+        [job] = await studio.submit(SMALL.with_seed(7))
+        done = await finished(studio, job.id)
+    assert len(runpod.runs) == 1  # one run at RunPod, paid once
+    assert done.state is JobState.FAILED and done.attempts == 1
+    assert done.error["code"] == "run_unconfirmed"
+    assert f"HTTP {status}" in done.error["message"] and "not sent again" in done.error["message"]
