@@ -320,7 +320,10 @@ class Studio:
         if image is not None:
             _check_image(image, self.settings.max_upload_bytes)
             params = dataclasses.replace(params, init_image=str(self.store.save_input(image)))
-        params = await self._check_against_server(params)
+        checked = await self._check_against_server(params)
+        # Under a key the default checkpoint is left to the worker (it fills it in when the job runs): a retry is
+        # then the same request whether or not the server answered the first time (it may not have: a 503).
+        params = dataclasses.replace(checked, checkpoint=params.checkpoint) if idempotency_key else checked
         jobs = []
         for index in range(count):
             one = params.with_seed((params.seed + index) % 2**64) if count > 1 else params

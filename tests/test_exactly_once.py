@@ -122,3 +122,60 @@ async def test_a_run_answered_5xx_after_runpod_took_it_is_never_sent_twice(tmp_p
     assert done.state is JobState.FAILED and done.attempts == 1
     assert done.error["code"] == "run_unconfirmed"
     assert f"HTTP {status}" in done.error["message"] and "not sent again" in done.error["message"]
+
+
+# -- idempotency survives a 503 -------------------------------------------------------------------------
+
+
+async def test_a_sync_generate_retried_with_its_key_after_a_503_reaches_a_job_that_can_succeed(
+        api, fake_comfy: FakeComfy) -> None:
+    from tests.api_support import SMALL as BODY, error_of
+
+    headers = {"Idempotency-Key": "retry-me-0001"}
+    fake_comfy.stop()
+    down = await api.http.post("/api/v1/generate/", json=BODY, headers=headers)
+    assert down.status_code == 503 and down.headers["retry-after"]
+    error = error_of(down)
+    assert error["code"] == "backend_unavailable" and "same Idempotency-Key" in error["message"]
+    job_id = down.json()["error"]["job_id"]
+    assert api.studio.job(job_id).state is JobState.QUEUED  # kept for the retry, not cancelled
+    fake_comfy.start()  # the same port
+    await wait_for(lambda: api.studio.worker.backend_down is None)
+    again = await api.http.post("/api/v1/generate/", json=BODY, headers=headers)
+    assert again.status_code == 200, again.text
+    assert again.json()["job_id"] == job_id and len(fake_comfy.prompts) == 1
+
+
+async def test_a_sync_generate_without_a_key_still_cancels_its_job_on_a_503(api, fake_comfy: FakeComfy) -> None:
+    from tests.api_support import SMALL as BODY
+
+    fake_comfy.stop()
+    down = await api.http.post("/api/v1/generate/", json=BODY)
+    assert down.status_code == 503
+    assert api.studio.job(down.json()["error"]["job_id"]).state is JobState.CANCELLED  # nothing runs by surprise
+
+
+# -- cancel is immediate ----------------------------------------------------------------------------------
+
+
+async def test_a_prompt_waiting_in_comfyuis_queue_shows_so_and_is_cancelled_at_once(
+        studio: Studio, fake_comfy: FakeComfy) -> None:
+    from comfy.backends.comfyui import WAITING_ON_BACKEND
+
+    studio.client.idle_check = 60.0  # a deleted prompt sends nothing: the cancel must not wait for that silence
+    fake_comfy.step_time = 0.2  # the job ahead runs for 20 s unless stopped
+    ahead, behind = await studio.submit(GenerationParams(prompt="slow", steps=100, seed=1, width=64, height=64),
+                                        count=2)
+    await wait_for(lambda: len(fake_comfy.prompts) == 2 and (studio.job(ahead.id).step or 0) >= 1)
+    await wait_for(lambda: studio.job(behind.id).note == WAITING_ON_BACKEND)
+    assert studio.job(ahead.id).note is None  # the one that runs is not "waiting"
+    started = asyncio.get_running_loop().time()
+    studio.cancel(behind.id)
+    done = await finished(studio, behind.id)
+    took = asyncio.get_running_loop().time() - started
+    print(f"\ncancel of a prompt pending on ComfyUI: cancelled after {took:.2f} s")
+    assert done.state is JobState.CANCELLED
+    assert fake_comfy.deleted == [fake_comfy.prompts[1]["prompt_id"]] == [done.prompt_id]
+    assert studio.job(ahead.id).state is JobState.RUNNING  # cancelled while the job ahead still runs
+    studio.cancel(ahead.id)
+    assert (await finished(studio, ahead.id)).state is JobState.CANCELLED
