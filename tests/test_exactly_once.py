@@ -179,3 +179,32 @@ async def test_a_prompt_waiting_in_comfyuis_queue_shows_so_and_is_cancelled_at_o
     assert studio.job(ahead.id).state is JobState.RUNNING  # cancelled while the job ahead still runs
     studio.cancel(ahead.id)
     assert (await finished(studio, ahead.id)).state is JobState.CANCELLED
+
+
+# -- bounded hand-backs: waiting for a backend backs off ----------------------------------------------------
+
+
+async def test_a_backend_that_fails_jobs_right_after_each_probe_is_waited_for_longer_each_time(
+        fake_comfy: FakeComfy) -> None:
+    from comfy.backends.client import ComfyClient
+    from comfy.backends.comfyui import ComfyBackend
+    from comfy.backends.pool import BackendState, Pool
+
+    now = [1000.0]
+    backend = ComfyBackend(ComfyClient(fake_comfy.url))
+    pool = Pool([backend], probe_min=0.5, probe_max=8.0, clock=lambda: now[0])
+    waits = []
+    try:
+        for _ in range(6):  # the probe passes (HTTP answers), then the next job fails at once again
+            pool.mark_down(backend, "ComfyUI (or a proxy in front of it) refused the event WebSocket")
+            waits.append(pool.next_check_in())
+            now[0] += waits[-1]
+            pool.tick(lambda: None)
+            await wait_for(lambda: pool.state(backend) is BackendState.UP)
+        assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+        now[0] += 60  # it stayed up a while: a new failure starts from the shortest wait again
+        pool.mark_down(backend, "gone")
+        assert pool.next_check_in() == 0.5
+    finally:
+        await pool.aclose()
+        await backend.aclose()
