@@ -208,3 +208,36 @@ async def test_a_backend_that_fails_jobs_right_after_each_probe_is_waited_for_lo
     finally:
         await pool.aclose()
         await backend.aclose()
+
+
+async def test_a_job_cancelled_while_it_waits_out_an_outage_has_its_run_stopped_when_the_backend_is_back(
+        studio: Studio, fake_comfy: FakeComfy) -> None:
+    studio.client.reconnect_window = 0.2
+    fake_comfy.step_time = 0.05  # 4 s of steps: still running when the network comes back
+    [job] = await studio.submit(GenerationParams(prompt="x", steps=80, seed=6, width=64, height=64))
+    await wait_for(lambda: (studio.job(job.id).step or 0) >= 1)
+    prompt_id = studio.job(job.id).prompt_id
+    outage = asyncio.create_task(asyncio.to_thread(fake_comfy.outage, 1.5))
+    await wait_for(lambda: studio.job(job.id).state is JobState.QUEUED)  # it waits, keeping its run's handle
+    assert studio.job(job.id).prompt_id == prompt_id
+    assert studio.cancel(job.id).state is JobState.CANCELLED
+    await outage
+    await wait_for(lambda: {"prompt_id": prompt_id} in fake_comfy.interrupts)  # stopped once it answers again
+    assert len(fake_comfy.prompts) == 1
+
+
+async def test_a_run_whose_answer_times_out_is_not_sent_again(runpod: FakeRunPod) -> None:
+    import httpx
+    from pydantic import SecretStr
+
+    from comfy.backends.runpod_client import RunPodClient, RunUnconfirmed
+
+    runpod.run_answer_delay = 1.0  # RunPod queued it; the answer comes after our read timeout
+    api = RunPodClient(runpod.endpoint_id, SecretStr(runpod.api_key), base_url=runpod.url,
+                       timeout=httpx.Timeout(0.2, connect=5.0))
+    try:
+        with pytest.raises(RunUnconfirmed, match="did not answer"):
+            await api.run(b'{"input": {"workflow": {}}}')
+    finally:
+        await api.aclose()
+    assert len(runpod.runs) == 1
