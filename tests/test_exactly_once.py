@@ -36,6 +36,16 @@ async def test_a_reply_lost_after_comfyui_queued_the_prompt_is_followed_not_rese
     assert all(job.attempts == 1 and len(job.outputs) == 1 for job in done)
 
 
+async def test_a_post_prompt_that_times_out_after_comfyui_queued_it_is_followed_not_resent(
+        tmp_path, fake_comfy: FakeComfy) -> None:
+    fake_comfy.prompt_answer_delay = 1.5  # the answer comes after the client's read timeout, every time
+    async with running(make_settings(tmp_path, fake_comfy.url, request_timeout=0.5)) as studio:
+        [job] = await studio.submit(SMALL)
+        done = await finished(studio, job.id)
+    assert done.state is JobState.SUCCEEDED and done.attempts == 1
+    assert len(fake_comfy.prompts) == 1 and done.prompt_id == fake_comfy.prompts[0]["prompt_id"]
+
+
 async def test_a_prompt_id_is_stored_on_the_job_before_it_is_submitted(studio: Studio, fake_comfy: FakeComfy) -> None:
     fake_comfy.hold = True
     [job] = await studio.submit(SMALL)

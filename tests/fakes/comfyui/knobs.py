@@ -29,6 +29,7 @@ class _Knobs:
     * ``lose_first_replies``: the first POST /prompt of each prompt id is queued (it runs), then its
       connection is reset before the answer: a reply lost on the way, as a proxy or a network cut does.
       ``lost_replies`` lists the prompt ids whose reply was lost.
+    * ``prompt_answer_delay`` seconds an accepted POST /prompt waits, already queued, before it answers.
     * ``refuse_websocket``: every WebSocket upgrade is refused with HTTP 403 (a proxy that passes only HTTP).
 
     Observations: ``prompts`` (accepted POST /prompt bodies, as sent), ``interrupts`` (POST /interrupt
@@ -54,6 +55,7 @@ class _Knobs:
         self.lose_first_replies = False
         self.lost_replies: list[str] = []
         self.refuse_websocket = False
+        self.prompt_answer_delay = 0.0
         self._hold = False
 
     @property

@@ -380,6 +380,8 @@ class FakeComfy(_Knobs, _Faults, _Executor, _Nodes):
         extra["create_time"] = _now_ms()
         self._enqueue((number, prompt_id, prompt, extra, outputs, sensitive))
         self.prompts.append(original)
+        if self.prompt_answer_delay > 0:  # queued (it runs) and the answer is late: past a client's read timeout
+            await asyncio.sleep(self.prompt_answer_delay)
         if self._lose_this_reply(prompt_id) and cut_connection(request.scope):
             return Response(status_code=200)  # goes nowhere: the connection is gone, the prompt is queued
         return _json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
