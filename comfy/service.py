@@ -450,7 +450,8 @@ class Studio:
         """Events of one job until it ends; the current state comes first, so late callers catch up."""
         sub = self.bus.subscribe(job_id)
         try:
-            job = await asyncio.to_thread(self.queue.get, job_id)
+            # A read (WAL: it never waits for the write lock), taken at once so the caller sees the state it left.
+            job = self.queue.get(job_id)
             yield JobEvent(job.id, _kind(job), progress=job.progress, node=job.node, step=job.step,
                            steps=job.steps, job=job.to_dict())
             if job.state.is_final:

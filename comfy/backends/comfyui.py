@@ -94,6 +94,7 @@ class ComfyBackend:
         self._checkpoints: frozenset[str] | None = None
         #: Our prompts submitted here and not yet ended, oldest first: a newer one waits behind them.
         self._in_flight: list[str] = []
+        self._submitting: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     def __repr__(self) -> str:
         return f"ComfyBackend({self.name!r})"
@@ -138,27 +139,43 @@ class ComfyBackend:
         if kept:
             ctx.submitted()
             ctx.started(message="re-attached after a restart" if attach else "re-attached: the backend is back")
-            return await self._follow(ctx, job, job.workflow or {}, None)
-        graph = await build_prompt(job, self.client, ctx.store)
-        # The socket comes first (usually opened ahead): its client id is stored with the prompt id
-        # before anything is submitted.
-        async with self.client.new_events() as stream:
-            job = await ctx.record(prompt_id=str(uuid.uuid4()), client_id=stream.client_id, backend=self.name,
-                                   workflow=graph if job.kind == "generate" else job.workflow, note=None)
-            ctx.started(job=job)
-            return await self._follow(ctx, job, graph, stream)
+            self._in_flight.append(job.prompt_id or "")
+            return await self._follow(ctx, job, job.workflow or {}, None, waiting=False)
+        async with contextlib.AsyncExitStack() as stack:
+            async with self._submit_lock():  # FIFO: prompts reach ComfyUI in the order their jobs were claimed
+                graph = await build_prompt(job, self.client, ctx.store)
+                # The socket comes first (usually opened ahead): its client id is stored with the prompt id
+                # before anything is submitted.
+                stream = await stack.enter_async_context(self.client.new_events())
+                job = await ctx.record(prompt_id=str(uuid.uuid4()), client_id=stream.client_id, backend=self.name,
+                                       workflow=graph if job.kind == "generate" else job.workflow, note=None)
+                ctx.started(job=job)
+                await self._submit(ctx, job, graph)
+                # ComfyUI runs one prompt at a time: one sent behind another of ours waits in its queue.
+                waiting = bool(self._in_flight)
+                self._in_flight.append(job.prompt_id or "")
+            self.client.prepare_events()  # the next job's socket, opened while this one runs
+            return await self._follow(ctx, job, graph, stream, waiting=waiting)
 
-    async def _follow(self, ctx: RunContext, job: Job, graph: dict[str, Any], stream: EventStream | None) -> Outcome:
-        """Submit (given the new prompt's ``stream``) and follow the run; without one, re-attach."""
+    def _submit_lock(self) -> asyncio.Lock:
+        """Held from building a prompt to its POST; fair (FIFO). One per event loop (a backend may outlive one)."""
+        loop = asyncio.get_running_loop()
+        if self._submitting is None or self._submitting[0] is not loop:
+            self._submitting = (loop, asyncio.Lock())
+        return self._submitting[1]
+
+    async def _follow(self, ctx: RunContext, job: Job, graph: dict[str, Any], stream: EventStream | None, *,
+                      waiting: bool) -> Outcome:
+        """Follow a submitted prompt (on the ``stream`` it was submitted with; without one, re-attach)."""
         assert job.prompt_id and job.client_id
         tracker = ProgressTracker(graph)
         prefetch: Prefetch = {}
         deadline = time.monotonic() + ctx.job_timeout
-        waiting = [False]  # shown as waiting on the backend until its first event of the run
+        shown = [False]  # "waiting on the backend", until the run's first event
 
         async def on_event(event: protocol.Event) -> None:
-            if waiting[0] and getattr(event, "prompt_id", None) == job.prompt_id:
-                waiting[0] = False
+            if shown[0] and getattr(event, "prompt_id", None) == job.prompt_id:
+                shown[0] = False
                 await ctx.status(None)
             if isinstance(event, protocol.Preview):
                 ctx.preview(event.image, event.mime)
@@ -172,15 +189,11 @@ class ComfyBackend:
                 snap = tracker.snapshot()
                 ctx.progress(snap.progress, node=snap.node, step=snap.step, steps=snap.steps)
 
-        async def submitted() -> None:
-            ahead = [p for p in self._in_flight if p != job.prompt_id]
-            self._in_flight.append(job.prompt_id or "")
-            if ahead and stream is not None:  # ComfyUI runs one prompt at a time: this one waits in its queue
-                waiting[0] = True
-                await ctx.status(WAITING_ON_BACKEND)
-
         try:
-            result = await self._submit_and_follow(ctx, job, graph, on_event, deadline, stream, submitted)
+            if waiting:
+                shown[0] = True
+                await ctx.status(WAITING_ON_BACKEND)
+            result = await self._until_done(ctx, job, on_event, deadline, stream)
         except BaseException:
             for task in prefetch.values():
                 task.cancel()
@@ -193,14 +206,10 @@ class ComfyBackend:
         )
         return Outcome(result.prompt_id, outputs, result.execution_ms)
 
-    async def _submit_and_follow(self, ctx: RunContext, job: Job, graph: dict[str, Any], on_event: Any,
-                                 deadline: float, stream: EventStream | None, submitted: Any) -> Any:
+    async def _until_done(self, ctx: RunContext, job: Job, on_event: Any, deadline: float,
+                          stream: EventStream | None) -> Any:
         assert job.prompt_id and job.client_id
         try:
-            if stream is not None:
-                await self._submit(ctx, job, graph)
-                self.client.prepare_events()  # the next job's socket, opened while this one runs
-            await submitted()
             return await self.client.follow(job.prompt_id, job.client_id, on_event=on_event, deadline=deadline,
                                             stream=stream)
         except ServerTimeout as exc:
