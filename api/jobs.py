@@ -112,13 +112,19 @@ async def _wait(ctx: ApiContext, job_id: str, deadline: float) -> tuple[Job | No
     return None, None, "timeout"
 
 
-def _backend_down(ctx: ApiContext, cancel: list[str]) -> ApiError:
-    """503 for a synchronous request while ComfyUI is down; its jobs are cancelled, not left to run later."""
-    for job_id in cancel:
-        with contextlib.suppress(JobNotFound):
-            ctx.studio.cancel(job_id)
+def _backend_down(ctx: ApiContext, cancel: list[str], *, keyed: bool = False) -> ApiError:
+    """503 for a synchronous request while ComfyUI is down. Its jobs are cancelled, not left to run later;
+    under an Idempotency-Key they stay queued instead, so that a retry with the key finds them alive."""
+    if not keyed:
+        for job_id in cancel:
+            with contextlib.suppress(JobNotFound):
+                ctx.studio.cancel(job_id)
     reason = ctx.studio.worker.backend_down or "it does not answer"
-    done = "the job was cancelled" if cancel else "nothing was queued"
+    if keyed and cancel:
+        done = ("the job stays queued and runs when ComfyUI is back; retry with the same Idempotency-Key "
+                "to get its result")
+    else:
+        done = "the job was cancelled" if cancel else "nothing was queued"
     return ApiError(503, "backend_unavailable", f"ComfyUI cannot be reached ({reason}); {done}. Try again "
                     "later, or use POST /api/v1/jobs to queue work that waits for ComfyUI.",
                     headers={"Retry-After": "10"}, extra={"job_id": cancel[0] if len(cancel) == 1 else None})
@@ -150,7 +156,7 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
         loop = asyncio.get_running_loop()
         done, timings, outcome = await _wait(ctx, job.id, loop.time() + ctx.settings.sync_wait_seconds)
         if outcome == "backend_down":
-            raise _backend_down(ctx, [job.id])
+            raise _backend_down(ctx, [job.id], keyed=idempotency_key is not None)
         if done is None:
             current = studio.job(job.id)
             location = job_url(job.id, root_of(request))
@@ -166,7 +172,8 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
         summary="Generate and wait for the images",
         description="Queues one job and waits for it. 200 with the images when it ends in time; 202 with the "
                     "job's URL (Location header and body) when it takes longer than STUDIO_SYNC_WAIT_SECONDS; "
-                    "503 when ComfyUI is down (the job is cancelled then); 502/504/400 when the job fails.",
+                    "503 when ComfyUI is down (the job is cancelled then, unless an Idempotency-Key keeps it "
+                    "queued for a retry with that key); 502/504/400 when the job fails.",
     )
     router.add_api_route("/generate/", generate, methods=["POST"], **generate_doc)  # type: ignore[arg-type]
     router.add_api_route("/generate", generate, methods=["POST"], include_in_schema=False,
@@ -204,7 +211,7 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
         deadline = asyncio.get_running_loop().time() + ctx.settings.sync_wait_seconds
         waited = await asyncio.gather(*(_wait(ctx, job.id, deadline) for job in jobs))
         if any(outcome == "backend_down" for _, _, outcome in waited):
-            raise _backend_down(ctx, [job.id for job in jobs])
+            raise _backend_down(ctx, [job.id for job in jobs], keyed=idempotency_key is not None)
         root = root_of(request)
         if any(done is None for done, _, _ in waited):
             body = BatchAccepted(jobs=[accepted(studio.job(job.id), root) for job in jobs])

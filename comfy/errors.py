@@ -13,6 +13,7 @@
     │   ├── ExecutionInterrupted    execution_interrupted (a cancel or someone else's interrupt)
     │   ├── PromptLost              the server no longer knows a prompt (it restarted)  [retryable]
     │   ├── RunExpired              RunPod Serverless forgot the run (404); in comfy.backends.runpod_client  [retryable]
+    │   ├── RunUnconfirmed          /run answered 5xx or not at all: it may run at RunPod; in comfy.backends.runpod_client
     │   └── ProtocolError           a frame or body we did not expect            [retryable]
     ├── QueueError                  the job queue refused an operation
     │   ├── JobNotFound             no job with that id

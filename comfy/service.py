@@ -9,6 +9,7 @@ on disk catches what a worker in another process did.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -120,7 +121,9 @@ class Studio:
         self.pool = Pool(_backends(settings, self.client))
         if queue is None:
             refuse_network_queue(settings.queue_dir)
-        self.queue = queue or JobQueue(settings.queue_dir, max_attempts=settings.max_attempts)
+        # The SQLite lock wait stays well inside a lease: a renewal stuck on a lock must not lose the job.
+        self.queue = queue or JobQueue(settings.queue_dir, max_attempts=settings.max_attempts,
+                                       timeout=min(settings.lease_seconds / 2, 60.0))
         self.store = store or LocalStore(settings.outputs_dir, settings.inputs_dir)
         self.bus = bus or EventBus()
         self.library = WorkflowLibrary(settings.data_dir / "workflows")
@@ -353,7 +356,10 @@ class Studio:
             # img2img runs at the image's own size (fitted to the limits), and records that size.
             params = dataclasses.replace(params, init_image=name, width=fitted.width, height=fitted.height)
             note = fitted.note
-        params = await self._check_against_server(params)
+        checked = await self._check_against_server(params)
+        # Under a key the default checkpoint is left to the worker (it fills it in when the job runs): a retry is
+        # then the same request whether or not the server answered the first time (it may not have: a 503).
+        params = dataclasses.replace(checked, checkpoint=params.checkpoint) if idempotency_key else checked
         jobs = []
         for index in range(count):
             one = params.with_seed((params.seed + index) % 2**64) if count > 1 else params
@@ -477,9 +483,14 @@ class Studio:
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one never runs; a running one is stopped on the server too."""
+        before = self.queue.get(job_id)
         job = self.queue.cancel(job_id)
         if job.state is JobState.CANCELLED:
             self.bus.publish(JobEvent(job.id, "cancelled", job=job.to_dict(), message="Cancelled."))
+            backend = self.pool.find(before.backend)
+            if before.state is JobState.QUEUED and before.prompt_id and backend is not None:
+                # It waited for its backend with its run's handle kept: that run is stopped when it answers.
+                self.pool.add_orphan(backend, before.prompt_id)
         elif job.cancel_requested:
             self.worker.request_cancel(job_id)
         return job
@@ -488,6 +499,7 @@ class Studio:
         """Events of one job until it ends; the current state comes first, so late callers catch up."""
         sub = self.bus.subscribe(job_id)
         try:
+            # A read (WAL: it never waits for the write lock), taken at once so the caller sees the state it left.
             job = self.queue.get(job_id)
             yield JobEvent(job.id, _kind(job), progress=job.progress, node=job.node, step=job.step,
                            steps=job.steps, job=job.to_dict())
@@ -499,7 +511,7 @@ class Studio:
                     event = await sub.get(timeout=poll_interval)
                 except asyncio.TimeoutError:
                     # A worker in another process writes only to the queue on disk.
-                    job = self.queue.get(job_id)
+                    job = await asyncio.to_thread(self.queue.get, job_id)
                     if job != seen:
                         seen = job
                         yield JobEvent(job.id, _kind(job), progress=job.progress, node=job.node, step=job.step,
@@ -514,14 +526,15 @@ class Studio:
             sub.close()
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> Job:
-        """Wait until the job ends and return it (raises ``TimeoutError`` after ``timeout``)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        async for event in self.follow(job_id):
-            if event.final:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"Job {job_id} did not finish in {timeout} s.")
-        return self.queue.get(job_id)
+        """Wait until the job ends and return it (raises ``TimeoutError`` after ``timeout``, events or not)."""
+        try:
+            async with asyncio.timeout(timeout), contextlib.aclosing(self.follow(job_id)) as events:
+                async for event in events:
+                    if event.final:
+                        break
+        except TimeoutError:
+            raise TimeoutError(f"Job {job_id} did not finish in {timeout} s.") from None
+        return await asyncio.to_thread(self.queue.get, job_id)
 
 
 _UPLOAD_PLACEHOLDER = "studio-upload.png"

@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from comfy.backends.runpod import RunPodBackend, describe_failure, parse_progress
-from comfy.backends.runpod_client import RunExpired, RunPodClient, map_errors
+from comfy.backends.runpod_client import RunExpired, RunPodClient, RunUnconfirmed, map_errors
 from comfy.backends.runpod_payload import build_run_body
 from comfy.errors import ExecutionFailed, PromptRejected, ServerError, ServerUnavailable, WorkflowError
 from comfy.graph import pngmeta
@@ -324,7 +324,7 @@ async def test_run_is_sent_again_only_when_runpod_surely_did_not_take_it(runpod:
     try:
         runpod.errors_next, runpod.error_status = 2, status
         if posts == 1:  # a gateway's 502/500 may follow a queued job: a retry could start a second run
-            with pytest.raises(ServerUnavailable, match=f"HTTP {status}"):
+            with pytest.raises(RunUnconfirmed, match=f"HTTP {status}"):
                 await api.run(body)
         else:
             await api.run(body)
@@ -482,12 +482,13 @@ def test_a_workflow_too_big_without_images_is_refused_readably() -> None:
     assert info.value.field == "workflow"
 
 
-async def test_a_500_to_run_uses_attempts_and_ends_instead_of_looping(tmp_path, runpod: FakeRunPod) -> None:
+async def test_a_500_to_run_is_not_resent_by_the_worker_either(tmp_path, runpod: FakeRunPod) -> None:
     runpod.errors_next, runpod.error_status = 1000, 500  # it answers, with a 500, every time
     async with running(runpod_settings(tmp_path, runpod)) as studio:
         [job] = await studio.submit(PARAMS)
         done = await studio.wait(job.id, timeout=30)
     runpod.errors_next = 0
-    assert done.state is JobState.FAILED and done.attempts == studio.settings.max_attempts
-    assert "HTTP 500" in done.error["message"]
-    assert runpod.statuses("/run") == [500] * studio.settings.max_attempts
+    # The 500 may come after RunPod queued it: the job fails saying so, and is never sent a second time.
+    assert done.state is JobState.FAILED and done.attempts == 1 and done.error["code"] == "run_unconfirmed"
+    assert "HTTP 500" in done.error["message"] and "not sent again" in done.error["message"]
+    assert runpod.statuses("/run") == [500]

@@ -14,6 +14,8 @@ back an :class:`Outcome` whose outputs the worker fetches and saves:
 The *handle* is what re-attaching needs after a restart and is stored on the job before anything is
 submitted wherever the protocol allows: for ComfyUI the ``prompt_id`` and ``client_id`` we choose;
 for RunPod the job id RunPod returns (see :mod:`comfy.backends.runpod`). ``job.backend`` names the backend.
+A job that comes back to ``run`` with a handle for this very backend (it waited out an outage) is followed
+there if the backend still has that run; only a run provably gone there is submitted again.
 
 Two implementations: :class:`comfy.backends.comfyui.ComfyBackend` (one ComfyUI server: HTTP + WebSocket, previews,
 ``/history`` re-attach) and :class:`comfy.backends.runpod.RunPodBackend` (RunPod Serverless).
@@ -101,7 +103,7 @@ class RunContext(Protocol):
     store: LocalStore
     job_timeout: float
 
-    def record(self, **fields: Any) -> Job:
+    async def record(self, **fields: Any) -> Job:
         """Store run details on the job (handle, backend, workflow, note); raises if the lease is lost."""
 
     def submitted(self) -> None:
@@ -117,7 +119,7 @@ class RunContext(Protocol):
     def preview(self, image: bytes, mime: str | None) -> None:
         """Publish a preview image."""
 
-    def status(self, text: str | None) -> None:
+    async def status(self, text: str | None) -> None:
         """A waiting state worth showing (``waiting for a GPU worker``), stored as the job's note and node."""
 
 
@@ -144,8 +146,12 @@ class Backend(Protocol):
     async def run(self, ctx: RunContext, *, attach: bool) -> Outcome:
         """Run ``ctx.job`` (or re-attach to its stored handle) to the end; raises a :class:`ComfyError`."""
 
-    async def cancel(self, job: Job) -> None:
-        """Stop the job's current run there; quietly nothing when it has ended."""
+    async def cancel(self, job: Job) -> bool | None:
+        """Stop the job's current run there; quietly nothing when it has ended.
+
+        True when the backend confirmed the run is gone before it started (deleted from its queue): the
+        job is cancelled at once, without waiting for the run to report its end.
+        """
 
     async def forget(self, handle: str) -> None:
         """Stop a run the job left there (it runs elsewhere now)."""

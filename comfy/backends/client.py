@@ -301,14 +301,36 @@ class ComfyClient:
         """``POST /queue {"delete": [...]}``: drop prompts that have not started yet."""
         await self._request("POST", "/queue", "queue delete", json={"delete": prompt_ids})
 
-    async def cancel(self, prompt_id: str) -> None:
-        """Remove a pending prompt or interrupt it if it runs; quietly nothing if it has ended."""
+    async def cancel(self, prompt_id: str) -> bool:
+        """Remove a pending prompt or interrupt it if it runs; quietly nothing if it has ended.
+
+        True when the prompt was deleted from the queue before it started (confirmed by a second look at
+        ``/queue``): it never runs and sends nothing more, so the caller need not wait for its end.
+        """
         running, pending = await self.queue()
         if prompt_id in pending:
             await self.delete_from_queue([prompt_id])
+            running, pending = await self.queue()
+            if prompt_id not in running and prompt_id not in pending:
+                return True
         if prompt_id in running or prompt_id in pending:
-            # Interrupt too when it was pending: it may have started between the two calls.
+            # It started between the two looks (or the delete did not take): interrupt it.
             await self.interrupt(prompt_id)
+        return False
+
+    async def locate(self, prompt_id: str) -> str | None:
+        """Where the server has a prompt: ``"ended"`` (in its history), ``"running"``, ``"pending"``, or None
+        when it has none of it. For a submission whose answer was lost: follow what is found, resend only None.
+        """
+        if await self.history(prompt_id) is not None:
+            return "ended"
+        running, pending = await self.queue()
+        if prompt_id in running:
+            return "running"
+        if prompt_id in pending:
+            return "pending"
+        # The history may have been written between the two calls.
+        return "ended" if await self.history(prompt_id) is not None else None
 
     # -- following a prompt -----------------------------------------------------------------------
 
@@ -442,15 +464,10 @@ class ComfyClient:
     async def _ended_or_lost(self, prompt_id: str) -> bool:
         # A silent socket is normal during a long step, but also what a socket detached by a
         # second connection with our client id looks like (protocol note 6): ask the server.
-        if await self.history(prompt_id) is not None:
-            return True
-        running, pending = await self.queue()
-        if prompt_id not in running and prompt_id not in pending:
-            # The history may have been written between the two calls.
-            if await self.history(prompt_id) is not None:
-                return True
+        where = await self.locate(prompt_id)
+        if where is None:
             raise PromptLost(prompt_id)
-        return False
+        return where == "ended"
 
     async def _result(self, prompt_id: str, entry: HistoryEntry | None = None) -> RunResult:
         entry = entry or await self.history(prompt_id)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import time
 import uuid
 from typing import Any
@@ -19,13 +20,20 @@ from comfy.backends.base import BackendHealth, Outcome, Output, RunContext, reda
 from comfy.backends.client import ComfyClient
 from comfy.backends.event_socket import EventStream
 from comfy.backends.progress import ProgressTracker
-from comfy.errors import ComfyError, JobTimedOut, ServerTimeout
+from comfy.errors import ComfyError, JobTimedOut, ServerError, ServerTimeout, ServerUnavailable
 from comfy.graph.object_info import ObjectInfo
 from comfy.graph.params import GenerationParams
 from comfy.jobs.records import Job
 from comfy.storage.local import LocalStore
 
-__all__ = ["ComfyBackend", "build_prompt"]
+__all__ = ["WAITING_ON_BACKEND", "ComfyBackend", "build_prompt"]
+
+logger = logging.getLogger(__name__)
+
+#: The note of a job whose prompt waits in ComfyUI's own queue (behind another prompt), not running yet.
+WAITING_ON_BACKEND = "waiting on the backend: queued on ComfyUI behind another prompt"
+#: After a timed-out POST /prompt found nothing, how long to wait before the second (last) look.
+LATE_PROMPT_WAIT = 1.0
 
 
 async def build_prompt(job: Job, client: ComfyClient, store: LocalStore) -> dict[str, Any]:
@@ -66,8 +74,13 @@ class ComfyBackend:
     """A ComfyUI server (a local one or a RunPod pod) through one :class:`ComfyClient`.
 
     Submitting: the event socket is taken (opened ahead, see :meth:`ComfyClient.new_events`), the prompt
-    id and its client id are stored on the job, then ``POST /prompt``. Outputs are downloaded as soon as
-    their node reports them, so the end-of-run signal finds them on their way.
+    id (ours, a uuid4) and its client id are stored on the job, then ``POST /prompt``. When its answer is
+    lost (a timeout, a reset, a 5xx) the prompt may be queued all the same: the server is asked for that
+    id (``/history``, ``/queue``) and a prompt found there is followed; it is resent only when provably
+    absent, and when the server cannot be asked the handle stays on the job for the next look. Outputs
+    are downloaded as soon as their node reports them, so the end-of-run signal finds them on their way.
+
+    A prompt queued behind another of ours shows as waiting on the backend until it starts.
     """
 
     kind = "comfyui"
@@ -79,6 +92,9 @@ class ComfyBackend:
         #: The catalogue as last fetched by :meth:`refresh_models` (kept while the server is down).
         self.last_info: ObjectInfo | None = None
         self._checkpoints: frozenset[str] | None = None
+        #: Our prompts submitted here and not yet ended, oldest first: a newer one waits behind them.
+        self._in_flight: list[str] = []
+        self._submitting: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     def __repr__(self) -> str:
         return f"ComfyBackend({self.name!r})"
@@ -100,9 +116,8 @@ class ComfyBackend:
             return True
         return None if self._checkpoints is None else names <= self._checkpoints
 
-    async def cancel(self, job: Job) -> None:
-        if job.prompt_id:
-            await self.client.cancel(job.prompt_id)
+    async def cancel(self, job: Job) -> bool:
+        return bool(job.prompt_id) and await self.client.cancel(job.prompt_id)  # type: ignore[arg-type]
 
     async def forget(self, handle: str) -> None:
         await self.client.cancel(handle)
@@ -112,27 +127,56 @@ class ComfyBackend:
 
     async def run(self, ctx: RunContext, *, attach: bool) -> Outcome:
         job = ctx.job
-        if attach and job.prompt_id and job.client_id:
+        kept = bool(job.prompt_id and job.client_id) and (attach or job.backend == self.name)
+        # After a restart, follow the run (it raises PromptLost if the server lost it); after an outage the
+        # job waited out, look first: a run still here, or in the history, is followed instead of sent again.
+        if kept and not attach:
+            try:
+                kept = await self.client.locate(job.prompt_id or "") is not None
+            except ServerError:
+                ctx.submitted()  # still no answer: the run may be there, so the job keeps its handle
+                raise
+        if kept:
             ctx.submitted()
-            ctx.started(message="re-attached after a restart")
-            return await self._follow(ctx, job, job.workflow or {}, None)
-        graph = await build_prompt(job, self.client, ctx.store)
-        # The socket comes first (usually opened ahead): its client id is stored with the prompt id
-        # before anything is submitted.
-        async with self.client.new_events() as stream:
-            job = ctx.record(prompt_id=str(uuid.uuid4()), client_id=stream.client_id, backend=self.name,
-                             workflow=graph if job.kind == "generate" else job.workflow, note=None)
-            ctx.started(job=job)
-            return await self._follow(ctx, job, graph, stream)
+            ctx.started(message="re-attached after a restart" if attach else "re-attached: the backend is back")
+            self._in_flight.append(job.prompt_id or "")
+            return await self._follow(ctx, job, job.workflow or {}, None, waiting=False)
+        async with contextlib.AsyncExitStack() as stack:
+            async with self._submit_lock():  # FIFO: prompts reach ComfyUI in the order their jobs were claimed
+                graph = await build_prompt(job, self.client, ctx.store)
+                # The socket comes first (usually opened ahead): its client id is stored with the prompt id
+                # before anything is submitted.
+                stream = await stack.enter_async_context(self.client.new_events())
+                job = await ctx.record(prompt_id=str(uuid.uuid4()), client_id=stream.client_id, backend=self.name,
+                                       workflow=graph if job.kind == "generate" else job.workflow, note=None)
+                ctx.started(job=job)
+                await self._submit(ctx, job, graph)
+                # ComfyUI runs one prompt at a time: one sent behind another of ours waits in its queue.
+                waiting = bool(self._in_flight)
+                self._in_flight.append(job.prompt_id or "")
+            self.client.prepare_events()  # the next job's socket, opened while this one runs
+            return await self._follow(ctx, job, graph, stream, waiting=waiting)
 
-    async def _follow(self, ctx: RunContext, job: Job, graph: dict[str, Any], stream: EventStream | None) -> Outcome:
-        """Submit (given the new prompt's ``stream``) and follow the run; without one, re-attach."""
+    def _submit_lock(self) -> asyncio.Lock:
+        """Held from building a prompt to its POST; fair (FIFO). One per event loop (a backend may outlive one)."""
+        loop = asyncio.get_running_loop()
+        if self._submitting is None or self._submitting[0] is not loop:
+            self._submitting = (loop, asyncio.Lock())
+        return self._submitting[1]
+
+    async def _follow(self, ctx: RunContext, job: Job, graph: dict[str, Any], stream: EventStream | None, *,
+                      waiting: bool) -> Outcome:
+        """Follow a submitted prompt (on the ``stream`` it was submitted with; without one, re-attach)."""
         assert job.prompt_id and job.client_id
         tracker = ProgressTracker(graph)
         prefetch: Prefetch = {}
         deadline = time.monotonic() + ctx.job_timeout
+        shown = [False]  # "waiting on the backend", until the run's first event
 
-        def on_event(event: protocol.Event) -> None:
+        async def on_event(event: protocol.Event) -> None:
+            if shown[0] and getattr(event, "prompt_id", None) == job.prompt_id:
+                shown[0] = False
+                await ctx.status(None)
             if isinstance(event, protocol.Preview):
                 ctx.preview(event.image, event.mime)
                 return
@@ -146,24 +190,26 @@ class ComfyBackend:
                 ctx.progress(snap.progress, node=snap.node, step=snap.step, steps=snap.steps)
 
         try:
-            result = await self._submit_and_follow(ctx, job, graph, on_event, deadline, stream)
+            if waiting:
+                shown[0] = True
+                await ctx.status(WAITING_ON_BACKEND)
+            result = await self._until_done(ctx, job, on_event, deadline, stream)
         except BaseException:
             for task in prefetch.values():
                 task.cancel()
             raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._in_flight.remove(job.prompt_id or "")
         outputs = tuple(
             Output(ref.node_id, ref.filename, fetch=lambda ref=ref: self._fetch(ref, prefetch)) for ref in result.outputs
         )
         return Outcome(result.prompt_id, outputs, result.execution_ms)
 
-    async def _submit_and_follow(self, ctx: RunContext, job: Job, graph: dict[str, Any], on_event: Any,
-                                 deadline: float, stream: EventStream | None) -> Any:
+    async def _until_done(self, ctx: RunContext, job: Job, on_event: Any, deadline: float,
+                          stream: EventStream | None) -> Any:
         assert job.prompt_id and job.client_id
         try:
-            if stream is not None:
-                await self.client.queue_prompt(graph, client_id=job.client_id, prompt_id=job.prompt_id)
-                ctx.submitted()
-                self.client.prepare_events()  # the next job's socket, opened while this one runs
             return await self.client.follow(job.prompt_id, job.client_id, on_event=on_event, deadline=deadline,
                                             stream=stream)
         except ServerTimeout as exc:
@@ -173,6 +219,27 @@ class ComfyBackend:
             with contextlib.suppress(ComfyError):
                 await self.client.cancel(job.prompt_id)
             raise JobTimedOut(ctx.job_timeout) from exc
+
+    async def _submit(self, ctx: RunContext, job: Job, graph: dict[str, Any]) -> None:
+        """``POST /prompt``; on an answer lost on the way, find out whether ComfyUI queued it anyway."""
+        assert job.prompt_id and job.client_id
+        try:
+            await self.client.queue_prompt(graph, client_id=job.client_id, prompt_id=job.prompt_id)
+        except (ServerTimeout, ServerUnavailable) as lost:
+            try:
+                where = await self.client.locate(job.prompt_id)
+                if where is None and isinstance(lost, ServerTimeout):
+                    await asyncio.sleep(LATE_PROMPT_WAIT)  # a slow server may still be taking it in
+                    where = await self.client.locate(job.prompt_id)
+            except ServerError as unknown:
+                # Queued or not, nobody can tell now: the job keeps its handle and looks again later.
+                ctx.submitted()
+                raise unknown from lost
+            if where is None:
+                raise  # provably not there: nothing reached ComfyUI, so sending it again is safe
+            logger.info("The answer to POST /prompt for %s was lost (%s), but ComfyUI has it (%s): following it",
+                        job.prompt_id, lost, where)
+        ctx.submitted()
 
     async def _fetch(self, ref: protocol.OutputRef, prefetched: Prefetch) -> bytes:
         task = prefetched.get(ref)

@@ -11,7 +11,9 @@ with ComfyUI's own message.
 Health: every backend is checked at start (except a lone one, which is assumed up, as before pools
 existed), then every ``refresh_interval`` while up. One that stops answering, in a check or in a job,
 is marked **down** and probed with exponential backoff (``probe_min`` doubling to ``probe_max``) until it
-answers; its models are fetched again then. Probes run as background tasks, so a backend whose
+answers; its models are fetched again then. One that fails a job again soon after it came back (it
+answers the probe but not the jobs: a proxy passing HTTP and not WebSockets) keeps its backoff doubling
+instead of starting over, so the jobs that wait for it are not claimed and handed back in a tight loop. Probes run as background tasks, so a backend whose
 connections hang never holds up the others.
 
 Failover (the worker's side, see ``Worker._on_error``): a job whose backend stopped answering for longer
@@ -67,6 +69,8 @@ class _Entry:
     models_known: bool = False
     orphans: set[str] = field(default_factory=set)
     check: asyncio.Task[None] | None = None
+    up_since: float | None = None  # when a probe last found it back
+    last_backoff: float = 0.0  # the backoff it had then, resumed if it fails again soon
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,8 @@ class Pool:
             logger.info("Backend %s answers again", entry.backend.name)
         entry.state, entry.error, entry.health = BackendState.UP, None, health
         entry.foreign = max((health.queue_remaining or 0) - entry.in_flight, 0)
+        if came_back:
+            entry.up_since, entry.last_backoff = self._clock(), entry.backoff
         entry.backoff, entry.down_since = 0.0, None
         entry.next_check = self._clock() + self.refresh_interval
         if came_back:
@@ -272,7 +278,9 @@ class Pool:
             if entry.state is BackendState.UP:
                 logger.warning("Backend %s stopped answering: %s", entry.backend.name, reason)
             entry.down_since = now
-            entry.backoff = self.probe_min
+            flapping = entry.up_since is not None and now - entry.up_since < max(self.probe_max, self.refresh_interval)
+            entry.backoff = min(max(entry.last_backoff, self.probe_min) * 2, self.probe_max) if flapping \
+                else self.probe_min
         else:
             entry.backoff = min(max(entry.backoff, self.probe_min) * 2, self.probe_max)
         entry.state, entry.error, entry.checked = BackendState.DOWN, reason, True

@@ -20,7 +20,9 @@ Statuses map onto the job like this (see ``tests/fixtures/runpod/`` for the shap
 RunPod picks the job id, so unlike a ComfyUI prompt it can be stored only after ``/run`` answers; a
 worker killed in between leaves one orphan run at RunPod, and the job is submitted again.
 
-HTTP 429 and 5xx are retried with backoff that honours ``Retry-After``; httpx errors become
+HTTP 429 and 5xx are retried with backoff that honours ``Retry-After``, except a ``/run`` that RunPod may
+have queued (a 500/502/504, a timeout, a cut connection): it is never sent again, the job fails with
+:class:`RunUnconfirmed`, since RunPod cannot look a run up without its id. httpx errors become
 :mod:`comfy.errors` types in one place, :func:`map_errors`. The API key is sent as ``Authorization:
 Bearer`` and never logged, printed or put in an error.
 """
@@ -208,21 +210,22 @@ class RunPodBackend:
     async def run(self, ctx: RunContext, *, attach: bool) -> Outcome:
         job = ctx.job
         notes: list[str] = []
-        if attach and job.prompt_id:
+        if job.prompt_id and (attach or job.backend == self.name):
+            # Its run here, after a restart or an outage it waited out; RunExpired if RunPod forgot it.
             ctx.submitted()
-            ctx.started(message="re-attached after a restart")
+            ctx.started(message="re-attached after a restart" if attach else "re-attached: the backend is back")
             run_id = job.prompt_id
         else:
             graph, images = self._graph(job, ctx.store)
             body, graph, notes = build_run_body(graph, images, self._policy(ctx.job_timeout),
                                                 limit=self.max_request_bytes)
-            job = ctx.record(prompt_id=None, client_id=uuid.uuid4().hex, backend=self.name,
-                             workflow=graph if job.kind == "generate" else job.workflow, note=None)
+            job = await ctx.record(prompt_id=None, client_id=uuid.uuid4().hex, backend=self.name,
+                                   workflow=graph if job.kind == "generate" else job.workflow, note=None)
             ctx.started(job=job)
             answer = await self.api.run(body)
             run_id = answer["id"]
             ctx.submitted()
-            ctx.record(prompt_id=run_id)
+            await ctx.record(prompt_id=run_id)
             logger.info("Job %s is RunPod job %s", job.id, run_id)
         outcome = await self._follow(ctx, run_id)
         return Outcome(outcome.handle, outcome.outputs, outcome.execution_ms, (*notes, *outcome.notes))
@@ -290,9 +293,9 @@ class RunPodBackend:
             with contextlib.suppress(ComfyError):
                 health = await self.health()  # no worker at all: a cold start, not a busy endpoint
             cold = health is not None and not (health.workers_idle or health.workers_running)
-            ctx.status(WAITING_FOR_WORKER + (" (cold start)" if cold else ""))
+            await ctx.status(WAITING_FOR_WORKER + (" (cold start)" if cold else ""))
         elif status in RUNNING:
-            ctx.status(None)
+            await ctx.status(None)
             ctx.progress(0.0, node="RunPod worker", message="running on a RunPod worker")
 
     def _on_status(self, ctx: RunContext, run_id: str, status: str, body: dict[str, Any]) -> Outcome | None:

@@ -31,7 +31,7 @@ from comfy.errors import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_BASE_URL", "RequestTooLarge", "RunExpired", "RunPodClient", "map_errors"]
+__all__ = ["DEFAULT_BASE_URL", "RequestTooLarge", "RunExpired", "RunPodClient", "RunUnconfirmed", "map_errors"]
 
 
 DEFAULT_BASE_URL = "https://api.runpod.ai/v2"
@@ -50,6 +50,22 @@ class RunExpired(ServerError):
         super().__init__(f"RunPod no longer knows job {job_id}: it expired before its result was collected "
                          "(RunPod keeps results 30 minutes, and deletes jobs older than STUDIO_RUNPOD_TTL).")
         self.job_id = job_id
+
+
+class RunUnconfirmed(ServerError):
+    """Raised when ``/run`` may have been queued at RunPod although its answer says otherwise or never came
+    (a gateway's 500/502/504, a timeout, a connection cut after the request went out).
+
+    Not retryable, by type: RunPod has no way to look a run up without its id, so sending the job again
+    could pay for two runs. The job fails with a sentence that says so.
+    """
+
+    code = "run_unconfirmed"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"RunPod {what} when this job was submitted, so it may be queued and run at RunPod all "
+                         "the same; it was not sent again, so that it is never paid for twice. Look for it among "
+                         "the endpoint's requests in the RunPod console, and submit it again if it is not there.")
 
 
 class RequestTooLarge(PromptRejected):
@@ -194,7 +210,11 @@ class RunPodClient:
                     response = await self.http.request(method, self.url(path), content=content, headers=headers)
             except (ServerUnavailable, ServerTimeout) as exc:
                 # A refused connection sent nothing; anything else may have reached RunPod: retry only reads.
-                if attempt == self.retries or not (idempotent or isinstance(exc.__cause__, httpx.ConnectError)):
+                unsent = isinstance(exc.__cause__, (httpx.ConnectError, httpx.ConnectTimeout))
+                if not idempotent and not unsent:
+                    raise RunUnconfirmed(f"did not answer ({describe_transport_failure(exc.__cause__ or exc)})") \
+                        from exc
+                if attempt == self.retries or not (idempotent or unsent):
                     raise
                 wait = self._wait(attempt, None)
                 logger.info("RunPod: %s failed (%s); retrying in %.2fs", what, exc, wait)
@@ -210,10 +230,12 @@ class RunPodClient:
                 # A 500/502/504 to /run may come after RunPod queued the job: sending it again could
                 # start a second run we never learn of. 429 and 503 say it was not taken.
                 unsure = not idempotent and response.status_code not in (429, 503)
-                if attempt == self.retries or unsure:
+                if unsure:
+                    raise RunUnconfirmed(f"answered HTTP {response.status_code}")
+                if attempt == self.retries:
                     kind = "rate-limited" if response.status_code == 429 else f"answered HTTP {response.status_code} to"
-                    times = "" if unsure else f" {attempt + 1} times in a row"
-                    raise ServerUnavailable(f"RunPod {kind} {what}{times}.", status=response.status_code)
+                    raise ServerUnavailable(f"RunPod {kind} {what} {attempt + 1} times in a row.",
+                                            status=response.status_code)
                 wait = self._wait(attempt, _retry_after(response))
                 logger.info("RunPod answered HTTP %d to %s; retrying in %.2fs", response.status_code, what, wait)
             await self.sleep(wait)

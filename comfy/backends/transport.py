@@ -31,7 +31,9 @@ def map_errors(what: str) -> Iterator[None]:
     except httpx_ws.WebSocketUpgradeError as exc:
         status = exc.response.status_code
         hint = " Check COMFYUI_HEADERS if a proxy needs credentials." if status in (401, 403) else ""
-        raise ServerUnavailable(f"ComfyUI refused the event WebSocket with HTTP {status}.{hint}") from exc
+        # An HTTP answer: the server (or a proxy in front of it) is up and refuses this, so it carries a status.
+        raise ServerUnavailable(f"ComfyUI (or a proxy in front of it) refused the event WebSocket with HTTP "
+                                f"{status}; without it no job can be followed.{hint}", status=status) from exc
     except httpx_ws.WebSocketDisconnect as exc:
         raise ServerUnavailable(f"ComfyUI closed the event WebSocket (code {exc.code}).") from exc
     except (httpx_ws.WebSocketNetworkError, httpx_ws.HTTPXWSException) as exc:

@@ -128,6 +128,8 @@ class JobQueue:
                  timeout: float = 60.0) -> None:
         self.directory = Path(directory)
         self.max_attempts = max_attempts
+        #: How long a call waits for SQLite's write lock before QueueError (keep it shorter than a lease).
+        self.lock_timeout = timeout
         self._now = now
         self._owner_codes: dict[str, int] = {}
         with _map_errors():
@@ -416,15 +418,21 @@ class JobQueue:
 
         return self._change(job_id, change)
 
-    def release(self, job_id: str, worker_id: str | None, reason: str) -> Job:
-        """Give a claimed job back, at the front, without counting the attempt: nothing reached the backend
-        (it was unreachable), so the job waits for it instead of using up its retries. CANCELLED if asked."""
+    def release(self, job_id: str, worker_id: str | None, reason: str, *, keep_handle: bool = False) -> Job:
+        """Give a claimed job back, at the front, without counting the attempt: its backend is unreachable,
+        so the job waits for it instead of using up its retries. CANCELLED if asked.
+
+        The caller waits with backoff before it claims work for that backend again (the pool probes it), so
+        this never spins. With ``keep_handle`` the run's handle stays on the job (``prompt_id``, ``backend``):
+        the run may be there, so the next attempt looks for it before it submits anything.
+        """
 
         def change(old: dict[str, Any], now: float) -> dict[str, Any]:
             _check_lease(old, worker_id)
             if old["cancel_requested"]:
                 return {**old, **_ENDED, "state": JobState.CANCELLED.value, "finished_at": now}
-            return {**_requeued(old, reason), "attempts": max(old["attempts"] - 1, 0)}
+            kept = {"prompt_id": old["prompt_id"]} if keep_handle else {}
+            return {**_requeued(old, reason), **kept, "attempts": max(old["attempts"] - 1, 0)}
 
         return self._change(job_id, change)
 

@@ -12,7 +12,16 @@ backend, and which are up, is the pool's (:mod:`comfy.backends.pool`). The worke
 events, saving, retries and recovery. A backend stores its handle on the job *before* it submits where
 the protocol allows, so a worker that dies at any point leaves enough to re-attach: :meth:`Worker.recover`
 follows the run again on the backend the job names, or submits the job again if that backend lost it
-(bounded by the queue's ``max_attempts``).
+(bounded by the queue's ``max_attempts``). A job whose task ended without resolving it (a queue error in
+finish, fail or release) is taken up the same way once its lease expires, by this worker too.
+
+Handing a job back is bounded. A backend that *answers* and refuses what the job needs (a 5xx, an event
+WebSocket refused with an HTTP status) uses an attempt, so the job fails with that sentence after
+``max_attempts``. A backend that does not answer uses none: the job goes back to the queue (keeping its
+run's handle when the run may be there) and waits while the pool probes the backend with backoff. When
+it answers again the job looks for its run there before it submits anything.
+
+Queue calls (SQLite, which may wait for a lock) run in a thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from comfy.backends.base import Backend, Outcome
 from comfy.backends.client import ComfyClient
 from comfy.backends.comfyui import ComfyBackend, build_prompt
 from comfy.backends.pool import Pool
-from comfy.errors import ComfyError, ExecutionInterrupted, QueueError, ServerUnavailable
+from comfy.errors import ComfyError, ExecutionInterrupted, QueueError, ServerTimeout, ServerUnavailable
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.leases import owner_alive
 from comfy.jobs.leases import worker_id as new_worker_id
@@ -63,9 +72,10 @@ class _Context:
         self.job_timeout = worker.job_timeout
         self._worker = worker
         self._last_write = 0.0
+        self._writing: asyncio.Future[Any] | None = None
 
-    def record(self, **fields: Any) -> Job:
-        return self._worker.queue.update(self.job.id, self._worker.id, **fields)
+    async def record(self, **fields: Any) -> Job:
+        return await asyncio.to_thread(self._worker.queue.update, self.job.id, self._worker.id, **fields)
 
     def submitted(self) -> None:
         self._worker._submitted.add(self.job.id)
@@ -78,15 +88,23 @@ class _Context:
         worker = self._worker
         worker._publish(self.job.id, "progress", progress=progress, node=node, step=step, steps=steps, message=message)
         now = time.monotonic()
-        if now - self._last_write >= PROGRESS_WRITE_INTERVAL or step == steps:
+        if (now - self._last_write >= PROGRESS_WRITE_INTERVAL or step == steps) and self._writing is None:
             self._last_write = now
-            worker.queue.update(self.job.id, worker.id, progress=progress, node=node, step=step, steps=steps)
+            # In a thread, one at a time (a write skipped while one is on its way: the next carries the news).
+            self._writing = asyncio.ensure_future(asyncio.to_thread(
+                worker.queue.update, self.job.id, worker.id, progress=progress, node=node, step=step, steps=steps))
+            self._writing.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Future[Any]) -> None:
+        self._writing = None
+        if not task.cancelled() and task.exception() is not None:  # a lost lease, a locked database: not fatal
+            logger.debug("Progress of job %s not stored: %s", self.job.id, task.exception())
 
     def preview(self, image: bytes, mime: str | None) -> None:
         self._worker._publish(self.job.id, "preview", preview=image, preview_mime=mime)
 
-    def status(self, text: str | None) -> None:
-        job = self._worker.queue.update(self.job.id, self._worker.id, note=text, node=text)
+    async def status(self, text: str | None) -> None:
+        job = await asyncio.to_thread(self._worker.queue.update, self.job.id, self._worker.id, note=text, node=text)
         if text:
             self._worker._publish(self.job.id, "progress", node=text, message=text, job=job)
 
@@ -175,7 +193,7 @@ class Worker:
             while not stop.is_set():
                 self.pool.tick(self._wake.set)
                 try:
-                    self._fill()
+                    await self._fill()
                 except QueueError as exc:  # e.g. the database stayed locked: try again at the next turn
                     logger.warning("Could not take jobs from the queue: %s", exc)
                 if burst and not self._tasks and not await asyncio.to_thread(self.queue.pending_ids):
@@ -192,26 +210,23 @@ class Worker:
             await self._drain(stop.is_set() and not burst)
             await self.pool.aclose()
 
-    def _fill(self) -> None:
+    async def _fill(self) -> None:
         while free := self.pool.free():
             if self.pool.single:
-                job = self.queue.claim(self.id, lease_seconds=self.lease_seconds)
-            else:
-                job = self.queue.claim_matching(self.id, lease_seconds=self.lease_seconds,
-                                                accept=lambda job, free=free: self.pool.can_place(job, free))
+                job = await asyncio.to_thread(self.queue.claim, self.id, lease_seconds=self.lease_seconds)
+            else:  # can_place only reads the pool (no I/O), so it may run in the queue's thread
+                job = await asyncio.to_thread(self.queue.claim_matching, self.id, lease_seconds=self.lease_seconds,
+                                              accept=lambda job, free=free: self.pool.can_place(job, free))
             if job is None:
                 break
+            free = [b for b in free if b in self.pool.free()] or free  # the pool may have moved meanwhile
             self._start(job, self.pool.choose(job, free), attach=False)
-        self._note_waiting()
+        if not (self.pool.single and self.pool.down_reason() is None) and time.monotonic() >= self._next_note:
+            self._next_note = time.monotonic() + NOTE_INTERVAL
+            await asyncio.to_thread(self._note_waiting)
 
     def _note_waiting(self) -> None:
         """Say why the first queued jobs wait, when it is a backend's absence (not just a busy pool)."""
-        if self.pool.single and self.pool.down_reason() is None:
-            return
-        now = time.monotonic()
-        if now < self._next_note:
-            return
-        self._next_note = now + NOTE_INTERVAL
         for job_id in self.queue.pending_ids()[:NOTE_SCAN]:
             try:
                 job = self.queue.get(job_id)
@@ -222,6 +237,10 @@ class Worker:
                 self.queue.update(job.id, note=reason)
 
     def _start(self, job: Job, backend: Backend, *, attach: bool) -> None:
+        left = self.pool.find(job.backend) if job.prompt_id and not attach else None
+        if left is not None and left is not backend:
+            # It kept the handle of a run on a backend that went away, and now runs elsewhere: stop that one.
+            self.pool.add_orphan(left, job.prompt_id or "")
         self._cancels[job.id] = asyncio.Event()
         self._where[job.id] = backend
         self.pool.acquire(backend)
@@ -253,7 +272,7 @@ class Worker:
             await asyncio.sleep(interval)
             try:
                 for job_id, task in list(self._tasks.items()):
-                    if not self.queue.renew(job_id, self.id, lease_seconds=self.lease_seconds):
+                    if not await asyncio.to_thread(self.queue.renew, job_id, self.id, lease_seconds=self.lease_seconds):
                         logger.warning("Lost the lease on job %s; another worker took it over", job_id)
                         task.cancel()
                 await self._adopt_expired()
@@ -264,20 +283,24 @@ class Worker:
 
     async def recover(self) -> None:
         """Take over jobs left running by a dead worker: re-attach to their runs or resubmit them."""
-        for job in self.queue.list(states=[JobState.RUNNING], limit=10_000).jobs:
+        page = await asyncio.to_thread(self.queue.list, states=[JobState.RUNNING], limit=10_000)
+        for job in page.jobs:
             dead = owner_alive(job.lease_owner or "") is False
             await self._adopt(job, force=dead)
         await self._adopt_expired()
 
     async def _adopt_expired(self) -> None:
-        for job in self.queue.expired():
+        for job in await asyncio.to_thread(self.queue.expired):
             await self._adopt(job, force=False)
 
     async def _adopt(self, job: Job, *, force: bool) -> None:
-        if job.id in self._tasks or job.lease_owner == self.id:
+        # Our own job too once its lease expired: its task ended without resolving it (a queue error in
+        # finish, fail or release) and nothing else would ever take it up. A live task keeps its job.
+        if job.id in self._tasks:
             return
-        taken = self.queue.take_over(job.id, self.id, lease_seconds=self.lease_seconds, force=force)
-        if taken is None:
+        taken = await asyncio.to_thread(self.queue.take_over, job.id, self.id, lease_seconds=self.lease_seconds,
+                                        force=force)
+        if taken is None or taken.id in self._tasks:
             return
         backend = self.pool.backends[0] if self.pool.single else self.pool.find(taken.backend)
         logger.info("Re-attaching job %s (run %s on %s) left by %s", taken.id, taken.prompt_id, taken.backend,
@@ -287,7 +310,7 @@ class Worker:
         else:  # it died before submitting anything, or its backend is no longer configured
             reason = "re-queued after a worker restart" if backend is not None or not taken.backend else (
                 f"re-queued after a worker restart: its backend {taken.backend} is no longer configured")
-            self.queue.requeue(taken.id, self.id, reason)
+            await asyncio.to_thread(self.queue.requeue, taken.id, self.id, reason)
             self._wake.set()
 
     # -- one job ----------------------------------------------------------------------------------
@@ -299,8 +322,9 @@ class Worker:
             stored = await self._save(job, backend, outcome)
             download_s = time.monotonic() - executed
             if outcome.notes:
-                self.queue.update(job.id, self.id, note=" ".join(outcome.notes))
-            finished = self.queue.finish(job.id, self.id, outputs=[s.to_dict() for s in stored])
+                await asyncio.to_thread(self.queue.update, job.id, self.id, note=" ".join(outcome.notes))
+            finished = await asyncio.to_thread(self.queue.finish, job.id, self.id,
+                                               outputs=[s.to_dict() for s in stored])
             self._schedule_upload(finished)
             timings = {
                 "queue_wait_s": max((finished.started_at or finished.queued_at) - finished.queued_at, 0.0),
@@ -312,43 +336,54 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except ExecutionInterrupted as exc:
-            if self._cancel_requested(job.id):
-                self._finish_cancelled(job.id)
+            if await self._cancel_requested(job.id):
+                await self._finish_cancelled(job.id)
             else:
-                self._fail(job.id, exc, retry=False)
+                await self._fail(job.id, exc, retry=False)
         except ComfyError as exc:
             await self._on_error(job, backend, exc)
         except Exception as exc:  # a bug must fail one job, not kill the worker
             logger.exception("Job %s failed unexpectedly", job.id)
-            self._fail(job.id, exc, retry=False)
+            await self._fail(job.id, exc, retry=False)
 
     async def _on_error(self, job: Job, backend: Backend, exc: ComfyError) -> None:
-        if self._cancel_requested(job.id):
-            self._finish_cancelled(job.id)
+        if await self._cancel_requested(job.id):
+            await self._finish_cancelled(job.id)
             return
-        if isinstance(exc, ServerUnavailable) and _refused_this_request(exc) and job.id not in self._submitted:
-            # It answers, so it is up; resending may meet the same 500: use an attempt (bounded), stay up.
-            self._fail(job.id, exc, retry=True)
+        submitted = job.id in self._submitted
+        if isinstance(exc, ServerUnavailable) and _refused_this_request(exc) and not submitted:
+            # It answers, so it is up, and refuses what this job needs (a 500, the event WebSocket): trying
+            # again may meet the same answer, so it uses an attempt (bounded); the backend stays up.
+            await self._fail(job.id, exc, retry=True)
             return
-        if isinstance(exc, ServerUnavailable):
+        if isinstance(exc, ServerUnavailable) or (isinstance(exc, ServerTimeout) and exc.retryable and submitted):
             self.pool.mark_down(backend, str(exc))
             logger.warning("Backend %s is unreachable: %s", backend.name, exc)
-            if job.id not in self._submitted:
-                # Nothing reached the backend: the job waits for one without using up an attempt.
-                where = "the backend" if self.pool.single else "a backend"
-                released = self.queue.release(job.id, self.id, f"waiting for {where}: {exc}")
-                # server_unavailable tells a caller that nothing can run it now; with others up it moves on.
-                code = exc.code if self.pool.down_reason() is not None else "failover"
-                self._publish(job.id, "retrying", job=released, message=released.note, error_code=code)
+            # Unless another backend can take the job now, it waits for this one without using an attempt;
+            # a run that may be there keeps its handle, to be looked for (not sent again) when it answers.
+            if not submitted or self.pool.down_reason() is not None:
+                await self._release(job.id, exc, keep_handle=submitted)
                 return
-        if exc.retryable and job.id in self._submitted and exc.code not in _GONE:
+        if exc.retryable and submitted and exc.code not in _GONE:
             await self._leave(job.id, backend)
-        self._fail(job.id, exc, retry=exc.retryable)
+        await self._fail(job.id, exc, retry=exc.retryable)
+
+    async def _release(self, job_id: str, exc: ComfyError, *, keep_handle: bool) -> None:
+        where = "the backend" if self.pool.single else "a backend"
+        try:
+            released = await asyncio.to_thread(self.queue.release, job_id, self.id, f"waiting for {where}: {exc}",
+                                               keep_handle=keep_handle)
+        except QueueError as lost:  # left RUNNING: taken up again once its lease expires
+            logger.warning("Could not hand job %s back to the queue: %s", job_id, lost)
+            return
+        # server_unavailable tells a caller that nothing can run it now; with others up it moves on.
+        code = ServerUnavailable.code if self.pool.down_reason() is not None else "failover"
+        self._publish(job_id, "retrying", job=released, message=released.note, error_code=code)
 
     async def _leave(self, job_id: str, backend: Backend) -> None:
         """Before a job is submitted again, stop its run on ``backend``; if it cannot be told, do it later."""
         try:
-            handle = self.queue.get(job_id).prompt_id
+            handle = (await asyncio.to_thread(self.queue.get, job_id)).prompt_id
         except QueueError:
             return
         if not handle:
@@ -368,38 +403,42 @@ class Worker:
         try:
             done, _ = await asyncio.wait({run, watch}, return_when=asyncio.FIRST_COMPLETED)
             if run not in done:  # cancelled: the backend was told; wait briefly for it to confirm
-                with contextlib.suppress(asyncio.TimeoutError, ComfyError):
-                    await asyncio.wait_for(asyncio.shield(run), timeout=5.0)
-                await self._cancel_late_handle(job.id, backend, watch.result())
+                handle, gone = watch.result()
+                if not gone:  # deleted from its queue before it started: nothing more will come
+                    with contextlib.suppress(asyncio.TimeoutError, ComfyError):
+                        await asyncio.wait_for(asyncio.shield(run), timeout=5.0)
+                await self._cancel_late_handle(job.id, backend, handle)
                 raise ExecutionInterrupted("Cancelled.")
             return run.result()
         finally:
             for task in (run, watch):
                 task.cancel()
 
-    async def _watch_cancel(self, job: Job, backend: Backend, signal: asyncio.Event) -> str | None:
-        """Return once the job is cancelled (in this process or another), after telling the backend."""
+    async def _watch_cancel(self, job: Job, backend: Backend, signal: asyncio.Event) -> tuple[str | None, bool]:
+        """Once the job is cancelled (in this process or another), tell the backend; returns the handle it was
+        told about and whether the backend confirmed that run gone before it started."""
         while not signal.is_set():
-            if self._cancel_requested(job.id):
+            if await self._cancel_requested(job.id):
                 break
             await _wait_any(signal, timeout=max(self.poll_interval * 2, 0.1))
         try:
-            current = self.queue.get(job.id)
+            current = await asyncio.to_thread(self.queue.get, job.id)
         except QueueError:
-            return None
+            return None, False
+        gone = False
         with contextlib.suppress(ComfyError):
-            await backend.cancel(current)
-        return current.prompt_id
+            gone = bool(await backend.cancel(current))
+        return current.prompt_id, gone
 
     async def _cancel_late_handle(self, job_id: str, backend: Backend, cancelled: str | None) -> None:
         # A backend that learns its handle only when it submits (RunPod) may have got it after the cancel.
         with contextlib.suppress(QueueError, ComfyError):
-            current = self.queue.get(job_id)
+            current = await asyncio.to_thread(self.queue.get, job_id)
             if current.prompt_id and current.prompt_id != cancelled:
                 await backend.cancel(current)
 
     async def _save(self, job: Job, backend: Backend, outcome: Outcome) -> list[StoredImage]:
-        current = self.queue.get(job.id)
+        current = await asyncio.to_thread(self.queue.get, job.id)
         metadata = {
             "job_id": job.id, "kind": job.kind, "params": current.params, "prompt_id": outcome.handle,
             "backend": backend.name, "execution_ms": outcome.execution_ms,
@@ -421,21 +460,25 @@ class Worker:
         except Exception:  # the job succeeded: never fail it here; the uploader's start-up scan catches it up
             logger.exception("Could not schedule the upload of job %s; it is retried at the next start", job.id)
 
-    def _cancel_requested(self, job_id: str) -> bool:
+    async def _cancel_requested(self, job_id: str) -> bool:
         try:
-            return self.queue.get(job_id).cancel_requested
+            return (await asyncio.to_thread(self.queue.get, job_id)).cancel_requested
         except QueueError:
             return False
 
-    def _finish_cancelled(self, job_id: str) -> None:
-        job = self.queue.mark_cancelled(job_id, self.id)
+    async def _finish_cancelled(self, job_id: str) -> None:
+        try:
+            job = await asyncio.to_thread(self.queue.mark_cancelled, job_id, self.id)
+        except QueueError as lost:  # left RUNNING: taken up again once its lease expires
+            logger.warning("Could not record the cancel of job %s: %s", job_id, lost)
+            return
         self._publish(job_id, "cancelled", job=job, message="Cancelled.")
 
-    def _fail(self, job_id: str, exc: BaseException, *, retry: bool) -> None:
+    async def _fail(self, job_id: str, exc: BaseException, *, retry: bool) -> None:
         code = getattr(exc, "code", "internal_error")
         message = str(exc) if isinstance(exc, ComfyError) else f"Internal error: {type(exc).__name__}: {exc}"
         try:
-            job = self.queue.fail(job_id, self.id, code=code, message=message, retry=retry)
+            job = await asyncio.to_thread(self.queue.fail, job_id, self.id, code=code, message=message, retry=retry)
         except QueueError as lost:
             logger.warning("Could not record the failure of job %s: %s", job_id, lost)
             return
@@ -470,5 +513,6 @@ async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
 
 
 def _refused_this_request(exc: ServerUnavailable) -> bool:
-    """An HTTP 5xx answer other than 503 (busy, try later): the server is up and did not like the request."""
-    return exc.status is not None and exc.status >= 500 and exc.status != 503
+    """An HTTP answer other than 503 or 429 (busy, try later): the server, or a proxy in front of it, is up
+    and refuses the request (a 500 to it, or the event WebSocket refused with a 403)."""
+    return exc.status is not None and exc.status not in (429, 503)

@@ -17,7 +17,10 @@ Built from ``tests/fixtures/runpod/`` (the shapes of RunPod's API and of worker-
 Scenario knobs (settable any time): ``fail_next`` ("handler_error", "exception"), ``partial_errors_next``,
 ``no_images_next``, ``time_out_next``, ``expire_next`` (the next job is forgotten once it runs: 404),
 ``hold`` (running jobs wait), ``rate_limit_next = n`` (n answers 429 with ``retry_after``),
-``errors_next = n`` (n answers ``error_status``, 503), ``max_body``. Observations: ``requests`` (time, method, path,
+``errors_next = n`` (n answers ``error_status``, 503), ``max_body``, ``lose_run_reply_next = status``
+(the next ``/run`` is queued and runs, but its answer is a gateway's ``status``: what a 502/504 after
+RunPod took the job looks like), ``run_answer_delay`` (seconds ``/run`` waits, the job queued, before it
+answers: a client's read timeout). Observations: ``requests`` (time, method, path,
 status, auth header present), ``runs`` (the ``/run`` bodies), ``cancels``, ``s3_gets``.
 """
 
@@ -124,6 +127,8 @@ class FakeRunPod:
         self.retry_after: str | None = "1"
         self.errors_next = 0
         self.error_status = 503
+        self.lose_run_reply_next: int | None = None
+        self.run_answer_delay = 0.0
         self.max_body = 10 * 1024 * 1024
         self.requests: list[Seen] = []
         self.runs: list[dict[str, Any]] = []
@@ -245,6 +250,12 @@ class FakeRunPod:
         job = _Job(str(uuid.uuid4()) + "-u1", body.get("input") or {}, body.get("policy") or {})
         self._jobs[job.id] = job
         job.task = asyncio.create_task(self._work(job))
+        if self.run_answer_delay:
+            await asyncio.sleep(self.run_answer_delay)
+        if self.lose_run_reply_next is not None:  # taken, but the gateway in front answers an error
+            status, self.lose_run_reply_next = self.lose_run_reply_next, None
+            self._seen(request, status)
+            return Response("upstream request timeout", status)
         return JSONResponse({"id": job.id, "status": "IN_QUEUE"})
 
     async def _known_job(self, request: Request) -> _Job | Response:

@@ -27,6 +27,7 @@ from the rest of the project only ``tests.fakes.loopback``, never the studio's o
 * ``fixtures``: the captured files it serves, ``FIXTURES_DIR`` and ``load_workflow``;
 * ``files``: input/, output/ and temp/ in memory, and the PNGs SaveImage writes;
 * ``validation``: the port of ComfyUI's prompt validation against object_info (the 400 bodies);
+* ``faults``: what a network or a proxy does (a reply lost after the prompt was queued);
 * ``hub``: the WebSocket side, sockets by clientId and the publish loop that writes their frames;
 * ``knobs``: the scenario knobs tests turn and what the fake observed (a mixin of ``FakeComfy``);
 * ``executor``: execution order, output cache, the queue and what a run sends (a mixin of ``FakeComfy``);

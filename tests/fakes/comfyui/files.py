@@ -147,3 +147,21 @@ def _expand_prefix(prefix: str, width: int, height: int) -> str:
         return time.strftime(fmt, now)
 
     return re.sub(r"%date:([^%]+)%", date, prefix)
+
+
+def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """Minimal multipart/form-data parser (field -> (filename, bytes)); python-multipart is not a dependency."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not match:
+        raise ValueError("multipart body without boundary")
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in body.split(b"--" + match.group(1).encode("latin-1"))[1:]:
+        if part.startswith(b"--"):
+            break
+        head, _, data = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        lines = head.decode("utf-8", "replace").split("\r\n")
+        disposition = next((line for line in lines if line.lower().startswith("content-disposition")), "")
+        params = dict(re.findall(r'(\w+)="([^"]*)"', disposition))
+        if "name" in params:
+            fields[params["name"]] = (params.get("filename"), data.removesuffix(b"\r\n"))
+    return fields

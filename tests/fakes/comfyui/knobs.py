@@ -26,6 +26,11 @@ class _Knobs:
     * ``drop_sockets_after = n``: after n more frames written while work is queued or running (every
       socket write counts), every WebSocket is cut without a close frame; the run goes on. Resets to None.
     * ``hold``: the executor does not start the next prompt until it is False again.
+    * ``lose_first_replies``: the first POST /prompt of each prompt id is queued (it runs), then its
+      connection is reset before the answer: a reply lost on the way, as a proxy or a network cut does.
+      ``lost_replies`` lists the prompt ids whose reply was lost.
+    * ``prompt_answer_delay`` seconds an accepted POST /prompt waits, already queued, before it answers.
+    * ``refuse_websocket``: every WebSocket upgrade is refused with HTTP 403 (a proxy that passes only HTTP).
 
     Observations: ``prompts`` (accepted POST /prompt bodies, as sent), ``interrupts`` (POST /interrupt
     bodies, None when empty), ``deleted`` (ids actually removed by ``POST /queue {"delete": [...]}``),
@@ -47,6 +52,10 @@ class _Knobs:
         self.prompts: list[dict[str, Any]] = []
         self.interrupts: list[dict[str, Any] | None] = []
         self.deleted: list[str] = []
+        self.lose_first_replies = False
+        self.lost_replies: list[str] = []
+        self.refuse_websocket = False
+        self.prompt_answer_delay = 0.0
         self._hold = False
 
     @property
@@ -58,6 +67,13 @@ class _Knobs:
     def hold(self, value: bool) -> None:
         self._hold = value
         self._call_soon(self._poke)
+
+    def _lose_this_reply(self, prompt_id: str) -> bool:
+        """Whether the answer to this (accepted) POST /prompt is to be lost; records it."""
+        if not self.lose_first_replies or prompt_id in self.lost_replies:
+            return False
+        self.lost_replies.append(prompt_id)
+        return True
 
     def _frame_written(self, written: bool) -> bool:
         """Counts frames for ``drop_sockets_after``; True means: cut every socket now."""

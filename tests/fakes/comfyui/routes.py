@@ -32,7 +32,8 @@ from starlette.websockets import WebSocket
 
 from tests.fakes import loopback
 from tests.fakes.comfyui.executor import _Cached, _Executor, _now_ms
-from tests.fakes.comfyui.files import _Files, _norm_subfolder, _PngFactory, _StoredFile
+from tests.fakes.comfyui.faults import _Faults, _TransportH11Protocol, cut_connection
+from tests.fakes.comfyui.files import _Files, _norm_subfolder, _parse_multipart, _PngFactory, _StoredFile
 from tests.fakes.comfyui.fixtures import FIXTURES_DIR, _Fixtures
 from tests.fakes.comfyui.hub import _TRANSPORT_KEY, _Conn, _Hub, _text_frame, _TransportWSProtocol
 from tests.fakes.comfyui.knobs import _Knobs
@@ -54,28 +55,10 @@ def _json_response(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data), status_code=status, media_type="application/json; charset=utf-8")
 
 
-def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
-    """Minimal multipart/form-data parser (field -> (filename, bytes)); python-multipart is not a dependency."""
-    match = re.search(r'boundary="?([^";]+)"?', content_type)
-    if not match:
-        raise ValueError("multipart body without boundary")
-    fields: dict[str, tuple[str | None, bytes]] = {}
-    for part in body.split(b"--" + match.group(1).encode("latin-1"))[1:]:
-        if part.startswith(b"--"):
-            break
-        head, _, data = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
-        lines = head.decode("utf-8", "replace").split("\r\n")
-        disposition = next((line for line in lines if line.lower().startswith("content-disposition")), "")
-        params = dict(re.findall(r'(\w+)="([^"]*)"', disposition))
-        if "name" in params:
-            fields[params["name"]] = (params.get("filename"), data.removesuffix(b"\r\n"))
-    return fields
-
-
 # --------------------------------------------------------------------------- the server
 
 
-class FakeComfy(_Knobs, _Executor, _Nodes):
+class FakeComfy(_Knobs, _Faults, _Executor, _Nodes):
     """A ComfyUI 0.8.0 look-alike on a real loopback port (see the package docstring).
 
     The knobs a test turns (``step_time``, ``reject_next``, ``hold``...) and the observations it asserts
@@ -246,6 +229,7 @@ class FakeComfy(_Knobs, _Executor, _Nodes):
     async def _start_server(self) -> None:
         config = uvicorn.Config(
             self._app,
+            http=_TransportH11Protocol,
             ws=_TransportWSProtocol,
             lifespan="off",
             log_config=None,
@@ -396,6 +380,10 @@ class FakeComfy(_Knobs, _Executor, _Nodes):
         extra["create_time"] = _now_ms()
         self._enqueue((number, prompt_id, prompt, extra, outputs, sensitive))
         self.prompts.append(original)
+        if self.prompt_answer_delay > 0:  # queued (it runs) and the answer is late: past a client's read timeout
+            await asyncio.sleep(self.prompt_answer_delay)
+        if self._lose_this_reply(prompt_id) and cut_connection(request.scope):
+            return Response(status_code=200)  # goes nowhere: the connection is gone, the prompt is queued
         return _json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
 
     def _rejection(self, name: str) -> Response:
@@ -559,6 +547,9 @@ class FakeComfy(_Knobs, _Executor, _Nodes):
 
     async def _websocket(self, websocket: WebSocket) -> None:
         """server.websocket_handler: status(sid) first, catch-up ``executing``, feature-flags hello."""
+        if self.refuse_websocket:  # a proxy that passes HTTP but not the upgrade: 403, no socket
+            await websocket.close()
+            return
         await websocket.accept()
         hub = self._hub
         assert hub is not None
