@@ -4,8 +4,18 @@
 studio's parameters into it; ``inputs`` discovers every editable input; ``validation`` checks it against
 ``object_info`` (what a server can run); ``params`` are the generation parameters; ``pngmeta`` reads and
 writes PNG text chunks (the one place that inflates them, with a size limit); ``pnginfo`` reads the
-settings of a PNG made by us, ComfyUI or AUTOMATIC1111. Pure functions over dicts and bytes: this
-package imports only ``comfy.errors``, no network, no disk beyond the shipped templates.
+settings of a PNG made by us, ComfyUI or AUTOMATIC1111.
+
+The artist's toolbox builds its own graphs from core nodes: ``builder`` (txt2img, img2img, inpainting,
+outpainting, LoRAs, VAE, hires fix, per model family), ``families`` (SD 1.5 / SDXL / Flux: recognised from
+a checkpoint's metadata or name, with their defaults), ``features`` (the LoRA, hires and outpaint fields),
+``lora_syntax`` (A1111's ``<lora:name:0.8>``), ``masks`` (mask checks, the "only masked" area),
+``styles`` (A1111's styles.csv), ``wildcards`` (``__name__`` and ``{a|b}``, drawn from the seed),
+``recipe`` (all of it applied, in order, plus what the PNG records) and ``plot`` (X/Y/Z grids, in
+A1111's axis syntax, and the labelled grid image).
+
+Pure functions over dicts and bytes: this package imports only ``comfy.errors``, no network; the disk
+is read only for the shipped templates, styles and wildcards, and the folders a caller names.
 
 The workflow functions are re-exported here, so callers write ``workflows.bind(...)`` after
 ``from comfy import graph as workflows``.
