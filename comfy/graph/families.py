@@ -70,7 +70,7 @@ assert tuple(FAMILY_SPECS) == FAMILIES
 # Checked in this order: a Flux or SDXL name often also says "1.5"-like version numbers.
 _NAME_HINTS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("flux", re.compile(r"flux|schnell", re.IGNORECASE)),
-    ("sdxl", re.compile(r"(?i:sdxl|sd_xl|(?<![a-z])xl|xl(?![a-z])|pony|illustrious|noob|animagine|playground)"
+    ("sdxl", re.compile(r"(?i:sdxl|sd_xl|(?<![a-z])xl|pony|illustrious|noob|animagine|playground)"
                         r"|XL")),  # "dreamshaperXLTurbo": an upper-case XL inside a word counts too
     ("sd15", re.compile(r"sd[ _-]?1[._-]?5|sd15|v1[._-]5|sd[ _-]?1(?![0-9])|stable[ _-]?diffusion[ _-]?v?1",
                         re.IGNORECASE)),
@@ -95,9 +95,8 @@ def detect_family(filename: str | None, metadata: Mapping[str, Any] | None = Non
         words = " ".join(f"{k} {v}" for k, v in metadata.items() if isinstance(v, (str, int, float)))
         if found := _first_hint(_METADATA_HINTS, words):
             return found
-    if filename:
-        stem = re.split(r"[\\/]", filename)[-1]
-        return _first_hint(_NAME_HINTS, stem)
+    if filename:  # its folder counts too ("SDXL/model.safetensors")
+        return _first_hint(_NAME_HINTS, re.sub(r"\.(safetensors|ckpt|pt|pth|bin|gguf)$", "", filename, flags=re.I))
     return None
 
 

@@ -284,7 +284,7 @@ def compose_grid(images: Sequence[Image.Image | bytes | None], plan: GridPlan, *
     first = next((i for i in opened if i is not None), None)
     cell_w, cell_h = first.size if first is not None else (256, 256)
     columns, rows, blocks = plan.shape
-    font = _font(max(12, cell_w // 20))
+    font = _font(max(14, cell_w // 16))
     x_axis, y_axis, z_axis = (plan.axes.get(a) for a in _AXES)
     top = _text_height(font) * 2 + 16 if x_axis else 0
     left = min(cell_w, max((_text_width(font, y_axis.label(v)) for v in y_axis.values), default=0) + 24) \

@@ -17,6 +17,7 @@ from typing import Any
 from comfy.errors import WorkflowError
 from comfy.graph import pngmeta
 from comfy.graph.binding import bound_values
+from comfy.graph.features import hires_of
 from comfy.graph.lora_syntax import extract_loras
 from comfy.graph.params import GenerationParams
 from comfy.graph.pngmeta import METADATA_KEY
@@ -132,7 +133,10 @@ def _toolbox_fields(params: dict[str, Any], found: dict[str, str]) -> None:
             hires["steps"] = int(found["hires steps"])
         upscaler = found.get("hires upscaler", "Latent")
         hires["upscaler"] = "latent" if upscaler.lower().startswith(("latent", "none")) else upscaler
-        params["hires"] = hires
+        try:
+            params["hires"] = hires_of(hires).to_dict()  # type: ignore[union-attr]
+        except WorkflowError:
+            params["hires"] = hires  # kept as found; checking the parameters will say what is wrong
     styles = found.get("styles array")
     names: Any = None
     if styles:
