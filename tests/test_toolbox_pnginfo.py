@@ -31,8 +31,8 @@ def test_the_toolbox_fields_round_trip_through_the_a1111_text() -> None:
     text = pngmeta.a1111_parameters(params.to_dict())
     assert text.splitlines()[0] == "a lighthouse, dusk <lora:styles/ink-wash:0.6> <lora:detail-tweaker:0.5:1>"
     settings = text.splitlines()[-1]
-    for part in ("Denoising strength: 0.35", "Hires upscale: 1.5", "Hires steps: 12", "Hires upscaler: 4x-UltraSharp.pth",
-                 'Style: "Cinematic, Enhance"', "VAE: sdxl_vae.safetensors"):
+    for part in ("Denoising strength: 0.35", "Hires upscale: 1.5", "Hires steps: 12",
+                 "Hires upscaler: 4x-UltraSharp.pth", 'Style: "Cinematic, Enhance"', "VAE: sdxl_vae.safetensors"):
         assert part in settings
     back = GenerationParams.from_dict(parse_a1111(text))
     assert back == params

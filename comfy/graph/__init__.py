@@ -17,12 +17,15 @@ A1111's axis syntax, and the labelled grid image).
 Pure functions over dicts and bytes: this package imports only ``comfy.errors``, no network; the disk
 is read only for the shipped templates, styles and wildcards, and the folders a caller names.
 
-The workflow functions are re-exported here, so callers write ``workflows.bind(...)`` after
-``from comfy import graph as workflows``.
+The workflow functions (and the toolbox's ``build_graph``, ``prepare`` and ``plan_grid``) are re-exported
+here, so callers write ``workflows.bind(...)`` after ``from comfy import graph as workflows``.
 """
 
 from comfy.graph.binding import PARAM_NAMES, PARAM_TITLES, Binding, bind, bind_values, bound_values, find_bindings
+from comfy.graph.builder import build_graph
 from comfy.graph.inputs import EditableInput, apply_inputs, discover_inputs
+from comfy.graph.plot import plan_grid
+from comfy.graph.recipe import Prepared, prepare
 from comfy.graph.validation import default_checkpoint, find_problems, summarize, validate
 from comfy.graph.workflow import TEMPLATES_DIR, list_templates, load_template, parse_workflow, workflow_from_png
 
@@ -30,5 +33,5 @@ __all__ = [
     "TEMPLATES_DIR", "PARAM_NAMES", "PARAM_TITLES", "Binding", "EditableInput",
     "list_templates", "load_template", "parse_workflow", "workflow_from_png",
     "find_bindings", "bind", "bind_values", "bound_values", "discover_inputs", "apply_inputs",
-    "validate", "find_problems", "default_checkpoint", "summarize",
+    "validate", "find_problems", "default_checkpoint", "summarize", "build_graph", "prepare", "Prepared", "plan_grid",
 ]

@@ -142,9 +142,10 @@ def a1111_parameters(params: dict[str, Any]) -> str:
     ``Hires upscale`` / ``Hires steps`` / ``Hires upscaler`` with the hires pass's ``Denoising strength``,
     ``Mask blur``, ``VAE``, and the styles as ``Style`` (Forge's ``Distilled CFG Scale`` for Flux guidance).
 
-    >>> a1111_parameters({"prompt": "a fox", "seed": 1, "loras": [{"name": "ink.safetensors", "strength": 0.5}],
-    ...                   "hires": {"scale": 2, "denoise": 0.4}, "styles": ["Cinematic", "Enhance"]})
-    'a fox <lora:ink:0.5>\\nSeed: 1, Denoising strength: 0.4, Hires upscale: 2, Hires upscaler: Latent, Style: "Cinematic, Enhance"'
+    >>> print(a1111_parameters({"prompt": "a fox", "seed": 1, "loras": [{"name": "ink.safetensors", "strength": 0.5}],
+    ...                         "hires": {"scale": 2, "denoise": 0.4}, "styles": ["Cinematic", "Enhance"]}))
+    a fox <lora:ink:0.5>
+    Seed: 1, Denoising strength: 0.4, Hires upscale: 2, Hires upscaler: Latent, Style: "Cinematic, Enhance"
     """
     prompt = str(params.get("prompt") or "")
     try:
