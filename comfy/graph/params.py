@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from comfy.errors import WorkflowError
+from comfy.graph.features import check_features
 
 __all__ = ["GenerationParams", "Limits", "MAX_SEED", "RANDOM_SEED", "seed_from"]
 
@@ -72,6 +73,28 @@ class GenerationParams:
     #: For img2img: the image's name as the worker uploaded it to ComfyUI (set at run time) or,
     #: on a stored job, the path of the kept copy under the data folder.
     init_image: str | None = None
+    # The artist's toolbox (comfy.graph.features reads these JSON values; the defaults change nothing).
+    #: ``[{"name", "strength", "strength_clip"}]``: LoRAs chained after the checkpoint.
+    loras: list[dict[str, Any]] | None = None
+    #: A VAE file (GET /models "vaes"); None for the checkpoint's own.
+    vae: str | None = None
+    #: ``{"scale", "denoise", "steps", "upscaler"}``: a second pass on the upscaled result.
+    hires: dict[str, Any] | None = None
+    #: For inpainting: the mask image (white = repaint), named like ``init_image``.
+    mask: str | None = None
+    mask_blur: int = 4
+    mask_grow: int = 0
+    #: "Only masked": repaint the masked area (plus ``inpaint_padding``) at the full width × height.
+    inpaint_full_res: bool = False
+    inpaint_padding: int = 32
+    #: ``{"left", "top", "right", "bottom"}`` pixels (multiples of 8) added around the init image.
+    outpaint: dict[str, Any] | None = None
+    #: Style names applied to the prompts (see comfy.graph.styles).
+    styles: list[str] | None = None
+    #: "sd15", "sdxl" or "flux"; None recognises it from the checkpoint.
+    family: str | None = None
+    #: Flux guidance (FluxGuidance); None for the family's default.
+    guidance: float | None = None
 
     def with_seed(self, seed: int) -> GenerationParams:
         return dataclasses.replace(self, seed=seed)
@@ -89,7 +112,9 @@ class GenerationParams:
         return self.with_seed(secrets.randbelow(2**53))  # stays exact in JSON and JavaScript
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON values; toolbox fields left at their default are left out (as before them)."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in _TOOLBOX_DEFAULTS or v != _TOOLBOX_DEFAULTS[k]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationParams:
@@ -130,8 +155,13 @@ class GenerationParams:
         _in_range("denoise", self.denoise, 0.0, 1.0)
         if self.seed != RANDOM_SEED:
             _in_range("seed", self.seed, 0, MAX_SEED)
+        check_features(self)
         return self
 
+
+_TOOLBOX_DEFAULTS = {f.name: f.default for f in fields(GenerationParams)
+                     if f.name in ("loras", "vae", "hires", "mask", "mask_blur", "mask_grow", "inpaint_full_res",
+                                   "inpaint_padding", "outpaint", "styles", "family", "guidance")}
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "prompt": (str,), "negative_prompt": (str,), "checkpoint": (str, type(None)), "sampler": (str,),

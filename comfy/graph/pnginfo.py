@@ -17,6 +17,8 @@ from typing import Any
 from comfy.errors import WorkflowError
 from comfy.graph import pngmeta
 from comfy.graph.binding import bound_values
+from comfy.graph.features import hires_of
+from comfy.graph.lora_syntax import extract_loras
 from comfy.graph.params import GenerationParams
 from comfy.graph.pngmeta import METADATA_KEY
 from comfy.graph.workflow import parse_workflow
@@ -55,6 +57,7 @@ class PngInfo:
         if not isinstance(known.get("prompt"), str):
             return None
         known.pop("init_image", None)  # the original upload is not in the PNG
+        known.pop("mask", None)  # nor is the mask
         return GenerationParams.from_dict(known)
 
 
@@ -76,8 +79,12 @@ def parse_a1111(text: str) -> dict[str, Any]:
     if negative:
         params["negative_prompt"] = "\n".join(negative).strip()
     # Values may be quoted and contain commas: "Lora hashes: "a: 1, b: 2"".
+    toolbox: dict[str, str] = {}
     for key, value in re.findall(r'\s*([\w \-/+]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)', settings_line):
-        key, value = key.strip().lower(), value.strip().strip('"')
+        key, value = key.strip().lower(), _unquote(value.strip())
+        if key in _TOOLBOX_KEYS:
+            toolbox[key] = value
+            continue
         if key == "size" and "x" in value:
             width, _, height = value.partition("x")
             if width.isdigit() and height.isdigit():
@@ -90,7 +97,73 @@ def parse_a1111(text: str) -> dict[str, Any]:
                 continue
     if "sampler" in params:
         params.update(_comfy_sampler(params["sampler"], params.get("scheduler")))
+    if toolbox or "<" in params["prompt"]:
+        _toolbox_fields(params, toolbox)
     return params
+
+
+# The toolbox's settings in A1111's text (and Forge's "Distilled CFG Scale" for Flux guidance).
+_TOOLBOX_KEYS = frozenset({"hires upscale", "hires steps", "hires upscaler", "style", "styles", "styles array", "vae",
+                           "mask blur", "inpaint area", "masked area padding", "distilled cfg scale"})
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            loaded = json.loads(value)
+            return loaded if isinstance(loaded, str) else value.strip('"')
+        except ValueError:
+            return value.strip('"')
+    return value
+
+
+def _toolbox_fields(params: dict[str, Any], found: dict[str, str]) -> None:
+    """LoRA tags out of the prompt into ``loras``; hires, styles, VAE, mask and guidance settings."""
+    try:
+        prompt, loras = extract_loras(params["prompt"])
+    except WorkflowError:
+        prompt, loras = params["prompt"], []
+    if loras:
+        params["prompt"], params["loras"] = prompt, [lora.to_dict() for lora in loras]
+    if "hires upscale" in found:
+        hires: dict[str, Any] = {"scale": _parsed(found["hires upscale"], float, 2.0)}
+        if "denoise" in params:  # with a hires pass, A1111's "Denoising strength" is the pass's
+            hires["denoise"] = params.pop("denoise")
+        if _parsed(found.get("hires steps"), int, 0):
+            hires["steps"] = int(found["hires steps"])
+        upscaler = found.get("hires upscaler", "Latent")
+        hires["upscaler"] = "latent" if upscaler.lower().startswith(("latent", "none")) else upscaler
+        try:
+            params["hires"] = hires_of(hires).to_dict()  # type: ignore[union-attr]
+        except WorkflowError:
+            params["hires"] = hires  # kept as found; checking the parameters will say what is wrong
+    styles = found.get("styles array")
+    names: Any = None
+    if styles:
+        try:
+            names = json.loads(styles)
+        except ValueError:
+            names = None
+    if not isinstance(names, list):
+        text = found.get("style") or found.get("styles") or ""
+        names = [n.strip() for n in text.split(",") if n.strip()]
+    if names:
+        params["styles"] = [str(n) for n in names]
+    if found.get("vae") and found["vae"].lower() not in ("none", "automatic"):
+        params["vae"] = found["vae"]
+    for key, name, kind in (("mask blur", "mask_blur", int), ("masked area padding", "inpaint_padding", int),
+                            ("distilled cfg scale", "guidance", float)):
+        if key in found and (value := _parsed(found[key], kind, None)) is not None:
+            params[name] = value
+    if "inpaint area" in found:
+        params["inpaint_full_res"] = found["inpaint area"].strip().lower() == "only masked"
+
+
+def _parsed(value: str | None, kind: type, default: Any) -> Any:
+    try:
+        return kind(value) if value is not None else default
+    except ValueError:
+        return default
 
 
 def _comfy_sampler(name: str, scheduler: str | None) -> dict[str, str]:

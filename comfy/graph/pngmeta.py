@@ -8,9 +8,14 @@ the PNG ComfyUI produced, byte for byte, with chunks inserted.
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from typing import Any
+
+from comfy.errors import WorkflowError
+from comfy.graph.features import LATENT_UPSCALER, hires_of, loras_of
+from comfy.graph.lora_syntax import with_lora_tags
 
 __all__ = ["METADATA_KEY", "PNG_SIGNATURE", "is_png", "read_text_chunks", "add_text_chunks", "png_size", "a1111_parameters"]
 
@@ -143,20 +148,59 @@ def add_text_chunks(data: bytes, texts: dict[str, str]) -> bytes:
 
 
 def a1111_parameters(params: dict[str, Any]) -> str:
-    """The ``parameters`` text AUTOMATIC1111 writes, so its PNG Info (and image sites) can read ours."""
-    lines = [str(params.get("prompt") or "")]
+    """The ``parameters`` text AUTOMATIC1111 writes, so its PNG Info (and image sites) can read ours.
+
+    The toolbox's fields are written as A1111 does: LoRAs as ``<lora:name:weight>`` in the prompt,
+    ``Hires upscale`` / ``Hires steps`` / ``Hires upscaler`` with the hires pass's ``Denoising strength``,
+    ``Mask blur``, ``VAE``, and the styles as ``Style`` (Forge's ``Distilled CFG Scale`` for Flux guidance).
+
+    >>> print(a1111_parameters({"prompt": "a fox", "seed": 1, "loras": [{"name": "ink.safetensors", "strength": 0.5}],
+    ...                         "hires": {"scale": 2, "denoise": 0.4}, "styles": ["Cinematic", "Enhance"]}))
+    a fox <lora:ink:0.5>
+    Seed: 1, Denoising strength: 0.4, Hires upscale: 2, Hires upscaler: Latent, Style: "Cinematic, Enhance"
+    """
+    prompt = str(params.get("prompt") or "")
+    try:
+        prompt = with_lora_tags(prompt, loras_of(params.get("loras")))
+        hires = hires_of(params.get("hires"))
+    except WorkflowError:  # a malformed record still gets its plain settings written
+        hires = None
+    lines = [prompt]
     if params.get("negative_prompt"):
         lines.append(f"Negative prompt: {params['negative_prompt']}")
+    denoise = params.get("denoise") if params.get("init_image") else hires.denoise if hires else None
+    styles = params.get("styles")
     fields = [
         ("Steps", params.get("steps")), ("Sampler", params.get("sampler")),
         ("Schedule type", params.get("scheduler")), ("CFG scale", params.get("cfg")),
+        ("Distilled CFG Scale", params.get("guidance")),
         ("Seed", params.get("seed")), ("Size", f"{params.get('width')}x{params.get('height')}"
                                         if params.get("width") else None),
-        ("Model", params.get("checkpoint")),
-        ("Denoising strength", params.get("denoise") if params.get("init_image") else None),
+        ("Model", params.get("checkpoint")), ("VAE", _quote(params.get("vae"))),
+        ("Denoising strength", denoise),
+        ("Mask blur", params.get("mask_blur", 4) if params.get("mask") else None),
+        ("Inpaint area", "Only masked" if params.get("mask") and params.get("inpaint_full_res") else None),
+        ("Masked area padding", params.get("inpaint_padding", 32) if params.get("mask") and
+         params.get("inpaint_full_res") else None),
+        ("Hires upscale", _number(hires.scale) if hires else None),
+        ("Hires steps", hires.steps if hires else None),
+        ("Hires upscaler", ("Latent" if hires.upscaler == LATENT_UPSCALER else _quote(hires.upscaler))
+         if hires else None),
+        ("Style", _quote(", ".join(map(str, styles))) if isinstance(styles, list) and styles else None),
     ]
     lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
     return "\n".join(lines)
+
+
+def _quote(text: Any) -> Any:
+    """A1111's ``quote``: a value holding a comma, colon or newline is written as a JSON string."""
+    if not isinstance(text, str) or not any(c in text for c in ",:\n\""):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _tiny_png_with(*chunks: bytes) -> bytes:
