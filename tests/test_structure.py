@@ -25,7 +25,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "comfy.settings": (),
     "comfy.graph": ("comfy.graph",),
     "comfy.jobs": ("comfy.jobs.records", "comfy.jobs.leases", "comfy.jobs.layout", "comfy.jobs.queue",
-                   "comfy.jobs.events", "comfy.jobs.store", "comfy.jobs.redis_scripts"),
+                   "comfy.jobs.events", "comfy.jobs.store", "comfy.jobs.redis_scripts", "comfy.jobs.redis_store"),
     "comfy.jobs.worker": ("comfy.jobs", "comfy.backends", "comfy.storage", "comfy.graph"),
     "comfy.storage": ("comfy.storage", "comfy.graph", "comfy.jobs.records", "comfy.jobs.leases", "comfy.jobs.queue"),
     "comfy.backends": ("comfy.backends", "comfy.graph", "comfy.storage.local", "comfy.jobs.records"),

@@ -32,13 +32,13 @@ from comfy.jobs.queue import _request, _Request  # one definition of a valid req
 from comfy.jobs.records import RUNNING, TAKEN_OVER_NOTE, UPDATABLE_FIELDS, Job, JobPage, JobState
 from comfy.jobs.redis_scripts import KEYS, SCRIPTS
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "map_redis_errors"]
 
 _STATES = [state.value for state in JobState]
 
 
 @contextlib.contextmanager
-def _map_errors() -> Iterator[None]:
+def map_redis_errors() -> Iterator[None]:
     """The one place Redis errors become :class:`QueueError` (the message never holds the URL's password)."""
     try:
         yield
@@ -98,7 +98,7 @@ class RedisStore:
             await self.client.aclose()
 
     async def _run(self, script: str, *args: str) -> list[Any]:
-        with _map_errors():
+        with map_redis_errors():
             return await self._scripts[script](args=[self.prefix, *args])
 
     # -- enqueue ------------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ class RedisStore:
     # -- reading ------------------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> Job:
-        with _map_errors():
+        with map_redis_errors():
             flat = await self.client.hgetall(self.key("job", job_id))
         if not flat:
             raise JobNotFound(job_id)
@@ -160,7 +160,7 @@ class RedisStore:
 
     async def counts(self) -> dict[JobState, int]:
         """How many jobs are in each state: the sizes of the state indexes, read in one MULTI."""
-        with _map_errors():
+        with map_redis_errors():
             async with self.client.pipeline(transaction=True) as pipe:
                 for state in _STATES:
                     pipe.zcard(self.key("state", state))
@@ -168,17 +168,17 @@ class RedisStore:
         return {JobState(state): int(size) for state, size in zip(_STATES, sizes)}
 
     async def position(self, job_id: str) -> int | None:
-        with _map_errors():
+        with map_redis_errors():
             return await self.client.lpos(self.key("pending"), job_id)
 
     async def pending_ids(self) -> list[str]:
-        with _map_errors():
+        with map_redis_errors():
             return await self.client.lrange(self.key("pending"), 0, -1)
 
     async def expired(self) -> list[Job]:
         """Running jobs whose lease has expired, from the lease index (no scan of every job)."""
         now = self._now()
-        with _map_errors():
+        with map_redis_errors():
             ids = await self.client.zrangebyscore(self.key("leases"), "-inf", f"({now!r}")
             jobs = await self._jobs(ids)
         return [job for job in jobs if job.state is JobState.RUNNING
@@ -207,7 +207,7 @@ class RedisStore:
         ``accept`` runs here, between reading the candidates and claiming one; the claim itself checks the
         job is still queued, so a job another worker took meanwhile is skipped, never claimed twice.
         """
-        with _map_errors():
+        with map_redis_errors():
             candidates = await self._jobs(await self.client.lrange(self.key("pending"), 0, max(scan, 1) - 1))
         for job in candidates:
             if job.state is not JobState.QUEUED or not accept(job):
@@ -229,7 +229,7 @@ class RedisStore:
         the script takes the lease only if it is still the one looked at; else look again."""
         for _look in range(8):
             now = self._now()
-            with _map_errors():
+            with map_redis_errors():
                 raw = await self.client.hgetall(self.key("job", job_id))
             if not raw or json.loads(raw["state"]) != RUNNING:
                 return None
