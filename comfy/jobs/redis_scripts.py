@@ -10,7 +10,7 @@ compares them, copies them, or reads a few plain ones (state, owner, attempts, s
 everything first and writes last, so an early return leaves nothing half done. ``ARGV[1]`` is the key
 prefix; keys are built from it here, which suits one Redis (or a primary with replicas), not Redis Cluster.
 
-Replies are ``{status, ...}``: ``ok`` with the record as a flat field/value list, or ``notfound``,
+Replies are ``{status, ...}``: ``ok`` with the record as one JSON object, or ``notfound``,
 ``lease`` (the worker lost its lease), ``notqueued``, ``notfinal``, ``conflict``, ``changed``, ``none``.
 """
 
@@ -59,13 +59,17 @@ local function load(id)
   return rec
 end
 
-local function flat(rec)
-  local out = {}
-  for k, v in pairs(rec) do out[#out + 1] = k; out[#out + 1] = v end
-  return out
+-- The record as one JSON object: its values are JSON texts already, so this is a join, not an encoding.
+-- Fields starting with _ are the store's own (not JSON) and stay here.
+local function json(rec)
+  local parts = {}
+  for k, v in pairs(rec) do
+    if string.byte(k, 1) ~= 95 then parts[#parts + 1] = '"' .. k .. '":' .. v end
+  end
+  return '{' .. table.concat(parts, ',') .. '}'
 end
 
-local function ok(rec) return {'ok', flat(rec)} end
+local function ok(rec) return {'ok', json(rec)} end
 local function state_of(rec) return decode(rec.state) end
 local function is_final(rec) return FINAL[state_of(rec)] == true end
 
@@ -166,7 +170,7 @@ end
 local out = {'ok'}
 for _, r in ipairs(requests) do
   if r.existing then
-    out[#out + 1] = {'old', r.existing, flat(load(r.existing) or {})}
+    out[#out + 1] = {'old', r.existing, json(load(r.existing) or {})}
   else
     local seq = redis.call('INCR', P .. K.seq)
     local key = job_key(r.id)
@@ -316,7 +320,7 @@ for i = 4, #ARGV do
 end
 table.sort(found, function(a, b) return a[1] > b[1] end)
 local out = {'ok', total, #found > limit and string.format('%d', found[limit][1]) or ''}
-for j = 1, math.min(limit, #found) do out[#out + 1] = flat(load(found[j][2]) or {}) end
+for j = 1, math.min(limit, #found) do out[#out + 1] = json(load(found[j][2]) or {}) end
 return out
 """
 

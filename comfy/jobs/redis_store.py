@@ -3,7 +3,8 @@
 Same records (:class:`~comfy.jobs.records.Job`), same states and the same rules as the diskcache
 :class:`~comfy.jobs.queue.JobQueue`; tests/test_store_contract.py runs one set of promises against both.
 Every transition is one Lua script (:mod:`comfy.jobs.redis_scripts`), so two workers never claim one job
-and a crash never leaves a record and its indexes disagreeing. The keys, all under ``REDIS_PREFIX``, are
+and a crash never leaves a record and its indexes disagreeing; calls made together by several tasks share
+one round trip (:mod:`comfy.jobs.redis_batch`). The keys, all under ``REDIS_PREFIX``, are
 listed once in :data:`comfy.jobs.redis_scripts.KEYS`.
 
 Times come from this process's clock (``now``), as with diskcache, so the machines' clocks should agree
@@ -30,6 +31,7 @@ from comfy.errors import IdempotencyConflict, JobNotFound, QueueError
 from comfy.jobs.leases import held_elsewhere
 from comfy.jobs.queue import _request, _Request  # one definition of a valid request and its fingerprint
 from comfy.jobs.records import RUNNING, TAKEN_OVER_NOTE, UPDATABLE_FIELDS, Job, JobPage, JobState
+from comfy.jobs.redis_batch import ScriptBatcher
 from comfy.jobs.redis_scripts import KEYS, SCRIPTS
 
 __all__ = ["RedisStore", "map_redis_errors"]
@@ -48,18 +50,22 @@ def map_redis_errors() -> Iterator[None]:
         raise QueueError(f"The job queue's Redis refused an operation: {exc}") from exc
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)  # one, not one per call
+
+
 def _enc(value: Any) -> str:
     """A value as the JSON text the scripts store and compare (the same text for the same value)."""
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise QueueError(f"Job parameters must be plain JSON data: {exc}") from exc
 
 
-def _record(flat: list[str]) -> dict[str, Any]:
-    """A record from a script's flat field/value list (or HGETALL's dict); ``_`` fields are the store's own."""
-    pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2])
-    return {name: json.loads(text) for name, text in pairs if not name.startswith("_")}
+def _record(stored: str | dict[str, str]) -> dict[str, Any]:
+    """A record from a script's JSON object, or from HGETALL (``_`` fields are the store's own, not JSON)."""
+    if isinstance(stored, str):
+        return json.loads(stored)
+    return {name: json.loads(text) for name, text in stored.items() if not name.startswith("_")}
 
 
 def _idem(owner: str | None, key: str) -> str:
@@ -80,6 +86,7 @@ class RedisStore:
         self._now = now
         self._owns_client = owns_client
         self._scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
+        self._batcher = ScriptBatcher(client)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
@@ -94,12 +101,13 @@ class RedisStore:
         return self.prefix + KEYS[name] + ":".join(parts)
 
     async def close(self) -> None:
+        await self._batcher.aclose()
         if self._owns_client:
             await self.client.aclose()
 
     async def _run(self, script: str, *args: str) -> list[Any]:
         with map_redis_errors():
-            return await self._scripts[script](args=[self.prefix, *args])
+            return await self._batcher.call(self._scripts[script], [self.prefix, *args])
 
     # -- enqueue ------------------------------------------------------------------------------------
 
