@@ -1,8 +1,10 @@
 """REDIS_URL and REDIS_PREFIX: what is accepted, what is refused with a sentence, the password never shown,
-the store that ``open_store`` picks, and Redis failures turned into QueueError."""
+the store that ``open_store`` picks; and what only Redis has: its keys under the prefix, scripts that Redis
+forgot, and failures turned into QueueError."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -82,5 +84,18 @@ async def test_redis_that_cannot_be_reached_is_a_queue_error_with_a_sentence() -
             await store.enqueue({"prompt": "a"})
         with pytest.raises(QueueError, match="could not be reached"):
             await store.get("0123456789abcdef")
+    finally:
+        await store.close()
+
+
+async def test_scripts_that_redis_forgot_are_sent_again(redis_server: RedisServer, redis_prefix: str) -> None:  # noqa: F811
+    store = RedisStore.from_url(redis_server.url, prefix=redis_prefix)
+    try:
+        await store.enqueue_many([{"params": {"i": i}} for i in range(4)])
+        await store.client.script_flush()  # as after a restart or a failover to a fresh replica
+        claimed = await asyncio.gather(*(store.claim(f"host:1:w{i}", lease_seconds=5) for i in range(3)))
+        assert len({job.id for job in claimed}) == 3  # three calls in one pipeline, each NOSCRIPT, each redone
+        await store.client.script_flush()
+        assert (await store.claim("host:1:w9", lease_seconds=5)).seq == 4  # and a lone call
     finally:
         await store.close()

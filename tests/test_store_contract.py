@@ -155,10 +155,14 @@ async def test_claim_is_fifo_and_leases_the_job(store: JobStore, clock: FakeCloc
     assert (await store.claim(W1, lease_seconds=30)).id == later.id
 
 
-async def test_each_job_is_claimed_exactly_once_by_8_concurrent_workers(make_store: MakeStore) -> None:
+@pytest.mark.parametrize("connections", ["one each", "one shared"])
+async def test_each_job_is_claimed_exactly_once_by_8_concurrent_workers(make_store: MakeStore,
+                                                                       connections: str) -> None:
+    """Eight workers with a store each (separate connections), or eight tasks sharing one store (on Redis,
+    their calls then travel together in pipelines)."""
     first = await make_store()
     jobs = await first.enqueue_many([{"params": {"i": i}} for i in range(200)])
-    workers = [await make_store() for _ in range(8)]
+    workers = [await make_store() for _ in range(8)] if connections == "one each" else [first] * 8
     claimed: list[list[str]] = [[] for _ in workers]
 
     async def drain(index: int, store: JobStore) -> None:
