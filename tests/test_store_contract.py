@@ -89,10 +89,27 @@ async def test_enqueue_makes_a_plain_queued_record_that_reads_back_equal(store: 
     graph = {"1": {"class_type": "KSampler", "inputs": {"seed": 5}}}
     flow, _ = await store.enqueue({"images": {}}, kind="workflow", workflow=graph)
     assert (await store.get(flow.id)).workflow == graph and flow.seq == 2
-    with pytest.raises(JobNotFound):
-        await store.get("0000000000000000")
+    for unknown in ("0000000000000000", "not-an-id"):
+        with pytest.raises(JobNotFound) as info:
+            await store.get(unknown)
+        assert info.value.job_id == unknown
     with pytest.raises(QueueError):
         await store.enqueue({}, kind="nonsense")
+
+
+async def test_a_store_opened_again_finds_everything(make_store: MakeStore) -> None:
+    first = await make_store()
+    a, b, c, d = await add(first, 4, owner="ann")
+    await first.move(c.id, to_index=0)
+    await first.claim(W1, lease_seconds=30)  # c
+    await first.finish((await first.claim(W1, lease_seconds=30)).id, W1, outputs=[{"f": "a.png"}])  # a
+    before, counts = await first.list(), await first.counts()
+    await first.close()
+    again = await make_store()
+    assert await again.list() == before and await again.counts() == counts
+    assert await again.pending_ids() == [b.id, d.id] and (await again.list(owner="ann")).total == 4
+    assert (await again.enqueue({"prompt": "next"}))[0].seq == 5
+    assert (await again.get(a.id)).outputs == [{"f": "a.png"}]
 
 
 # -- idempotency ------------------------------------------------------------------------------------
