@@ -81,7 +81,8 @@ async def test_the_store_has_every_method_of_the_contract(store: JobStore) -> No
 
 
 async def test_enqueue_makes_a_plain_queued_record_that_reads_back_equal(store: JobStore, clock: FakeClock) -> None:
-    params = {"prompt": "a cat, ünïcode \"quoted\"", "steps": 20, "cfg": 6.5, "nested": {"empty": [], "o": {}}}
+    params = {"prompt": "a cat, ünïcode \"quoted\", a NUL \x00 too", "steps": 20, "cfg": 6.5,
+              "nested": {"empty": [], "o": {}}}
     job, created = await store.enqueue(params, owner="ann", idempotency_key="k1")
     assert created and len(job.id) == 16 and job.seq == 1
     assert job.state is JobState.QUEUED and (job.owner, job.queued_at, job.attempts) == ("ann", clock.now, 0)

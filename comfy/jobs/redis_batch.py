@@ -22,8 +22,11 @@ __all__ = ["ScriptBatcher"]
 class ScriptBatcher:
     """Runs registered scripts for one client, batched per event-loop turn; results and errors per call."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, *, max_batch: int = 4) -> None:
         self.client = client
+        #: Calls per pipeline. Several smaller pipelines in flight beat one large one: Redis runs one while
+        #: this process reads the answer of the one before (on two cores, neither waits for the other).
+        self.max_batch = max_batch
         self._pending: list[tuple[AsyncScript, list[str], asyncio.Future[Any]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
@@ -36,10 +39,12 @@ class ScriptBatcher:
         return await future
 
     def _flush_soon(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._flush(batch))
-        self._flushes.add(task)  # a reference, so the task is not collected before it ends
-        task.add_done_callback(self._flushes.discard)
+        pending, self._pending = self._pending, []
+        loop = asyncio.get_running_loop()
+        for at in range(0, len(pending), self.max_batch):
+            task = loop.create_task(self._flush(pending[at:at + self.max_batch]))
+            self._flushes.add(task)  # a reference, so the task is not collected before it ends
+            task.add_done_callback(self._flushes.discard)
 
     async def _flush(self, batch: list[tuple[AsyncScript, list[str], asyncio.Future[Any]]]) -> None:
         if len(batch) == 1:  # nothing to share: the plain call (it loads the script if Redis lost it)

@@ -51,10 +51,13 @@ def map_redis_errors() -> Iterator[None]:
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)  # one, not one per call
+_CONSTANTS = {None: "null", True: "true", False: "false"}
 
 
 def _enc(value: Any) -> str:
     """A value as the JSON text the scripts store and compare (the same text for the same value)."""
+    if value is None or value is True or value is False:  # most fields of a new job: skip the encoder
+        return _CONSTANTS[value]
     try:
         return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
@@ -125,15 +128,14 @@ class RedisStore:
             return []
         now = self._now()
         for _draw in range(8):
-            drafts, args = [], [str(len(requests))]
+            drafts, args = [], []
             for request in requests:
                 draft = Job(id=uuid.uuid4().hex[:16], seq=0, kind=request.kind, params=request.params,
                             workflow=request.workflow, queued_at=now, idempotency_key=request.idempotency_key,
                             owner=request.owner)
-                fields = [part for name, value in draft.to_dict().items() if name != "seq"
-                          for part in (name, _enc(value))]
+                fields = "".join(f"{name}\0{_enc(value)}\0" for name, value in draft.to_dict().items() if name != "seq")
                 key = _idem(request.owner, request.idempotency_key) if request.idempotency_key else ""
-                args += [draft.id, key, request.fingerprint, str(len(fields)), *fields]
+                args += [draft.id, key, request.fingerprint, fields]
                 drafts.append(draft)
             reply = await self._run("enqueue", *args)
             if reply[0] == "conflict":
