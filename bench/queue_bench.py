@@ -1,6 +1,7 @@
 """Throughput of the job queue (enqueue → claim → finish) and the time to list one page of 10,000 jobs.
 
-    python bench/queue_bench.py        # prints {"jobs_per_s": ..., "list_page_ms": ..., ...}
+    python bench/queue_bench.py        # prints {"jobs_per_s": ..., "list_page_ms": ..., ...}, then
+                                       # bench/store_bench.py's table (Redis, events across replicas)
 
 ``jobs_per_s`` is the best of three rounds of 2,000 jobs (enqueue them all, then claim and finish each),
 as timeit reports the best run: the rest is noise from other processes. The median and a round with no
@@ -120,6 +121,9 @@ def main() -> None:
     listed = int(sys.argv[sys.argv.index("--listed") + 1]) if "--listed" in sys.argv else 10_000
     with tempfile.TemporaryDirectory() as tmpdir:
         print(json.dumps(run(tmpdir, listed=listed)))
+    from bench import store_bench  # then Redis against diskcache, and events across replicas
+
+    store_bench.main()
 
 
 if __name__ == "__main__":

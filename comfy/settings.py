@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from comfy.errors import ConfigError
 
-__all__ = ["Settings", "load_settings", "DEFAULT_DATA_DIR"]
+__all__ = ["Settings", "load_settings", "redact_url", "DEFAULT_DATA_DIR"]
 
 #: The project folder (where app.py is): its ``data`` folder is the default, whatever folder a command
 #: runs in, so the page and ``python -m comfy`` started anywhere share one queue.
@@ -95,6 +95,56 @@ class Settings(BaseSettings):
         30.0, gt=0, validation_alias=_env("STUDIO_LEASE_SECONDS", "lease_seconds"),
         description="A worker that stops renewing its claim for this long is presumed dead.",
     )
+
+    # -- Redis (optional: on when REDIS_URL is set; see comfy/jobs/redis_store.py) ------------------------
+    redis_url: SecretStr | None = Field(
+        None, validation_alias=_env("REDIS_URL", "redis_url"),
+        description="Keep the queue, leases, idempotency keys and job events in Redis, shared by several "
+                    "replicas and workers: redis://host:6379/0, rediss://... (TLS), unix:///path.sock. "
+                    "Unset = diskcache in STUDIO_DATA_DIR (one machine). A password in it is a secret.",
+    )
+    redis_prefix: str = Field(
+        "studio", validation_alias=_env("REDIS_PREFIX", "redis_prefix"),
+        description="The start of every key and channel the studio uses in Redis (several studios can share one).",
+    )
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_blank_is_unset(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if isinstance(raw, str) and not raw.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        url = value.get_secret_value().strip()
+        parts = urlsplit(url)  # messages never repeat the URL: it may hold a password
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// (TLS) or unix://, e.g. redis://127.0.0.1:6379/0")
+        try:
+            _ = parts.port  # raises for a port that is not a number
+        except ValueError:
+            raise ValueError("has a port that is not a number; e.g. redis://127.0.0.1:6379/0") from None
+        if parts.scheme == "unix" and not parts.path:
+            raise ValueError("must name the socket file, e.g. unix:///run/redis/redis.sock")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("must name a host, e.g. redis://127.0.0.1:6379/0")
+        return SecretStr(url)
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _check_redis_prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:{}-]{1,64}", value.strip()):
+            raise ValueError("must be 1-64 letters, digits or . _ - : { } (no spaces), e.g. studio")
+        return value.strip()
+
+    @property
+    def redis_url_redacted(self) -> str | None:
+        """``REDIS_URL`` fit to show or log: the password replaced by ``***``."""
+        return redact_url(self.redis_url.get_secret_value()) if self.redis_url is not None else None
+    # -- end of Redis ----------------------------------------------------------------------------------------
 
     # -- input limits ---------------------------------------------------------------------------------
     max_width: int = Field(2048, ge=64, validation_alias=_env("STUDIO_MAX_WIDTH", "max_width"))
@@ -368,6 +418,16 @@ class Settings(BaseSettings):
     @property
     def inputs_dir(self) -> Path:
         return self.data_dir / "inputs"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (``redis://user:***@host:6379/0``), to show or log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 def _parse_headers(raw: str) -> dict[str, str]:
