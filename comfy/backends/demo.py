@@ -141,7 +141,7 @@ class DemoBackend:
         job = ctx.job
         params = _params_of(job)
         handle = job.prompt_id if attach and job.prompt_id else uuid.uuid4().hex
-        job = ctx.record(prompt_id=handle, backend=self.name, note=None)
+        job = await ctx.record(prompt_id=handle, backend=self.name, note=None)
         ctx.submitted()
         ctx.started(job=job)
         began = time.monotonic()
