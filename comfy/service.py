@@ -465,8 +465,9 @@ class Studio:
         return self.queue.get(job_id)
 
     def jobs(self, *, states: Collection[JobState] | None = None, owner: str | None = None, limit: int = 50,
-             cursor: int | None = None) -> JobPage:
-        return self.queue.list(states=states, owner=owner, limit=limit, cursor=cursor)
+             cursor: int | None = None, unowned: bool = False) -> JobPage:
+        """Jobs newest first; ``owner=None`` lists everyone's, unless ``unowned`` asks for the jobs nobody owns."""
+        return self.queue.list(states=states, owner=owner, limit=limit, cursor=cursor, unowned=unowned)
 
     def position(self, job_id: str) -> int | None:
         return self.queue.position(job_id)
