@@ -41,7 +41,7 @@ def app_process(comfy_url: str, data_dir: Path, **env: str) -> Iterator[tuple[st
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded 2-core machine takes long to import gradio
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"app exited: {(data_dir.parent / f'app-{port}.log').read_text()[-3000:]}")
@@ -51,7 +51,7 @@ def app_process(comfy_url: str, data_dir: Path, **env: str) -> Iterator[tuple[st
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("app did not start in 60 s")
+                raise RuntimeError("app did not start in 180 s")
             time.sleep(0.2)
         yield url, proc
     finally:

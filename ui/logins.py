@@ -100,22 +100,37 @@ LOGIN_MESSAGE_JS = """
 <script>
 (() => {
   const fetch0 = window.fetch;
+  const show = (text) => {
+    const creds = document.querySelector('p.creds');  // Gradio's "Incorrect Credentials" of the last try
+    let note = document.getElementById('studio-login-note');
+    if (text === null) {
+      if (note) note.remove();
+      if (creds) creds.style.display = '';
+      return;
+    }
+    const form = document.querySelector('input[type=password]')?.closest('.form');
+    if (!form) return;
+    if (!note) {
+      note = document.createElement('p');
+      note.id = 'studio-login-note';
+      note.setAttribute('role', 'alert');
+      note.style.cssText = 'color:var(--error-text-color,#b91c1c);font-weight:var(--weight-semibold,600);' +
+                           'margin:var(--spacing-lg,8px) 0;width:0;min-width:100%';  // wraps, never widens the form
+    }
+    form.before(note);
+    note.textContent = text;
+    if (creds) creds.style.display = 'none';
+  };
   window.fetch = async (...args) => {
     const response = await fetch0(...args);
     const url = String(args[0] && args[0].url || args[0]);
-    if ((response.status === 429 || response.status === 503) && /\\/login\\/?$/.test(new URL(url, location).pathname)) {
-      let text = "Try again in a moment.";
-      try { text = (await response.clone().json()).detail || text; } catch (e) {}
-      let note = document.querySelector('#studio-login-note');
-      if (!note) {
-        note = document.createElement('p');
-        note.id = 'studio-login-note';
-        note.setAttribute('role', 'alert');
-        note.style.cssText = 'color:#b42318;margin:8px 0;font-weight:500;text-align:center';
-        const form = document.querySelector('form') || document.querySelector('.wrap') || document.body;
-        form.prepend(note);
+    if (/\\/login\\/?$/.test(new URL(url, location.href).pathname)) {
+      let text = null;
+      if (response.status === 429 || response.status === 503) {
+        text = 'Try again in a moment.';
+        try { text = (await response.clone().json()).detail || text; } catch (e) {}
       }
-      note.textContent = text;
+      show(text);
     }
     return response;
   };
