@@ -5,6 +5,7 @@ See :mod:`comfy.jobs.queue` for the layout drawn out. Every value written in a t
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -298,21 +299,38 @@ def owned_page(cache: diskcache.Cache, owner_code: int, tails: dict[int, int], c
 
     Reads that owner's list and the index buckets its jobs are in, nothing else: the cost follows the
     number of jobs the owner ever had (a pruned job stays in the list, and is skipped), not the queue's.
+    The owner's seqs in one bucket are taken as a run; a run without gaps is counted and searched with
+    ``bytes`` methods, as the whole index is.
     """
     found: list[tuple[int, str]] = []
     total = 0
     number, buf = -1, b""
     for chunk in range(owned_tail(cache, owner_code, tails), -1, -1):
         data = cache.get(OWNED_KEY.format(owner_code, chunk), b"")
-        for (seq,) in reversed(list(_SEQ.iter_unpack(data))):
-            bucket, offset = _slot(seq)
+        seqs = struct.unpack(f"<{len(data) // _SEQ.size}I", data)
+        end = len(seqs)
+        while end:
+            bucket = (seqs[end - 1] - 1) // BUCKET_SIZE
+            base = bucket * BUCKET_SIZE
+            start = bisect.bisect_left(seqs, base + 1, 0, end)  # seqs[start:end]: this owner's in the bucket
             if bucket != number:
                 number, buf = bucket, cache.get(BUCKET_KEY.format(bucket)) or b""
-            if not buf or buf[offset] not in codes:
-                continue
-            total += 1
-            if (highest is None or seq <= highest) and len(found) <= limit:
-                found.append((seq, buf[_IDS_AT + offset * ID_BYTES:_IDS_AT + (offset + 1) * ID_BYTES].hex()))
+            if buf:
+                low, high = seqs[start] - base - 1, seqs[end - 1] - base - 1
+                top = high if highest is None else min(high, highest - base - 1)
+                if high - low + 1 == end - start:  # no gaps: whole runs of the bucket's bytes
+                    total += sum(buf.count(code, low, high + 1) for code in codes)
+                    offsets: Iterator[int] = (o for o in _offsets_down(buf, top, codes) if o >= low) \
+                        if len(found) <= limit else iter(())
+                else:
+                    matching = [seq - base - 1 for seq in seqs[start:end] if buf[seq - base - 1] in codes]
+                    total += len(matching)
+                    offsets = (o for o in reversed(matching) if o <= top)
+                for offset in offsets:
+                    if len(found) > limit:
+                        break
+                    found.append((base + offset + 1, buf[_IDS_AT + offset * ID_BYTES:_IDS_AT + (offset + 1) * ID_BYTES].hex()))
+            end = start
     return found, total
 
 
