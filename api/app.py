@@ -128,11 +128,11 @@ def _health_router(ctx: ApiContext, metrics: StudioMetrics) -> APIRouter:
         if not up:
             reasons = "; ".join(f"{b.url} does not answer: {ctx.scrub(b.error or 'no answer')}" for b in backends)
             raise ApiError(503, "backend_unavailable", f"No backend answers. {reasons}", headers={"Retry-After": "5"})
-        problem = await asyncio.to_thread(queue_writable, studio)
+        problem = await queue_writable(studio)
         if problem:
             raise ApiError(503, "queue_unavailable", problem, headers={"Retry-After": "5"})
         return ReadyOut(status="ready", backend=up[0].url, backends_up=len(up), backends_total=len(backends),
-                        queue=queue_counts(studio) or {})
+                        queue=await queue_counts(studio) or {})
 
     @router.get("/health", response_model=HealthOut, summary="Status: backends, GPU, queues, worker, storage")
     async def health() -> HealthOut:
@@ -145,7 +145,7 @@ def _health_router(ctx: ApiContext, metrics: StudioMetrics) -> APIRouter:
         backends = [BackendOut(**{**status.to_dict(), "error": ctx.scrub(status.error) if status.error else None})
                     for status in statuses]
         storage = await asyncio.to_thread(probe_dir, ctx.settings.data_dir)
-        counts = await asyncio.to_thread(queue_counts, studio)
+        counts = await queue_counts(studio)
         objects = await _objects(ctx)
         worker = WorkerOut(running=studio.worker_running, in_flight=len(studio.worker.running),
                            backend_down=ctx.scrub(studio.worker.backend_down) if studio.worker.backend_down else None)
@@ -165,8 +165,8 @@ def _health_router(ctx: ApiContext, metrics: StudioMetrics) -> APIRouter:
 
     @router.get("/metrics", response_class=Response, summary="Prometheus metrics",
                 responses={200: {"content": {CONTENT_TYPE: {}}}})
-    def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+    async def prometheus() -> Response:
+        return Response(await metrics.render(), media_type=CONTENT_TYPE)
 
     return router
 
@@ -174,7 +174,7 @@ def _health_router(ctx: ApiContext, metrics: StudioMetrics) -> APIRouter:
 async def _objects(ctx: ApiContext) -> dict[str, Any]:
     """The output store's health (S3 or local), scrubbed; a failure to ask is reported, not raised."""
     try:
-        found = await asyncio.wait_for(asyncio.to_thread(ctx.studio.storage_health), READY_TIMEOUT)
+        found = await asyncio.wait_for(ctx.studio.storage_health(), READY_TIMEOUT)
     except (TimeoutError, ComfyError, OSError) as exc:
         return {"storage": "s3", "reachable": False, "error": ctx.scrub(str(exc) or type(exc).__name__)}
     return {key: ctx.scrub(value) if isinstance(value, str) else value for key, value in found.items()}

@@ -6,6 +6,7 @@ is meant to report.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -48,19 +49,19 @@ def probe_dir(path: Path) -> StorageState:
     return StorageState(error is None, free, total, error)
 
 
-def queue_counts(studio: Studio) -> dict[str, int] | None:
+async def queue_counts(studio: Studio) -> dict[str, int] | None:
     """Our jobs by state, or None when the queue cannot be read."""
     try:
-        return {state.value: count for state, count in studio.queue.counts().items()}
+        return {state.value: count for state, count in (await studio.counts()).items()}
     except ComfyError:
         return None
 
 
-def queue_writable(studio: Studio) -> str | None:
+async def queue_writable(studio: Studio) -> str | None:
     """None when the queue can be read and its folder written; otherwise why not."""
-    if queue_counts(studio) is None:
+    if await queue_counts(studio) is None:
         return "The job queue cannot be read."
-    state = probe_dir(studio.settings.queue_dir)
+    state = await asyncio.to_thread(probe_dir, studio.settings.queue_dir)
     if not state.writable:
         return f"The job queue's folder cannot be written: {state.error}."
     return None

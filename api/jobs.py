@@ -69,11 +69,11 @@ def root_of(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
-def visible_job(ctx: ApiContext, caller: Caller, job_id: str) -> Job:
+async def visible_job(ctx: ApiContext, caller: Caller, job_id: str) -> Job:
     """The job if it exists and the caller may see it; :class:`JobNotFound` otherwise (no hint which)."""
     if not JOB_ID.match(job_id):
         raise JobNotFound(job_id[:40])
-    job = ctx.studio.job(job_id)
+    job = await ctx.studio.job(job_id)
     if not ctx.may_see(caller, job.owner):
         raise JobNotFound(job_id)
     return job
@@ -107,19 +107,19 @@ async def _wait(ctx: ApiContext, job_id: str, deadline: float) -> tuple[Job | No
                 if event.kind == "retrying" and event.error_code == "server_unavailable":
                     return None, None, "backend_down"  # nothing reached ComfyUI: it is down
                 if event.final:
-                    return ctx.studio.job(job_id), event.timings, "done"
+                    return await ctx.studio.job(job_id), event.timings, "done"
     except TimeoutError:
         pass
     return None, None, "timeout"
 
 
-def _backend_down(ctx: ApiContext, cancel: list[str], *, keyed: bool = False) -> ApiError:
+async def _backend_down(ctx: ApiContext, cancel: list[str], *, keyed: bool = False) -> ApiError:
     """503 for a synchronous request while ComfyUI is down. Its jobs are cancelled, not left to run later;
     under an Idempotency-Key they stay queued instead, so that a retry with the key finds them alive."""
     if not keyed:
         for job_id in cancel:
             with contextlib.suppress(JobNotFound):
-                ctx.studio.cancel(job_id)
+                await ctx.studio.cancel(job_id)
     reason = ctx.studio.worker.backend_down or "it does not answer"
     if keyed and cancel:
         done = ("the job stays queued and runs when ComfyUI is back; retry with the same Idempotency-Key "
@@ -131,9 +131,9 @@ def _backend_down(ctx: ApiContext, cancel: list[str], *, keyed: bool = False) ->
                     headers={"Retry-After": "10"}, extra={"job_id": cancel[0] if len(cancel) == 1 else None})
 
 
-def _check_backend(ctx: ApiContext) -> None:
+async def _check_backend(ctx: ApiContext) -> None:
     if ctx.studio.worker.backend_down:
-        raise _backend_down(ctx, [])
+        raise await _backend_down(ctx, [])
 
 
 def _answer(job: Job, timings: dict[str, float] | None, root: str) -> Response:
@@ -152,14 +152,14 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
 
     async def generate(request: Request, body: GenerateRequest, idempotency_key: IdempotencyKey = None,
                        caller: Caller = caller_dep) -> Response:
-        _check_backend(ctx)
+        await _check_backend(ctx)
         job = await _submit(ctx, body, caller, idempotency_key)
         loop = asyncio.get_running_loop()
         done, timings, outcome = await _wait(ctx, job.id, loop.time() + ctx.settings.sync_wait_seconds)
         if outcome == "backend_down":
-            raise _backend_down(ctx, [job.id], keyed=idempotency_key is not None)
+            raise await _backend_down(ctx, [job.id], keyed=idempotency_key is not None)
         if done is None:
-            current = studio.job(job.id)
+            current = await studio.job(job.id)
             location = job_url(job.id, root_of(request))
             return JSONResponse(accepted(current, root_of(request)).model_dump(), status_code=202,
                                 headers={"Location": location})
@@ -190,7 +190,7 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
     ) -> Response:
         """Queues every item (all are checked first), waits for all; results in the order given.
         A failed item is in the results with its ``error``; the whole answer is 202 if any is still running."""
-        _check_backend(ctx)
+        await _check_backend(ctx)
         for index, item in enumerate(items):
             try:
                 GenerationParams.from_dict(item.engine_params()).check(studio.limits)
@@ -203,7 +203,7 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
                 jobs.append(await _submit(ctx, item, caller, key))
             except (ComfyError, ApiError) as exc:
                 for job in jobs:  # all or nothing: withdraw the items already queued
-                    studio.cancel(job.id)
+                    await studio.cancel(job.id)
                 if isinstance(exc, WorkflowError):
                     raise _prefixed(index, exc) from exc
                 if isinstance(exc, ApiError) and exc.field:
@@ -212,10 +212,10 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
         deadline = asyncio.get_running_loop().time() + ctx.settings.sync_wait_seconds
         waited = await asyncio.gather(*(_wait(ctx, job.id, deadline) for job in jobs))
         if any(outcome == "backend_down" for _, _, outcome in waited):
-            raise _backend_down(ctx, [job.id for job in jobs], keyed=idempotency_key is not None)
+            raise await _backend_down(ctx, [job.id for job in jobs], keyed=idempotency_key is not None)
         root = root_of(request)
         if any(done is None for done, _, _ in waited):
-            body = BatchAccepted(jobs=[accepted(studio.job(job.id), root) for job in jobs])
+            body = BatchAccepted(jobs=[accepted(await studio.job(job.id), root) for job in jobs])
             return JSONResponse(body.model_dump(), status_code=202)
         results = [result_of(done, timings, root) for done, timings, _ in waited if done is not None]
         return JSONResponse(BatchResult(results=results).model_dump(mode="json"))
@@ -246,7 +246,7 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
         return _accepted_response(job, request)
 
     @router.get("/jobs", response_model=JobList, responses=COMMON, tags=["jobs"], summary="List jobs, newest first")
-    def list_jobs(
+    async def list_jobs(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=200, description="Jobs per page.")] = 50,
         cursor: Annotated[int | None, Query(ge=0, description="next_cursor of the previous page.")] = None,
@@ -254,19 +254,19 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
         = None,
         caller: Caller = caller_dep,
     ) -> JobList:
-        page = studio.jobs(states=[JobState(s) for s in state] if state else None,
-                           owner=None if ctx.guard.open else caller.owner, limit=limit, cursor=cursor)
-        pending = {job_id: at for at, job_id in enumerate(studio.queue.pending_ids())} \
+        page = await studio.jobs(states=[JobState(s) for s in state] if state else None,
+                                 owner=None if ctx.guard.open else caller.owner, limit=limit, cursor=cursor)
+        pending = {job_id: at for at, job_id in enumerate(await studio.store.pending_ids())} \
             if any(j.state is JobState.QUEUED for j in page.jobs) else {}
         root = root_of(request)
         return JobList(jobs=[job_out(j, position=pending.get(j.id), root=root) for j in page.jobs],
                        next_cursor=page.next_cursor, total=page.total)
 
     @router.get("/jobs/{job_id}", response_model=JobOut, responses=COMMON, tags=["jobs"], summary="One job")
-    def get_job(request: Request, job_id: str, caller: Caller = caller_dep) -> JobOut:
+    async def get_job(request: Request, job_id: str, caller: Caller = caller_dep) -> JobOut:
         """State, progress 0..1, the node running, queue position, images with URLs, timestamps and error."""
-        job = visible_job(ctx, caller, job_id)
-        position = studio.position(job.id) if job.state is JobState.QUEUED else None
+        job = await visible_job(ctx, caller, job_id)
+        position = await studio.position(job.id) if job.state is JobState.QUEUED else None
         return job_out(job, position=position, root=root_of(request))
 
     @router.delete("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], summary="Cancel a job",
@@ -275,11 +275,11 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
     async def cancel_job(request: Request, job_id: str, caller: Caller = caller_dep) -> Response:
         """A queued job is cancelled at once (200); a running one is stopped on ComfyUI too (202, it becomes
         ``cancelled`` moments later). 409 for a job that already succeeded or failed."""
-        job = visible_job(ctx, caller, job_id)
+        job = await visible_job(ctx, caller, job_id)
         if job.state in (JobState.SUCCEEDED, JobState.FAILED):
             raise ApiError(409, "already_finished", f"Job {job.id} already {job.state.value}; nothing to cancel.",
                            extra={"job_id": job.id})
-        job = studio.cancel(job.id)
+        job = await studio.cancel(job.id)
         status = 200 if job.state is JobState.CANCELLED else 202
         return JSONResponse(job_out(job, root=root_of(request)).model_dump(mode="json"), status_code=status)
 
@@ -287,27 +287,27 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/jobs/{job_id}/images/{index}", response_class=FileResponse, responses=image_doc,
                 tags=["artifacts"], summary="One output image by position")
-    def get_image(job_id: str, index: Annotated[int, PathParam(ge=0, le=10_000)],
-                  caller: Caller = caller_dep) -> Response:
-        job = visible_job(ctx, caller, job_id)
+    async def get_image(job_id: str, index: Annotated[int, PathParam(ge=0, le=10_000)],
+                        caller: Caller = caller_dep) -> Response:
+        job = await visible_job(ctx, caller, job_id)
         if index >= len(job.outputs):
             raise ApiError(404, "not_found", f"Job {job.id} has {len(job.outputs)} image(s); there is no #{index}.")
-        return _file(ctx, job, index)
+        return await _file(ctx, job, index)
 
     @router.get("/jobs/{job_id}/artifacts/{filename}", response_class=FileResponse, responses=image_doc,
                 tags=["artifacts"], summary="One output file by name")
-    def get_artifact(job_id: str, filename: str, caller: Caller = caller_dep) -> Response:
-        job = visible_job(ctx, caller, job_id)
+    async def get_artifact(job_id: str, filename: str, caller: Caller = caller_dep) -> Response:
+        job = await visible_job(ctx, caller, job_id)
         for index, output in enumerate(job.outputs):
             if str(output.get("key", "")).rsplit("/", 1)[-1] == filename:
-                return _file(ctx, job, index)
+                return await _file(ctx, job, index)
         raise ApiError(404, "not_found", f"Job {job.id} has no file named {filename[:100]!r}.")
 
     @router.get("/jobs/{job_id}/preview", tags=["artifacts"], summary="The latest preview of a running job",
                 responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, **COMMON},
                 response_class=Response)
-    def get_preview(job_id: str, caller: Caller = caller_dep) -> Response:
-        job = visible_job(ctx, caller, job_id)
+    async def get_preview(job_id: str, caller: Caller = caller_dep) -> Response:
+        job = await visible_job(ctx, caller, job_id)
         event = studio.bus.latest_preview(job.id)
         if event is None or event.preview is None:
             raise ApiError(404, "not_found", f"Job {job.id} has no preview now (only running jobs have one).")
@@ -341,15 +341,15 @@ def _workflow_values(ctx: ApiContext, body: WorkflowJobRequest, owner: str | Non
     return values
 
 
-def _file(ctx: ApiContext, job: Job, index: int) -> Response:
+async def _file(ctx: ApiContext, job: Job, index: int) -> Response:
     """Output ``index`` of ``job``: the local file (its key checked to stay inside the outputs folder) or,
     when only S3 has it now, a redirect to a presigned URL."""
     output = job.outputs[index]
     try:
-        path = ctx.studio.store.path_for(str(output.get("key", "")))
+        path = ctx.studio.files.path_for(str(output.get("key", "")))
     except StorageError:
         raise ApiError(404, "not_found", "That file does not exist.") from None
-    outputs = Path(ctx.studio.store.outputs_dir).resolve()
+    outputs = Path(ctx.studio.files.outputs_dir).resolve()
     resolved = path.resolve()
     if resolved.is_relative_to(outputs) and resolved.is_file():
         return FileResponse(resolved, media_type=output.get("content_type") or "application/octet-stream",
@@ -357,7 +357,7 @@ def _file(ctx: ApiContext, job: Job, index: int) -> Response:
                             headers={"Cache-Control": "private, max-age=3600"})
     if getattr(ctx.studio, "uploader", None) is not None:  # S3_KEEP_LOCAL=false: the bucket has the only copy
         with contextlib.suppress(StorageError, IndexError):
-            url = ctx.studio.image_urls(job)[index]
+            url = (await ctx.studio.image_urls(job))[index]
             if url.startswith(("https://", "http://")):
                 return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     raise ApiError(404, "artifact_missing", "The file is no longer on the server.")

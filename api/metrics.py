@@ -47,6 +47,8 @@ class _StateCollector(Collector):
 
     def __init__(self, studio: Studio) -> None:
         self._studio = studio
+        #: Jobs by state, read (awaited) just before each scrape renders.
+        self.counts: dict[str, int] = {}
 
     def describe(self) -> Iterator[Metric]:
         # Describing without collecting keeps registration from reading the queue.
@@ -57,7 +59,7 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("comfy_studio_jobs", "Jobs in the studio's queue, by state.", labels=["state"])
-        for state, count in (queue_counts(self._studio) or {}).items():
+        for state, count in self.counts.items():
             jobs.add_metric([state], count)
         yield jobs
         worker = self._studio.worker
@@ -90,7 +92,8 @@ class StudioMetrics:
                                      ["method", "route", "status"], registry=r)
         self.http_seconds = Histogram("comfy_studio_http_request_duration_seconds", "REST request latency.",
                                       ["route"], buckets=_FAST_BUCKETS, registry=r)
-        r.register(_StateCollector(studio))
+        self._state = _StateCollector(studio)
+        r.register(self._state)
         self._task: asyncio.Task[None] | None = None
 
     def observe(self, event: JobEvent) -> None:
@@ -124,8 +127,9 @@ class StudioMetrics:
                 await self._task
             self._task = None
 
-    def render(self) -> bytes:
-        """The text exposition format (reads the queue: call it off the event loop)."""
+    async def render(self) -> bytes:
+        """The text exposition format (the queue's counts read first)."""
+        self._state.counts = await queue_counts(self.studio) or {}
         return generate_latest(self.registry)
 
 

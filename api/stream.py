@@ -79,7 +79,7 @@ class StreamSlots:
         return self._open.get(caller.bucket, 0)
 
 
-def event_message(ctx: ApiContext, event: JobEvent, *, previews: Previews, root: str) -> dict[str, Any] | None:
+async def event_message(ctx: ApiContext, event: JobEvent, *, previews: Previews, root: str) -> dict[str, Any] | None:
     """The JSON message for one event (None for a preview the client does not want)."""
     if event.kind == "preview" and previews == "none":
         return None
@@ -97,7 +97,7 @@ def event_message(ctx: ApiContext, event: JobEvent, *, previews: Previews, root:
         else:
             msg["preview_url"] = f"{job_url(event.job_id, root)}/preview"
     if job is not None:
-        position = ctx.studio.position(job.id) if job.state is JobState.QUEUED else None
+        position = await ctx.studio.position(job.id) if job.state is JobState.QUEUED else None
         if position is not None:
             msg["position"] = position
         if job.state is JobState.SUCCEEDED:
@@ -159,7 +159,7 @@ def stream_router(ctx: ApiContext, slots: StreamSlots | None = None) -> APIRoute
     async def job_events(request: Request, job_id: str,
                          previews: Annotated[Previews, Query(description="How previews are sent.")] = "base64",
                          caller: Caller = caller_dep) -> StreamingResponse:
-        job = visible_job(ctx, caller, job_id)
+        job = await visible_job(ctx, caller, job_id)
         root = root_of(request)
         release = slots.take(caller)
 
@@ -172,7 +172,7 @@ def stream_router(ctx: ApiContext, slots: StreamSlots | None = None) -> APIRoute
                         if event is None:
                             yield ": keep-alive\n\n"
                             continue
-                        msg = event_message(ctx, event, previews=previews, root=root)
+                        msg = await event_message(ctx, event, previews=previews, root=root)
                         if msg is None:
                             continue
                         number += 1
@@ -189,7 +189,7 @@ def stream_router(ctx: ApiContext, slots: StreamSlots | None = None) -> APIRoute
         """The same messages as the event stream, as JSON text frames; closed (1000) after the final one."""
         try:
             caller = await ctx.guard.check(websocket)
-            job = visible_job(ctx, caller, job_id)
+            job = await visible_job(ctx, caller, job_id)
             release = slots.take(caller)
         except ApiError as exc:
             await _deny(websocket, exc.status, exc.code, exc.message, exc.headers)
@@ -207,7 +207,7 @@ def stream_router(ctx: ApiContext, slots: StreamSlots | None = None) -> APIRoute
                     if gone.is_set():
                         return
                     msg = {"type": "keepalive"} if event is None else \
-                        event_message(ctx, event, previews=previews, root=root)
+                        await event_message(ctx, event, previews=previews, root=root)
                     if msg is not None:
                         await websocket.send_json(msg)
             await websocket.close(1000)

@@ -115,7 +115,7 @@ async def restart(tmp: Path) -> Figures:
         try:
             started = time.perf_counter()
             [job] = await studio.submit(params(500, steps=20))
-            while (studio.job(job.id).step or 0) < 2:
+            while ((await studio.job(job.id)).step or 0) < 2:
                 await asyncio.sleep(0.01)
             await asyncio.to_thread(fake.restart)
             restarted = time.perf_counter()

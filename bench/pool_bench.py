@@ -119,10 +119,13 @@ async def _failover(tmp: Path) -> dict[str, float]:
             jobs = await studio.submit(_params(7000, steps=150), count=2)  # 7.5 s each: still running at the end
             sub = studio.bus.subscribe()
             # One runs on `doomed`, the other waits in its queue; meanwhile the others answer probes again.
-            while not (any(studio.job(j.id).step for j in jobs) and all(studio.job(j.id).prompt_id for j in jobs)
-                       and all(studio.pool.state(o).value == "up" for o in others)):
+            while True:
+                current = [await studio.job(j.id) for j in jobs]
+                if (any(j.step for j in current) and all(j.prompt_id for j in current)
+                        and all(studio.pool.state(o).value == "up" for o in others)):
+                    break
                 await asyncio.sleep(0.02)
-            assert {studio.job(j.id).backend for j in jobs} == {doomed.url}
+            assert {j.backend for j in current} == {doomed.url}
             sub.drain()
             died = time.perf_counter()
             doomed.kill()
@@ -135,9 +138,9 @@ async def _failover(tmp: Path) -> dict[str, float]:
                 elif event.kind == "progress" and event.step and event.job_id in resubmitted:
                     executing.setdefault(event.job_id, time.perf_counter() - died)
             sub.close()
-            moved = sorted(studio.job(job.id).backend or "" for job in jobs)
+            moved = sorted([(await studio.job(job.id)).backend or "" for job in jobs])
             for job in jobs:
-                studio.cancel(job.id)
+                await studio.cancel(job.id)
     assert moved == sorted([b.url, c.url]), moved
     return {"failover_window_s": FAILOVER_S, "b_death_to_resubmitted_s": round(max(resubmitted.values()), 3),
             "b_death_to_executing_s": round(max(executing.values()), 3)}

@@ -137,7 +137,7 @@ async def _generate(studio: Studio, args: argparse.Namespace) -> int:
             final = await asyncio.wait_for(_follow_with_bar(studio, job), _left(deadline))
             failed += _report(final)
     except TimeoutError:
-        waiting = [job.id for job in jobs if not studio.job(job.id).state.is_final]
+        waiting = [job.id for job in jobs if not (await studio.job(job.id)).state.is_final]
         print(f"error: gave up waiting after {args.timeout:g} s; job(s) {', '.join(waiting)} stay in the queue "
               f"(a worker runs them later; follow with 'python -m comfy show ID').", file=sys.stderr)
         return EXIT_FAILED
@@ -165,7 +165,7 @@ async def _follow_with_bar(studio: Studio, job: Job) -> Job:
                 bar.write(f"job {job.id}: waiting for the backend ({down}); it runs when the backend answers. "
                           "Ctrl+C leaves it queued.", file=sys.stderr)
             if event.kind == "queued":
-                place = studio.position(job.id)
+                place = await studio.position(job.id)
                 bar.set_postfix_str("waiting for the backend" if down else
                                     "queued" + (f", {place} ahead" if place else ""))
             elif event.kind == "retrying":
@@ -179,7 +179,7 @@ async def _follow_with_bar(studio: Studio, job: Job) -> Job:
                 break
     finally:
         bar.close()
-    return studio.job(job.id)
+    return await studio.job(job.id)
 
 
 def _report(job: Job) -> int:
@@ -194,9 +194,9 @@ def _report(job: Job) -> int:
     return 1
 
 
-def _print_jobs(studio: Studio, args: argparse.Namespace) -> int:
+async def _print_jobs(studio: Studio, args: argparse.Namespace) -> int:
     states = [JobState(s) for s in args.state] if args.state else None
-    page = studio.jobs(states=states, limit=args.limit, cursor=args.cursor)
+    page = await studio.jobs(states=states, limit=args.limit, cursor=args.cursor)
     for job in page.jobs:
         if args.json:
             print(json.dumps(job.to_dict()))
@@ -242,12 +242,12 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "generate":
             return await _generate(studio, args)
         if args.command == "jobs":
-            return _print_jobs(studio, args)
+            return await _print_jobs(studio, args)
         if args.command == "show":
-            print(json.dumps(studio.job(args.job_id).to_dict(), indent=2))
+            print(json.dumps((await studio.job(args.job_id)).to_dict(), indent=2))
             return EXIT_OK
         if args.command == "cancel":
-            job = studio.cancel(args.job_id)
+            job = await studio.cancel(args.job_id)
             print(f"job {job.id}: {'cancel requested (stopping on the server)' if job.cancel_requested and not job.state.is_final else job.state.value}")
             return EXIT_OK
         if args.command == "worker":
@@ -260,7 +260,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
             print(json.dumps([status.to_dict() for status in await studio.backends_status()], indent=2))
             return EXIT_OK
         if args.command == "prune":
-            report = await asyncio.to_thread(studio.prune, args.older_than)
+            report = await studio.prune(args.older_than)
             print(report.sentence())
             return EXIT_OK
     return EXIT_USAGE

@@ -32,6 +32,7 @@ from comfy.graph.params import GenerationParams, Limits
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.queue import JobQueue
 from comfy.jobs.records import Job, JobPage, JobState
+from comfy.jobs.store import DiskStore, JobStore
 from comfy.jobs.worker import Worker
 from comfy.settings import Settings
 from comfy.storage.library import WorkflowLibrary
@@ -109,8 +110,8 @@ class Studio:
         settings: Settings,
         *,
         client: ComfyClient | None = None,
-        queue: JobQueue | None = None,
-        store: LocalStore | None = None,
+        job_store: JobStore | None = None,
+        files: LocalStore | None = None,
         bus: EventBus | None = None,
         s3_client: Any = None,
     ) -> None:
@@ -119,12 +120,13 @@ class Studio:
         self.client = client or _comfy_client(settings, settings.comfyui_urls[0])
         #: Every backend jobs may run on, in the order configured; the worker's pool routes between them.
         self.pool = Pool(_backends(settings, self.client))
-        if queue is None:
+        if job_store is None:
             refuse_network_queue(settings.queue_dir)
-        # The SQLite lock wait stays well inside a lease: a renewal stuck on a lock must not lose the job.
-        self.queue = queue or JobQueue(settings.queue_dir, max_attempts=settings.max_attempts,
-                                       timeout=min(settings.lease_seconds / 2, 60.0))
-        self.store = store or LocalStore(settings.outputs_dir, settings.inputs_dir)
+            # The SQLite lock wait stays well inside a lease: a renewal stuck on a lock must not lose the job.
+            job_store = DiskStore(JobQueue(settings.queue_dir, max_attempts=settings.max_attempts,
+                                           timeout=min(settings.lease_seconds / 2, 60.0)))
+        self.store: JobStore = job_store  #: the job queue, every call awaited (diskcache, or Redis)
+        self.files = files or LocalStore(settings.outputs_dir, settings.inputs_dir)  #: outputs, kept inputs
         self.bus = bus or EventBus()
         self.library = WorkflowLibrary(settings.data_dir / "workflows")
         #: Copies outputs to S3 in the background when S3_BUCKET is set (boto3 is imported only then).
@@ -132,9 +134,9 @@ class Studio:
         if settings.s3_bucket:
             from comfy.storage.uploader import Uploader
 
-            self.uploader = Uploader.from_settings(settings, self.queue, client=s3_client)
+            self.uploader = Uploader.from_settings(settings, self._disk_queue(), client=s3_client)
         self.worker = Worker(
-            self.queue, self.pool, self.store, bus=self.bus, max_in_flight=settings.max_in_flight,
+            self.store, self.pool, self.files, bus=self.bus, max_in_flight=settings.max_in_flight,
             lease_seconds=settings.lease_seconds, job_timeout=settings.job_timeout, uploader=self.uploader,
         )
         self._object_info_file = settings.data_dir / "object_info.json"
@@ -178,7 +180,12 @@ class Studio:
         await self.client.aclose()
         for backend in self.pool.backends:
             await backend.aclose()
-        self.queue.close()
+        await self.store.close()
+
+    def _disk_queue(self) -> JobQueue:
+        """The diskcache queue under the store, for what still reads it directly (uploads, retention)."""
+        assert isinstance(self.store, DiskStore), "the upload backlog and retention need the diskcache store"
+        return self.store.queue
 
     @property
     def worker_running(self) -> bool:
@@ -193,44 +200,45 @@ class Studio:
 
     # -- outputs ----------------------------------------------------------------------------------
 
-    def image_urls(self, job: Job | str) -> list[str]:
+    async def image_urls(self, job: Job | str) -> list[str]:
         """Where to show a job's images: presigned URLs once S3 has them, else their local paths.
 
         Raises :class:`JobNotFound`, or :class:`StorageError` when a URL cannot be signed and the local
         copy is gone (``S3_KEEP_LOCAL=false``).
         """
         if isinstance(job, str):
-            job = self.queue.get(job)
+            job = await self.store.get(job)
         if self.uploader is None:
             return [output["path"] for output in job.outputs]
-        return self.uploader.urls(job)
+        return await asyncio.to_thread(self.uploader.urls, job)  # reads the backlog on disk
 
-    def upload_status(self, job_id: str) -> UploadStatus:
+    async def upload_status(self, job_id: str) -> UploadStatus:
         """``uploaded`` (with the object keys), ``pending`` (with the reason) or ``off``."""
         if self.uploader is None:
             from comfy.storage.backlog import OFF
 
             return OFF
-        return self.uploader.status(job_id)
+        return await asyncio.to_thread(self.uploader.status, job_id)
 
-    def storage_health(self) -> dict[str, Any]:
+    async def storage_health(self) -> dict[str, Any]:
         """For ``/health``: local only, or the bucket, whether it answers and what to fix if not."""
         if self.uploader is None:
             return {"configured": False, "storage": "local", "reachable": None, "error": None}
-        return {"storage": "s3", **self.uploader.health()}
+        return {"storage": "s3", **await asyncio.to_thread(self.uploader.health)}
 
     # -- retention ------------------------------------------------------------------------------------
 
-    def prune(self, older_than_days: float) -> PruneReport:
+    async def prune(self, older_than_days: float) -> PruneReport:
         """Remove finished jobs older than this many days with their files (never a queued or running job)."""
         backlog = self.uploader.backlog if self.uploader is not None else None
-        return prune(self.queue, self.store, older_than=time.time() - older_than_days * DAY, backlog=backlog)
+        return await asyncio.to_thread(prune, self._disk_queue(), self.files,
+                                       older_than=time.time() - older_than_days * DAY, backlog=backlog)
 
     async def _keep_pruning(self, interval: float = 3600.0) -> None:
         """STUDIO_RETENTION_DAYS: prune at start and every hour, in a thread (it reads the index, files)."""
         while True:
             try:
-                report = await asyncio.to_thread(self.prune, self.settings.retention_days)
+                report = await self.prune(self.settings.retention_days)
                 if report.jobs or report.inputs or report.files:
                     logger.info("Retention (%g days): %s", self.settings.retention_days, report.sentence())
             except ComfyError as exc:
@@ -364,8 +372,8 @@ class Studio:
         for index in range(count):
             one = params.with_seed((params.seed + index) % 2**64) if count > 1 else params
             key = f"{idempotency_key}#{index}" if idempotency_key and count > 1 else idempotency_key
-            job, _created = self.queue.enqueue(one.to_dict(), kind="generate", idempotency_key=key, owner=owner,
-                                               note=note)
+            job, _created = await self.store.enqueue(one.to_dict(), kind="generate", idempotency_key=key,
+                                                     owner=owner, note=note)
             jobs.append(job)
             self.bus.publish(JobEvent(job.id, "queued", job=job.to_dict()))
         self.worker.wake()
@@ -410,9 +418,9 @@ class Studio:
         info = await self.object_info()
         if info is not None:
             workflows.validate(graph, info, pending_uploads=True)
-        job, _created = self.queue.enqueue({**(params or {}), "images": kept}, kind="workflow", workflow=graph,
-                                           idempotency_key=idempotency_key, owner=owner,
-                                           note=" ".join(notes) or None)
+        job, _created = await self.store.enqueue({**(params or {}), "images": kept}, kind="workflow", workflow=graph,
+                                                 idempotency_key=idempotency_key, owner=owner,
+                                                 note=" ".join(notes) or None)
         self.bus.publish(JobEvent(job.id, "queued", job=job.to_dict()))
         self.worker.wake()
         return job
@@ -457,35 +465,39 @@ class Studio:
         """
         fitted = fit_image(data, max_width=self.limits.max_width, max_height=self.limits.max_height,
                            max_bytes=self.settings.max_upload_bytes, multiple=multiple, field=field)
-        return self.store.save_input(fitted.data).name, fitted
+        return self.files.save_input(fitted.data).name, fitted
 
     # -- jobs -------------------------------------------------------------------------------------
 
-    def job(self, job_id: str) -> Job:
-        return self.queue.get(job_id)
+    async def job(self, job_id: str) -> Job:
+        return await self.store.get(job_id)
 
-    def jobs(self, *, states: Collection[JobState] | None = None, owner: str | None = None, limit: int = 50,
-             cursor: int | None = None, unowned: bool = False) -> JobPage:
+    async def jobs(self, *, states: Collection[JobState] | None = None, owner: str | None = None, limit: int = 50,
+                   cursor: int | None = None, unowned: bool = False) -> JobPage:
         """Jobs newest first; ``owner=None`` lists everyone's, unless ``unowned`` asks for the jobs nobody owns."""
-        return self.queue.list(states=states, owner=owner, limit=limit, cursor=cursor, unowned=unowned)
+        return await self.store.list(states=states, owner=owner, limit=limit, cursor=cursor, unowned=unowned)
 
-    def position(self, job_id: str) -> int | None:
-        return self.queue.position(job_id)
+    async def position(self, job_id: str) -> int | None:
+        return await self.store.position(job_id)
 
-    def move_to_front(self, job_id: str) -> Job:
+    async def counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state."""
+        return await self.store.counts()
+
+    async def move_to_front(self, job_id: str) -> Job:
         """Run a queued job next. Raises :class:`QueueError` if it is not queued any more."""
-        self.queue.move(job_id, to_index=0)
-        return self.queue.get(job_id)
+        await self.store.move(job_id, to_index=0)
+        return await self.store.get(job_id)
 
-    def active_jobs(self, *, owner: str | None = None) -> list[Job]:
+    async def active_jobs(self, *, owner: str | None = None) -> list[Job]:
         """Queued and running jobs, oldest first (the order they run in)."""
-        page = self.queue.list(states=[JobState.QUEUED, JobState.RUNNING], owner=owner, limit=1000)
+        page = await self.store.list(states=[JobState.QUEUED, JobState.RUNNING], owner=owner, limit=1000)
         return sorted(page.jobs, key=lambda job: job.seq)
 
-    def cancel(self, job_id: str) -> Job:
+    async def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one never runs; a running one is stopped on the server too."""
-        before = self.queue.get(job_id)
-        job = self.queue.cancel(job_id)
+        before = await self.store.get(job_id)
+        job = await self.store.cancel(job_id)
         if job.state is JobState.CANCELLED:
             self.bus.publish(JobEvent(job.id, "cancelled", job=job.to_dict(), message="Cancelled."))
             backend = self.pool.find(before.backend)
@@ -500,8 +512,8 @@ class Studio:
         """Events of one job until it ends; the current state comes first, so late callers catch up."""
         sub = self.bus.subscribe(job_id)
         try:
-            # A read (WAL: it never waits for the write lock), taken at once so the caller sees the state it left.
-            job = self.queue.get(job_id)
+            # Read at once, so the caller sees the state it left.
+            job = await self.store.get(job_id)
             yield JobEvent(job.id, _kind(job), progress=job.progress, node=job.node, step=job.step,
                            steps=job.steps, job=job.to_dict())
             if job.state.is_final:
@@ -511,8 +523,8 @@ class Studio:
                 try:
                     event = await sub.get(timeout=poll_interval)
                 except asyncio.TimeoutError:
-                    # A worker in another process writes only to the queue on disk.
-                    job = await asyncio.to_thread(self.queue.get, job_id)
+                    # A worker in another process writes only to the queue.
+                    job = await self.store.get(job_id)
                     if job != seen:
                         seen = job
                         yield JobEvent(job.id, _kind(job), progress=job.progress, node=job.node, step=job.step,
@@ -535,7 +547,7 @@ class Studio:
                         break
         except TimeoutError:
             raise TimeoutError(f"Job {job_id} did not finish in {timeout} s.") from None
-        return await asyncio.to_thread(self.queue.get, job_id)
+        return await self.store.get(job_id)
 
 
 _UPLOAD_PLACEHOLDER = "studio-upload.png"

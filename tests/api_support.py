@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -122,7 +123,7 @@ async def submit(http: httpx.AsyncClient, body: dict | None = None, **headers: s
 async def until(predicate: Any, timeout: float = 15.0) -> None:
     """Wait for a condition on the fake's own records (it has no events to wait on)."""
     async with asyncio.timeout(timeout):
-        while not predicate():
+        while not ((await value) if inspect.isawaitable(value := predicate()) else value):
             await asyncio.sleep(0.01)
 
 

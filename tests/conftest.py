@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from comfy.backends.runpod import RunPodBackend
+from comfy.jobs.records import Job
 from comfy.service import Studio
 from comfy.settings import Settings
 from tests.fakes.comfyui import FakeComfy
@@ -72,10 +74,24 @@ async def running(settings: Settings) -> AsyncIterator[Studio]:
 
 
 async def wait_for(predicate: Callable[[], object], timeout: float = 20.0) -> None:
+    """Until ``predicate()`` is true; it may be a coroutine function (a read of the job store)."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not await _value(predicate()):
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.01)
+
+
+async def job_where(studio: Studio, job_id: str, accept: Callable[[Job], object], timeout: float = 20.0) -> Job:
+    """The studio's record of ``job_id`` once ``accept`` takes it."""
+    deadline = time.monotonic() + timeout
+    while not accept(job := await studio.job(job_id)):
+        assert time.monotonic() < deadline, f"job {job_id} did not reach the state in time: {job}"
+        await asyncio.sleep(0.01)
+    return job
+
+
+async def _value(value: object) -> object:
+    return await value if inspect.isawaitable(value) else value
 
 
 from tests.api_support import api, make_api  # noqa: E402, F401  (the REST API fixtures, for every API test file)

@@ -7,6 +7,7 @@ import io
 
 from PIL import Image
 
+from comfy.jobs.records import JobState
 from tests.api_support import (  # noqa: F401
     ALPHA,
     BETA,
@@ -20,6 +21,7 @@ from tests.api_support import (  # noqa: F401
     submit,
     until,
 )
+from tests.conftest import job_where
 from tests.fakes.comfyui import FakeComfy
 from tests.fixtures_util import image, workflow
 
@@ -181,13 +183,15 @@ async def test_batch_results_in_order(api: Api, fake_comfy: FakeComfy) -> None:
     assert all(r["status"] == "succeeded" and len(r["images"]) == 1 for r in results)
 
 
-async def test_batch_is_checked_before_any_job_exists(api: Api) -> None:
+async def test_batch_is_checked_before_any_job_exists(api: Api, fake_comfy: FakeComfy) -> None:
+    fake_comfy.hold = True  # the worker may take the first item before the second is refused: it waits there
     response = await api.http.post("/api/v1/generate/batch", json=[SMALL, {**SMALL, "steps": 1000}])
     assert response.status_code == 400 and error_of(response)["field"] == "[1].steps"
     response = await api.http.post("/api/v1/generate/batch", json=[SMALL, {**SMALL, "sampler": "nope"}])
     assert response.status_code == 400 and error_of(response)["field"] == "[1].sampler"
     jobs = (await api.http.get("/api/v1/jobs")).json()["jobs"]
-    assert all(j["status"] == "cancelled" for j in jobs)  # the first item was withdrawn
+    for listed in jobs:  # the first item was withdrawn (a running one is stopped on ComfyUI)
+        assert (await job_where(api.studio, listed["job_id"], lambda j: j.state.is_final)).state is JobState.CANCELLED
     response = await api.http.post("/api/v1/generate/batch", json=[{**SMALL, "width": 100}])
     assert response.status_code == 422 and error_of(response)["field"] == "[0].width"
     assert (await api.http.post("/api/v1/generate/batch", json=[])).status_code == 422
@@ -246,7 +250,7 @@ async def test_idempotency_keys_are_per_api_key(make_api) -> None:
         assert (await api.http.delete(a.json()["location"], headers=beta)).status_code == 404
         listed = (await api.http.get("/api/v1/jobs", headers=beta)).json()
         assert [j["job_id"] for j in listed["jobs"]] == [b.json()["job_id"]]
-        stored = api.studio.job(a.json()["job_id"])
+        stored = await api.studio.job(a.json()["job_id"])
         assert stored.owner and stored.owner.startswith("key:") and ALPHA not in stored.owner
 
 
@@ -262,7 +266,7 @@ async def test_cancel_a_queued_job(api: Api, fake_comfy: FakeComfy) -> None:
     # The second is pending on ComfyUI itself: cancelling it removes it there.
     assert (await api.http.delete(f"/api/v1/jobs/{ids[1]}")).status_code == 202
     assert (await events_of(api.http, ids[1]))[-1]["type"] == "cancelled"
-    assert fake_comfy.deleted == [api.studio.job(ids[1]).prompt_id]
+    assert fake_comfy.deleted == [(await api.studio.job(ids[1])).prompt_id]
     fake_comfy.hold = False
     assert (await events_of(api.http, ids[0]))[-1]["type"] == "succeeded"
     assert {p["prompt"]["3"]["inputs"]["seed"] for p in fake_comfy.prompts} == {1, 2}
@@ -280,7 +284,7 @@ async def test_cancel_a_running_job_interrupts_comfyui(api: Api, fake_comfy: Fak
     assert response.status_code == 202 and response.json()["cancel_requested"] is True
     events = await events_of(api.http, job_id)
     assert events[-1]["type"] == "cancelled" and events[-1]["status"] == "cancelled"
-    assert fake_comfy.interrupts[-1] == {"prompt_id": api.studio.job(job_id).prompt_id}
+    assert fake_comfy.interrupts[-1] == {"prompt_id": (await api.studio.job(job_id)).prompt_id}
 
 
 async def test_workflow_job_with_values_inputs_and_images(api: Api, fake_comfy: FakeComfy) -> None:

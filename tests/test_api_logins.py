@@ -11,7 +11,8 @@ import httpx_ws
 import pytest
 
 from comfy.auth import hash_password
-from tests.api_support import ALPHA, SMALL, error_of, submit, until
+from tests.api_support import ALPHA, SMALL, error_of, submit
+from tests.conftest import job_where
 from ui.handlers import FORM_FIELDS, Handlers
 
 USERS = f"ann:pw1,bob:{hash_password('pw2', iterations=1000)}"
@@ -93,7 +94,7 @@ async def test_a_login_sees_on_the_api_the_jobs_it_made_on_the_page(make_api) ->
         assert (await api.http.get(f"/api/v1/jobs/{watched[0]}", headers=ANN)).status_code == 200
         assert (await api.http.get(f"/api/v1/jobs/{watched[0]}", headers=BOB)).status_code == 404
         rest_job = await submit(api.http, SMALL, **ANN)
-        assert {row[0] for row in page.history("all", None, SimpleNamespace(username="ann"))[0]} == \
+        assert {row[0] for row in (await page.history("all", None, SimpleNamespace(username="ann")))[0]} == \
             {watched[0], rest_job}
 
 
@@ -101,7 +102,7 @@ async def test_health_and_metrics_carry_no_prompts_and_no_user_data(make_api) ->
     async with make_api(auth_users=USERS) as api:
         secret_prompt = "a portrait of ann's secret project zebra-quartz"
         job_id = await submit(api.http, {**SMALL, "prompt": secret_prompt}, **ANN)
-        await until(lambda: api.studio.job(job_id).state.is_final)
+        await job_where(api.studio, job_id, lambda job: job.state.is_final)
         for path in ("/health", "/metrics"):
             response = await api.http.get(path)
             assert response.status_code == 200, path

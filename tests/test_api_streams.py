@@ -137,7 +137,7 @@ async def test_artifacts_and_path_traversal(api: Api) -> None:
         assert response.status_code in (400, 404, 422), (path, response.status_code)
         assert "TOPSECRET" not in response.text and error_of(response)["code"]
     assert error_of(await api.http.get("/api/v1/jobs/ZZZZ"))["code"] == "not_found"
-    Path(api.studio.job(job_id).outputs[0]["path"]).unlink()
+    Path((await api.studio.job(job_id)).outputs[0]["path"]).unlink()
     missing = await api.http.get(f"/api/v1/jobs/{job_id}/images/0")
     assert missing.status_code == 404 and error_of(missing)["code"] == "artifact_missing"
 
@@ -156,7 +156,7 @@ async def test_images_only_in_s3_redirect_to_a_presigned_url(tmp_path: Path, fak
             done = (await api.http.post("/api/v1/generate/", json=SMALL)).json()
             assert api.studio.uploader is not None
             await api.studio.uploader.wait_uploaded(done["job_id"], timeout=20)
-            local = Path(api.studio.job(done["job_id"]).outputs[0]["path"])
+            local = Path((await api.studio.job(done["job_id"])).outputs[0]["path"])
             await until(lambda: not local.exists())
             moved = await api.http.get(done["images"][0]["url"])
             assert moved.status_code == 307 and moved.headers["location"].startswith(f"{server.url}/api-art/")

@@ -12,7 +12,7 @@ from comfy.backends.demo import DEMO_CHECKPOINTS, DemoBackend, demo_image
 from comfy.graph import pngmeta
 from comfy.graph.params import GenerationParams
 from comfy.jobs.records import JobState
-from tests.conftest import make_settings, running, wait_for
+from tests.conftest import job_where, make_settings, running
 
 UNREACHABLE = "http://127.0.0.1:9"  # nothing listens there: the demo must not need it
 
@@ -34,7 +34,7 @@ async def test_a_job_runs_with_steps_previews_and_a_saved_png(tmp_path) -> None:
             kinds.append(event.kind)
             if event.kind == "progress" and event.step:
                 steps.append(event.step)
-        done = studio.job(job.id)
+        done = await studio.job(job.id)
         assert done.state is JobState.SUCCEEDED, done.error
         assert steps == [1, 2, 3, 4, 5, 6] and "preview" in kinds
         assert len(done.outputs) == 2
@@ -48,10 +48,10 @@ async def test_a_demo_job_can_be_cancelled_while_it_runs(tmp_path) -> None:
     async with running(demo_settings(tmp_path)) as studio:
         studio.pool.backends[0].step_time = 0.2
         (job,) = await studio.submit(GenerationParams(prompt="slow", steps=50, seed=1, width=64, height=64))
-        await wait_for(lambda: studio.job(job.id).step)
-        studio.cancel(job.id)
-        await wait_for(lambda: studio.job(job.id).state.is_final)
-        assert studio.job(job.id).state is JobState.CANCELLED
+        await job_where(studio, job.id, lambda j: j.step)
+        await studio.cancel(job.id)
+        await job_where(studio, job.id, lambda j: j.state.is_final)
+        assert (await studio.job(job.id)).state is JobState.CANCELLED
 
 
 async def test_the_demo_refuses_what_a_server_would_refuse(tmp_path) -> None:

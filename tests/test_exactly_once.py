@@ -12,7 +12,7 @@ import pytest
 from comfy.graph.params import GenerationParams
 from comfy.jobs.records import JobState
 from comfy.service import Studio
-from tests.conftest import make_settings, quick, running, wait_for
+from tests.conftest import job_where, make_settings, quick, running, wait_for
 from tests.fakes.comfyui import FakeComfy
 from tests.fakes.runpod_server import FakeRunPod
 
@@ -50,7 +50,7 @@ async def test_a_prompt_id_is_stored_on_the_job_before_it_is_submitted(studio: S
     fake_comfy.hold = True
     [job] = await studio.submit(SMALL)
     await wait_for(lambda: fake_comfy.prompts)
-    assert studio.job(job.id).prompt_id == fake_comfy.prompts[0]["prompt_id"]
+    assert (await studio.job(job.id)).prompt_id == fake_comfy.prompts[0]["prompt_id"]
     fake_comfy.hold = False
     assert (await finished(studio, job.id)).state is JobState.SUCCEEDED
 
@@ -59,7 +59,7 @@ async def test_after_a_long_outage_the_run_is_found_again_not_resubmitted(studio
     studio.client.reconnect_window = 0.2  # the outage outlasts the socket's reconnection window
     fake_comfy.step_time = 0.05
     [job] = await studio.submit(GenerationParams(prompt="x", steps=10, seed=5, width=64, height=64))
-    await wait_for(lambda: (studio.job(job.id).step or 0) >= 1)
+    await job_where(studio, job.id, lambda j: (j.step or 0) >= 1)
     await asyncio.to_thread(fake_comfy.outage, 1.5)  # ComfyUI finishes the prompt meanwhile
     done = await finished(studio, job.id)
     assert done.state is JobState.SUCCEEDED and len(done.outputs) == 1
@@ -83,7 +83,7 @@ async def test_a_running_job_left_without_its_task_is_taken_up_again(tmp_path, f
     try:
         [job] = await studio.submit(SMALL)
         # What a task that died in finish/fail/release leaves: RUNNING, leased to this very worker, no task.
-        claimed = studio.queue.claim(studio.worker.id, lease_seconds=0.05)
+        claimed = await studio.store.claim(studio.worker.id, lease_seconds=0.05)
         assert claimed is not None and claimed.id == job.id
         await asyncio.sleep(0.1)  # its lease has expired
         await studio.start()
@@ -95,7 +95,7 @@ async def test_a_running_job_left_without_its_task_is_taken_up_again(tmp_path, f
 
 async def test_the_queue_lock_timeout_is_shorter_than_the_lease(tmp_path, fake_comfy: FakeComfy) -> None:
     async with Studio(make_settings(tmp_path, fake_comfy.url, lease_seconds=5.0)) as studio:
-        assert 0 < studio.queue.lock_timeout < studio.settings.lease_seconds / 2 + 0.01
+        assert 0 < studio.store.queue.lock_timeout < studio.settings.lease_seconds / 2 + 0.01
 
 
 async def test_wait_honours_its_timeout_while_no_event_arrives(tmp_path, fake_comfy: FakeComfy) -> None:
@@ -103,7 +103,7 @@ async def test_wait_honours_its_timeout_while_no_event_arrives(tmp_path, fake_co
         [job] = await studio.submit(SMALL)
         with pytest.raises(TimeoutError, match="did not finish in 0.3 s"):
             await asyncio.wait_for(studio.wait(job.id, timeout=0.3), 10)
-        assert studio.job(job.id).state is JobState.QUEUED
+        assert (await studio.job(job.id)).state is JobState.QUEUED
 
 
 # -- RunPod: a /run answered 5xx may have been queued there ---------------------------------------------
@@ -148,7 +148,7 @@ async def test_a_sync_generate_retried_with_its_key_after_a_503_reaches_a_job_th
     error = error_of(down)
     assert error["code"] == "backend_unavailable" and "same Idempotency-Key" in error["message"]
     job_id = down.json()["error"]["job_id"]
-    assert api.studio.job(job_id).state is JobState.QUEUED  # kept for the retry, not cancelled
+    assert (await api.studio.job(job_id)).state is JobState.QUEUED  # kept for the retry, not cancelled
     fake_comfy.start()  # the same port
     await wait_for(lambda: api.studio.worker.backend_down is None)
     again = await api.http.post("/api/v1/generate/", json=BODY, headers=headers)
@@ -162,7 +162,7 @@ async def test_a_sync_generate_without_a_key_still_cancels_its_job_on_a_503(api,
     fake_comfy.stop()
     down = await api.http.post("/api/v1/generate/", json=BODY)
     assert down.status_code == 503
-    assert api.studio.job(down.json()["error"]["job_id"]).state is JobState.CANCELLED  # nothing runs by surprise
+    assert (await api.studio.job(down.json()["error"]["job_id"])).state is JobState.CANCELLED  # nothing runs by surprise
 
 
 # -- cancel is immediate ----------------------------------------------------------------------------------
@@ -176,18 +176,19 @@ async def test_a_prompt_waiting_in_comfyuis_queue_shows_so_and_is_cancelled_at_o
     fake_comfy.step_time = 0.2  # the job ahead runs for 20 s unless stopped
     ahead, behind = await studio.submit(GenerationParams(prompt="slow", steps=100, seed=1, width=64, height=64),
                                         count=2)
-    await wait_for(lambda: len(fake_comfy.prompts) == 2 and (studio.job(ahead.id).step or 0) >= 1)
-    await wait_for(lambda: studio.job(behind.id).note == WAITING_ON_BACKEND)
-    assert studio.job(ahead.id).note is None  # the one that runs is not "waiting"
+    await wait_for(lambda: len(fake_comfy.prompts) == 2)
+    await job_where(studio, ahead.id, lambda j: (j.step or 0) >= 1)
+    await job_where(studio, behind.id, lambda j: j.note == WAITING_ON_BACKEND)
+    assert (await studio.job(ahead.id)).note is None  # the one that runs is not "waiting"
     started = asyncio.get_running_loop().time()
-    studio.cancel(behind.id)
+    await studio.cancel(behind.id)
     done = await finished(studio, behind.id)
     took = asyncio.get_running_loop().time() - started
     print(f"\ncancel of a prompt pending on ComfyUI: cancelled after {took:.2f} s")
     assert done.state is JobState.CANCELLED
     assert fake_comfy.deleted == [fake_comfy.prompts[1]["prompt_id"]] == [done.prompt_id]
-    assert studio.job(ahead.id).state is JobState.RUNNING  # cancelled while the job ahead still runs
-    studio.cancel(ahead.id)
+    assert (await studio.job(ahead.id)).state is JobState.RUNNING  # cancelled while the job ahead still runs
+    await studio.cancel(ahead.id)
     assert (await finished(studio, ahead.id)).state is JobState.CANCELLED
 
 
@@ -225,12 +226,12 @@ async def test_a_job_cancelled_while_it_waits_out_an_outage_has_its_run_stopped_
     studio.client.reconnect_window = 0.2
     fake_comfy.step_time = 0.05  # 4 s of steps: still running when the network comes back
     [job] = await studio.submit(GenerationParams(prompt="x", steps=80, seed=6, width=64, height=64))
-    await wait_for(lambda: (studio.job(job.id).step or 0) >= 1)
-    prompt_id = studio.job(job.id).prompt_id
+    await job_where(studio, job.id, lambda j: (j.step or 0) >= 1)
+    prompt_id = (await studio.job(job.id)).prompt_id
     outage = asyncio.create_task(asyncio.to_thread(fake_comfy.outage, 1.5))
-    await wait_for(lambda: studio.job(job.id).state is JobState.QUEUED)  # it waits, keeping its run's handle
-    assert studio.job(job.id).prompt_id == prompt_id
-    assert studio.cancel(job.id).state is JobState.CANCELLED
+    await job_where(studio, job.id, lambda j: j.state is JobState.QUEUED)  # it waits, keeping its run's handle
+    assert (await studio.job(job.id)).prompt_id == prompt_id
+    assert (await studio.cancel(job.id)).state is JobState.CANCELLED
     await outage
     await wait_for(lambda: {"prompt_id": prompt_id} in fake_comfy.interrupts)  # stopped once it answers again
     assert len(fake_comfy.prompts) == 1

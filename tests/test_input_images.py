@@ -52,7 +52,7 @@ async def test_a_decompression_bomb_is_refused_with_a_sentence(studio: Studio, s
     with pytest.raises(WorkflowError, match="megapixels") as info:
         await studio.submit(PAINT, image=data)
     assert info.value.field == "image" and f"{size[0]}×{size[1]}" in str(info.value)
-    assert studio.queue.counts()[JobState.QUEUED] == 0
+    assert (await studio.store.counts())[JobState.QUEUED] == 0
 
 
 async def test_a_bomb_as_init_image_is_a_400_not_a_500(api: Api) -> None:

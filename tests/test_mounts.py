@@ -51,4 +51,4 @@ def test_the_studio_refuses_to_start_on_a_network_queue(tmp_path, monkeypatch) -
     settings = make_settings(tmp_path / "mnt", "http://127.0.0.1:9")
     with pytest.raises(ConfigError, match="fuse.gcsfuse"):
         Studio(settings)
-    Studio(make_settings(tmp_path / "disk", "http://127.0.0.1:9")).queue.close()  # ext4 at /: fine
+    Studio(make_settings(tmp_path / "disk", "http://127.0.0.1:9")).store.queue.close()  # ext4 at /: fine

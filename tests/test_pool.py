@@ -19,7 +19,7 @@ from comfy.graph.params import GenerationParams
 from comfy.jobs.records import JobState
 from comfy.service import BackendStatus, Studio
 from comfy.settings import Settings
-from tests.conftest import running, wait_for
+from tests.conftest import job_where, running, wait_for
 from tests.fakes.comfyui import FIXTURES_DIR, FakeComfy, load_workflow
 from tests.fakes.runpod_server import FakeRunPod
 
@@ -126,8 +126,8 @@ async def test_a_backend_without_the_checkpoint_never_gets_the_job(tmp_path) -> 
             having.stop()  # the only backend with CKPT is down: its jobs wait, they do not go to `lacking`
             [waiting] = await studio.submit(params(5))
             # (It may first be claimed for `having` and given back, if the pool has not noticed yet.)
-            await wait_for(lambda: (studio.job(waiting.id).note or "").startswith("waiting for a backend with"))
-            job = studio.job(waiting.id)
+            await job_where(studio, waiting.id, lambda j: (j.note or "").startswith("waiting for a backend with"))
+            job = await studio.job(waiting.id)
             assert job.state is JobState.QUEUED and job.attempts == 0
             assert job.note == f"waiting for a backend with {CKPT}: {having.url} does not answer"
             assert studio.worker.backend_down is None  # the pool as a whole still works
@@ -144,7 +144,7 @@ async def test_a_backend_that_dies_mid_job_fails_over_and_comes_back(tmp_path) -
             async for event in studio.follow(job.id):
                 if event.kind == "progress" and event.step:
                     break
-            first = studio.job(job.id)
+            first = await studio.job(job.id)
             dead, alive = (a, b) if first.backend == a.url else (b, a)
             alive.step_time = 0.001
             dead.stop()
@@ -177,7 +177,7 @@ async def test_a_short_blip_reattaches_on_the_same_backend(tmp_path) -> None:
             async for event in studio.follow(job.id):
                 if event.kind == "progress" and event.step:
                     break
-            where = a if studio.job(job.id).backend == a.url else b
+            where = a if (await studio.job(job.id)).backend == a.url else b
             await asyncio.to_thread(where.restart, lose_queue=False)  # a proxy bounce: the prompt keeps running
             done = await studio.wait(job.id, timeout=30)
     assert done.state is JobState.SUCCEEDED and done.attempts == 1 and done.backend == where.url
@@ -190,8 +190,8 @@ async def test_jobs_wait_when_every_backend_is_down(tmp_path) -> None:
         b.stop()
         async with running(pool_settings(tmp_path, [a.url, b.url])) as studio:
             [job] = await studio.submit(params(1))
-            await wait_for(lambda: studio.job(job.id).note is not None)
-            waiting = studio.job(job.id)
+            await job_where(studio, job.id, lambda j: j.note is not None)
+            waiting = await studio.job(job.id)
             assert waiting.state is JobState.QUEUED and waiting.attempts == 0
             assert waiting.note.startswith("waiting for the backend: no backend answers")
             assert studio.worker.backend_down and a.url in studio.worker.backend_down
@@ -280,7 +280,7 @@ async def test_the_worker_keeps_max_in_flight_per_backend(tmp_path, count: int) 
             jobs = await studio.submit(params(1), count=2 * count + 1)
             await wait_for(lambda: sum(len(s.prompts) for s in servers) == 2 * count)
             await asyncio.sleep(0.1)
-            assert [len(s.prompts) for s in servers] == [2] * count and studio.position(jobs[-1].id) == 0
+            assert [len(s.prompts) for s in servers] == [2] * count and (await studio.position(jobs[-1].id)) == 0
             for server in servers:
                 server.hold = False
             assert [(await studio.wait(j.id, timeout=30)).state for j in jobs] == [JobState.SUCCEEDED] * len(jobs)

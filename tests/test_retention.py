@@ -22,12 +22,12 @@ LONG_AGO = time.time() - 90 * 86_400
 
 def _finished(studio: Studio, prompt: str, image: bytes) -> tuple[str, Path, Path]:
     """A succeeded job with an output file and a kept input; returns (id, output folder, input file)."""
-    kept = studio.store.save_input(image)
-    job, _ = studio.queue.enqueue({"prompt": prompt, "init_image": kept.name})
-    claimed = studio.queue.claim("w1", lease_seconds=30)
+    kept = studio.files.save_input(image)
+    job, _ = studio.store.queue.enqueue({"prompt": prompt, "init_image": kept.name})
+    claimed = studio.store.queue.claim("w1", lease_seconds=30)
     assert claimed is not None and claimed.id == job.id
-    stored = studio.store.save_output(job.id, 0, photo(8, 8), metadata={"params": {}})
-    studio.queue.finish(job.id, "w1", outputs=[stored.to_dict()])
+    stored = studio.files.save_output(job.id, 0, photo(8, 8), metadata={"params": {}})
+    studio.store.queue.finish(job.id, "w1", outputs=[stored.to_dict()])
     os.utime(kept, (LONG_AGO, LONG_AGO))
     return job.id, Path(stored.path).parent, kept
 
@@ -36,24 +36,24 @@ async def test_prune_removes_a_job_with_its_files_and_backlog_record_and_never_a
     studio = Studio(make_settings(tmp_path, NOWHERE))
     try:
         done, folder, done_input = _finished(studio, "old", photo(16, 16))
-        running, _ = studio.queue.enqueue({"prompt": "running"})
-        assert studio.queue.claim("w1", lease_seconds=30).id == running.id
-        live_input = studio.store.save_input(photo(24, 24))
+        running, _ = studio.store.queue.enqueue({"prompt": "running"})
+        assert studio.store.queue.claim("w1", lease_seconds=30).id == running.id
+        live_input = studio.files.save_input(photo(24, 24))
         os.utime(live_input, (LONG_AGO, LONG_AGO))
-        queued, _ = studio.queue.enqueue({"prompt": "waiting", "init_image": live_input.name})
+        queued, _ = studio.store.queue.enqueue({"prompt": "waiting", "init_image": live_input.name})
         backlog = UploadBacklog(tmp_path / "uploads")
-        backlog.create(studio.queue.get(done), None)
+        backlog.create(studio.store.queue.get(done), None)
         backlog.mark_uploaded(backlog.get(done), bucket="b", keys=["k"], metadata_key="m")
 
-        report = prune(studio.queue, studio.store, older_than=time.time() + 1, backlog=backlog)
+        report = prune(studio.store.queue, studio.files, older_than=time.time() + 1, backlog=backlog)
 
         assert (report.jobs, report.files, report.inputs, report.upload_records) == (1, 1, 1, 1)
         assert report.bytes > 0 and "Removed 1 job(s)" in report.sentence()
         with pytest.raises(JobNotFound):
-            studio.queue.get(done)
+            studio.store.queue.get(done)
         assert not folder.exists() and not done_input.exists() and backlog.get(done) is None
-        assert studio.queue.get(running.id).state.value == "running"
-        assert studio.queue.get(queued.id).state.value == "queued" and live_input.exists()
+        assert studio.store.queue.get(running.id).state.value == "running"
+        assert studio.store.queue.get(queued.id).state.value == "queued" and live_input.exists()
         backlog.close()
     finally:
         await studio.aclose()
@@ -64,10 +64,10 @@ async def test_a_job_whose_upload_is_pending_is_kept(tmp_path) -> None:
     try:
         job_id, folder, _ = _finished(studio, "not in S3 yet", photo(16, 16))
         backlog = UploadBacklog(tmp_path / "uploads")
-        backlog.create(studio.queue.get(job_id), "the bucket does not answer")
-        report = prune(studio.queue, studio.store, older_than=time.time() + 1, backlog=backlog)
+        backlog.create(studio.store.queue.get(job_id), "the bucket does not answer")
+        report = prune(studio.store.queue, studio.files, older_than=time.time() + 1, backlog=backlog)
         assert report.jobs == 0 and report.kept_pending_upload == 1 and "still pending" in report.sentence()
-        assert studio.queue.get(job_id) and folder.exists()
+        assert studio.store.queue.get(job_id) and folder.exists()
         backlog.close()
     finally:
         await studio.aclose()
@@ -84,7 +84,7 @@ async def test_studio_retention_days_prunes_in_the_background(tmp_path) -> None:
                 break
             await asyncio.sleep(0.05)
         with pytest.raises(JobNotFound):
-            studio.queue.get(job_id)
+            studio.store.queue.get(job_id)
         assert not folder.exists()
     finally:
         await studio.aclose()

@@ -26,7 +26,7 @@ from comfy.jobs.records import JobState
 from comfy.service import Studio
 from comfy.settings import Settings
 from comfy.storage.local import METADATA_KEY
-from tests.conftest import running, wait_for
+from tests.conftest import job_where, running, wait_for
 from tests.fakes.comfyui import FakeComfy
 from tests.fakes.runpod_server import FakeRunPod, fixture
 from tests.fixtures_util import image
@@ -135,10 +135,10 @@ async def test_a_cold_start_shows_waiting_for_a_gpu_worker_then_progress(tmp_pat
             waiting, steps = [], []
             async for event in studio.follow(job.id):
                 if event.message and "GPU worker" in event.message:
-                    waiting.append((event.message, event.node, studio.job(job.id).note))
+                    waiting.append((event.message, event.node, (await studio.job(job.id)).note))
                 if event.step is not None:
                     steps.append((event.step, event.steps))
-            done = studio.job(job.id)
+            done = await studio.job(job.id)
     [(message, node, note)] = waiting
     assert message == node == note == "waiting for a GPU worker (cold start)"  # stored: other processes see it
     assert (1, 3) in steps or (2, 3) in steps  # the worker's progress_update("k/3")
@@ -159,8 +159,8 @@ async def test_waiting_behind_busy_workers_is_not_a_cold_start(tmp_path) -> None
             fake.hold = True
             jobs = await studio.submit(PARAMS, count=2)
             # Both are sent at once; whichever reaches the endpoint second waits for its one worker.
-            await wait_for(lambda: any(studio.job(job.id).note is not None for job in jobs))
-            notes = {studio.job(job.id).note for job in jobs} - {None}  # both, if caught before the worker took one
+            await wait_for(lambda: any_note(studio, jobs))
+            notes = {(await studio.job(job.id)).note for job in jobs} - {None}  # both, if caught before the worker took one
             assert notes == {"waiting for a GPU worker"}
             fake.hold = False
             for job in jobs:
@@ -230,7 +230,7 @@ async def test_cancel_reaches_runpod(tmp_path, runpod: FakeRunPod) -> None:
         async for event in studio.follow(job.id):
             if event.node == "RunPod worker":  # IN_PROGRESS at RunPod
                 break
-        studio.cancel(job.id)
+        await studio.cancel(job.id)
         done = await studio.wait(job.id, timeout=30)
     assert done.state is JobState.CANCELLED
     assert runpod.cancels == [done.prompt_id] and runpod.status_of(done.prompt_id) == "CANCELLED"
@@ -240,8 +240,8 @@ async def test_cancel_while_waiting_for_a_worker(tmp_path) -> None:
     with FakeRunPod(cold_start=30) as fake:
         async with running(runpod_settings(tmp_path, fake)) as studio:
             [job] = await studio.submit(PARAMS)
-            await wait_for(lambda: studio.job(job.id).note is not None)
-            studio.cancel(job.id)
+            await job_where(studio, job.id, lambda j: j.note is not None)
+            await studio.cancel(job.id)
             done = await studio.wait(job.id, timeout=30)
     assert done.state is JobState.CANCELLED and fake.cancels == [done.prompt_id]
 
@@ -250,8 +250,8 @@ async def test_a_job_cancelled_at_runpod_by_someone_else_fails(tmp_path, runpod:
     runpod.hold = True
     async with running(runpod_settings(tmp_path, runpod)) as studio:
         [job] = await studio.submit(PARAMS)
-        await wait_for(lambda: studio.job(job.id).prompt_id is not None)
-        run_id = studio.job(job.id).prompt_id
+        await job_where(studio, job.id, lambda j: j.prompt_id is not None)
+        run_id = (await studio.job(job.id)).prompt_id
         async with httpx.AsyncClient() as http:  # e.g. from RunPod's console
             await http.post(f"{runpod.url}/{runpod.endpoint_id}/cancel/{run_id}",
                             headers={"Authorization": f"Bearer {runpod.api_key}"})
@@ -279,7 +279,7 @@ async def test_a_restarted_studio_reattaches_to_the_runpod_job(tmp_path, runpod:
     runpod.hold = True
     async with running(settings) as studio:
         [job] = await studio.submit(PARAMS)
-        await wait_for(lambda: runpod.status_of(studio.job(job.id).prompt_id or "") == "IN_PROGRESS")
+        await job_where(studio, job.id, lambda j: runpod.status_of(j.prompt_id or "") == "IN_PROGRESS")
     runpod.hold = False
     async with running(settings) as again:
         done = await again.wait(job.id, timeout=30)
@@ -390,8 +390,8 @@ async def test_a_wrong_key_leaves_jobs_waiting_and_says_which_setting(tmp_path, 
         [status] = await studio.backends_status()
         assert not status.reachable and status.state == "down" and "RUNPOD_API_KEY" in status.error
         [job] = await studio.submit(PARAMS)
-        await wait_for(lambda: studio.job(job.id).note is not None)
-        waiting = studio.job(job.id)
+        await job_where(studio, job.id, lambda j: j.note is not None)
+        waiting = await studio.job(job.id)
         assert waiting.state is JobState.QUEUED and waiting.attempts == 0
         assert "waiting for the backend" in waiting.note and "RUNPOD_API_KEY" in waiting.note
         assert "RUNPOD_API_KEY" in studio.worker.backend_down
@@ -492,3 +492,7 @@ async def test_a_500_to_run_is_not_resent_by_the_worker_either(tmp_path, runpod:
     assert done.state is JobState.FAILED and done.attempts == 1 and done.error["code"] == "run_unconfirmed"
     assert "HTTP 500" in done.error["message"] and "not sent again" in done.error["message"]
     assert runpod.statuses("/run") == [500]
+
+
+async def any_note(studio, jobs) -> bool:
+    return any([(await studio.job(job.id)).note is not None for job in jobs])

@@ -439,9 +439,9 @@ async def test_studio_end_to_end_job_succeeds_then_is_uploaded(tmp_path, moto, a
         assert done.state is JobState.SUCCEEDED
         status = await studio.uploader.wait_uploaded(job.id, timeout=20)
         assert status.keys == tuple(f"jobs/{job.id}/image_{i}.png" for i in range(len(done.outputs)))
-        urls = studio.image_urls(job.id)
-        assert studio.upload_status(job.id).state == "uploaded"
-        health = studio.storage_health()
+        urls = await studio.image_urls(job.id)
+        assert (await studio.upload_status(job.id)).state == "uploaded"
+        health = await studio.storage_health()
         assert health["storage"] == "s3" and health["reachable"] is True and health["pending"] == 0
         async with httpx.AsyncClient() as http:
             for url, output in zip(urls, done.outputs):
@@ -450,7 +450,7 @@ async def test_studio_end_to_end_job_succeeds_then_is_uploaded(tmp_path, moto, a
         meta = json.loads(admin.get_object(Bucket=BUCKET, Key=status.metadata_key)["Body"].read())
         assert meta["params"]["seed"] == 7 and meta["workflow"]["3"]["class_type"] == "KSampler"
         assert meta["backend"] == fake_comfy.url and meta["timings"]["execution_ms"] is not None
-        assert all(o["s3_key"] for o in studio.job(job.id).outputs)
+        assert all(o["s3_key"] for o in (await studio.job(job.id)).outputs)
 
 
 async def test_a_failed_schedule_never_fails_the_job_and_is_caught_up_at_the_next_start(
@@ -468,7 +468,7 @@ async def test_a_failed_schedule_never_fails_the_job_and_is_caught_up_at_the_nex
         await studio.start()
         [job] = await studio.submit(GenerationParams(prompt="x", steps=2, seed=3, width=64, height=64))
         assert (await studio.wait(job.id, timeout=30)).state is JobState.SUCCEEDED
-        assert studio.upload_status(job.id).state == "off"
+        assert (await studio.upload_status(job.id)).state == "off"
     assert "Could not schedule the upload of job" in caplog.text
     async with Studio(settings, s3_client=fast_client(settings)) as studio:  # the next start
         await studio.start(worker=False)
@@ -480,9 +480,9 @@ async def test_a_failed_schedule_never_fails_the_job_and_is_caught_up_at_the_nex
 async def test_studio_without_s3_shows_local_paths(tmp_path, studio: Studio) -> None:
     [job] = await studio.submit(GenerationParams(prompt="x", steps=2, seed=1, width=64, height=64))
     done = await studio.wait(job.id, timeout=30)
-    assert studio.uploader is None and studio.image_urls(done) == [done.outputs[0]["path"]]
-    assert studio.upload_status(job.id).state == "off"
-    assert studio.storage_health() == {"configured": False, "storage": "local", "reachable": None, "error": None}
+    assert studio.uploader is None and (await studio.image_urls(done)) == [done.outputs[0]["path"]]
+    assert (await studio.upload_status(job.id)).state == "off"
+    assert (await studio.storage_health()) == {"configured": False, "storage": "local", "reachable": None, "error": None}
 
 
 # -- the pieces --------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ async def test_generate_saves_the_comfy_png_with_settings(studio: Studio) -> Non
     [job] = await studio.submit(LIGHTHOUSE)
     async for event in studio.follow(job.id):
         events.append(event)
-    done = studio.job(job.id)
+    done = await studio.job(job.id)
     assert done.state is JobState.SUCCEEDED and done.progress == 1.0
     assert done.prompt_id and done.finished_at and done.started_at
     kinds = [e.kind for e in events]
@@ -73,7 +73,7 @@ async def test_bad_requests_are_refused_before_a_job_exists(studio: Studio, chan
     with pytest.raises(WorkflowError) as info:
         await studio.submit({**LIGHTHOUSE.to_dict(), **change})
     assert info.value.field == field and words in str(info.value)
-    assert studio.jobs().jobs == []
+    assert (await studio.jobs()).jobs == []
 
 
 async def test_idempotency_key(studio: Studio) -> None:
@@ -83,7 +83,7 @@ async def test_idempotency_key(studio: Studio) -> None:
     with pytest.raises(IdempotencyConflict):
         await studio.submit(LIGHTHOUSE.with_seed(7), idempotency_key="k1")
     await studio.wait(first.id, timeout=30)
-    assert len(studio.jobs().jobs) == 1
+    assert len((await studio.jobs()).jobs) == 1
 
 
 async def test_a_random_seed_under_an_idempotency_key_is_the_same_request(studio: Studio) -> None:
@@ -110,7 +110,7 @@ async def test_keeps_the_backend_busy_two_prompts_in_flight(studio: Studio, fake
             break
         await asyncio.sleep(0.02)
     assert len(fake_comfy.prompts) == 2  # the next prompt waits on ComfyUI, the third in our queue
-    assert studio.position(jobs[2].id) == 0
+    assert (await studio.position(jobs[2].id)) == 0
     fake_comfy.hold = False
     for job in jobs:
         assert (await studio.wait(job.id, timeout=30)).state is JobState.SUCCEEDED
@@ -119,13 +119,13 @@ async def test_keeps_the_backend_busy_two_prompts_in_flight(studio: Studio, fake
 async def test_cancel_a_queued_job_never_runs(studio: Studio, fake_comfy: FakeComfy) -> None:
     fake_comfy.hold = True
     jobs = await studio.submit(LIGHTHOUSE, count=3)
-    cancelled = studio.cancel(jobs[2].id)
+    cancelled = await studio.cancel(jobs[2].id)
     assert cancelled.state is JobState.CANCELLED
     fake_comfy.hold = False
     for job in jobs[:2]:
         await studio.wait(job.id, timeout=30)
     seeds = [body["prompt"]["3"]["inputs"]["seed"] for body in fake_comfy.prompts]
-    assert 44 not in seeds and studio.job(jobs[2].id).state is JobState.CANCELLED
+    assert 44 not in seeds and (await studio.job(jobs[2].id)).state is JobState.CANCELLED
 
 
 async def test_cancel_a_running_job_interrupts_the_backend(studio: Studio, fake_comfy: FakeComfy) -> None:
@@ -134,7 +134,7 @@ async def test_cancel_a_running_job_interrupts_the_backend(studio: Studio, fake_
     async for event in studio.follow(job.id):
         if event.kind == "progress" and event.step:
             break
-    studio.cancel(job.id)
+    await studio.cancel(job.id)
     done = await studio.wait(job.id, timeout=30)
     assert done.state is JobState.CANCELLED
     assert fake_comfy.interrupts and fake_comfy.interrupts[-1] == {"prompt_id": done.prompt_id}
@@ -145,7 +145,7 @@ async def test_cancel_a_job_pending_on_comfyui_removes_it_there(studio: Studio, 
     jobs = await studio.submit(LIGHTHOUSE, count=2)
     while len(fake_comfy.prompts) < 2:
         await asyncio.sleep(0.02)
-    studio.cancel(jobs[1].id)
+    await studio.cancel(jobs[1].id)
     assert (await studio.wait(jobs[1].id, timeout=30)).state is JobState.CANCELLED
     assert fake_comfy.deleted == [fake_comfy.prompts[1]["prompt_id"]]
     fake_comfy.hold = False
@@ -186,7 +186,7 @@ async def test_jobs_wait_for_an_unreachable_backend(tmp_path) -> None:
         [job] = await studio.submit(LIGHTHOUSE)  # validated later: the server was never seen
         await studio.start()
         await asyncio.sleep(0.3)
-        waiting = studio.job(job.id)
+        waiting = await studio.job(job.id)
         assert waiting.state is JobState.QUEUED and waiting.attempts == 0
         assert "waiting for the backend" in (waiting.note or "")
         server.start()  # same port
@@ -234,7 +234,7 @@ async def test_workflow_that_cannot_run_is_refused(studio: Studio) -> None:
     graph["3"]["class_type"] = "NoSuchSampler"
     with pytest.raises(WorkflowError, match="not installed"):
         await studio.submit_workflow(graph)
-    assert studio.jobs().jobs == []
+    assert (await studio.jobs()).jobs == []
 
 
 async def test_models_and_status(studio: Studio) -> None:

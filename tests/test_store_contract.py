@@ -320,6 +320,18 @@ async def test_fail_without_retry_or_with_a_cancel_pending_is_final(store: JobSt
     assert (await store.fail(b.id, W1, code="interrupted", message="x", retry=True)).state is JobState.FAILED
 
 
+async def test_release_may_keep_the_runs_handle_and_enqueue_keeps_a_note(store: JobStore) -> None:
+    a, _created = await store.enqueue({"prompt": "a"}, note="resized to 512×512")
+    assert a.note == "resized to 512×512" and (await store.get(a.id)).note == a.note
+    await store.claim(W1, lease_seconds=5)
+    await store.update(a.id, W1, prompt_id="run-1", backend="http://gpu:8188")
+    kept = await store.release(a.id, W1, "waiting for the backend", keep_handle=True)
+    assert (kept.state, kept.prompt_id, kept.backend) == (JobState.QUEUED, "run-1", "http://gpu:8188")
+    await store.claim(W1, lease_seconds=5)
+    dropped = await store.release(a.id, W1, "waiting for the backend")
+    assert dropped.prompt_id is None
+
+
 async def test_release_gives_the_attempt_back_and_requeue_runs_out(make_store: MakeStore) -> None:
     store = await make_store(max_attempts=1)
     a, b = await add(store, 2)

@@ -24,7 +24,7 @@ def previews_alive() -> int:
 
 async def test_a_stalled_sse_reader_across_500_previews_holds_a_few_events(make_api) -> None:
     async with make_api(comfyui_url=NOWHERE) as api:
-        job, _ = api.studio.queue.enqueue({"prompt": "a lighthouse"})
+        job, _ = await api.studio.store.enqueue({"prompt": "a lighthouse"})
         host = urlsplit(api.url)
         sock = socket.create_connection((host.hostname, host.port))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
@@ -66,7 +66,7 @@ def test_a_subscription_keeps_the_newest_previews_and_every_state_change() -> No
 
 async def test_a_caller_holds_a_limited_number_of_streams(make_api) -> None:
     async with make_api(comfyui_url=NOWHERE) as api:
-        job, _ = api.studio.queue.enqueue({"prompt": "a lighthouse"})
+        job, _ = await api.studio.store.enqueue({"prompt": "a lighthouse"})
         async with contextlib.AsyncExitStack() as stack:
             for _ in range(8):
                 response = await stack.enter_async_context(api.http.stream("GET", f"/api/v1/jobs/{job.id}/events"))

@@ -59,7 +59,7 @@ async def test_bad_input_becomes_a_readable_gr_error(studio: Studio, changes, wo
     with pytest.raises(gr.Error) as info:
         await h.generate("txt2img", None, *form(**changes), request=request())
     assert words in info.value.message and "Traceback" not in info.value.message
-    assert studio.jobs().jobs == []
+    assert (await studio.jobs()).jobs == []
 
 
 async def test_img2img_needs_an_image_and_uses_it(studio: Studio, tmp_path: Path) -> None:
@@ -78,7 +78,7 @@ async def test_stop_cancels_this_pages_jobs(studio: Studio, fake_comfy: FakeComf
     h = Handlers(studio)
     req = request()
     watched, _ = await h.generate("txt2img", None, *form(batch_count=3), request=req)
-    h.stop(req)
+    await h.stop(req)
     fake_comfy.hold = False
     states = [(await studio.wait(job_id, timeout=30)).state for job_id in watched]
     assert states == [JobState.CANCELLED] * 3
@@ -89,24 +89,24 @@ async def test_history_detail_and_reuse(studio: Studio) -> None:
     req = request()
     watched, _ = await h.generate("txt2img", None, *form(batch_count=1), request=req)
     await studio.wait(watched[0], timeout=30)
-    rows, thumbs, next_cursor = h.history("all", None, req)
+    rows, thumbs, next_cursor = await h.history("all", None, req)
     assert rows[0][0] == watched[0] and rows[0][1] == "succeeded" and len(thumbs) == 1 and next_cursor is None
-    summary, settings, images = h.job_detail(watched[0], req)
+    summary, settings, images = await h.job_detail(watched[0], req)
     assert "succeeded" in summary and settings["seed"] == 42 and len(images) == 1
     updates = await h.reuse_settings(watched[0], req)
     assert updates[FORM_FIELDS.index("prompt")]["value"] == "a lighthouse"
-    assert h.send_to_img2img(watched[0], req).endswith(".png")
-    assert h.history("failed", None, req)[0] == []
+    assert (await h.send_to_img2img(watched[0], req)).endswith(".png")
+    assert (await h.history("failed", None, req))[0] == []
 
 
 async def test_with_logins_users_see_only_their_jobs(studio: Studio) -> None:
     h = Handlers(studio, auth_on=True)
     ann, bob = request("ann", "a"), request("bob", "b")
     watched, _ = await h.generate("txt2img", None, *form(batch_count=1), request=ann)
-    assert h.history("all", None, bob)[0] == []
-    assert h.history("all", None, ann)[0][0][0] == watched[0]
+    assert (await h.history("all", None, bob))[0] == []
+    assert (await h.history("all", None, ann))[0][0][0] == watched[0]
     with pytest.raises(gr.Error, match="No job with id"):
-        h.cancel_job(watched[0], bob)
+        await h.cancel_job(watched[0], bob)
 
 
 async def test_with_logins_a_job_id_alone_gives_no_one_else_s_job(studio: Studio, fake_comfy: FakeComfy) -> None:
@@ -115,22 +115,23 @@ async def test_with_logins_a_job_id_alone_gives_no_one_else_s_job(studio: Studio
     h = Handlers(studio, auth_on=True)
     ann, bob = request("ann", "shared-hash"), request("bob", "shared-hash")
     watched, _ = await h.generate("txt2img", None, *form(batch_count=1), request=ann)
-    assert h.restore_jobs(watched, bob) == []  # a reload with her ids in his browser storage
+    assert await h.restore_jobs(watched, bob) == []  # a reload with her ids in his browser storage
     assert h.watched(ann) == watched  # and her page still follows them
     first = await anext(aiter(h.watch(bob)))
     assert watched[0] not in first[0]
-    h.stop(bob)
+    await h.stop(bob)
     for call in (h.job_detail, h.cancel_job, h.move_to_front, h.reuse_settings, h.send_to_img2img):
         with pytest.raises(gr.Error, match="No job with id"):
             answer = call(watched[0], bob)
             if inspect.isawaitable(answer):  # some handlers are coroutines (reuse_settings reads the server)
                 await answer
     with pytest.raises(gr.Error, match="No job with id"):
-        h.api_cancel(watched[0], bob)
+        await h.api_cancel(watched[0], bob)
     with pytest.raises(gr.Error, match="No job with id"):
         await anext(aiter(h.api_job_status(watched[0], bob)))
-    assert studio.job(watched[0]).state is JobState.QUEUED
-    assert h.restore_jobs(watched, ann) == watched
+    untouched = await studio.job(watched[0])  # queued, or taken by the worker meanwhile: never cancelled
+    assert not untouched.state.is_final and not untouched.cancel_requested
+    assert await h.restore_jobs(watched, ann) == watched
     fake_comfy.hold = False
     assert (await studio.wait(watched[0], timeout=30)).state is JobState.SUCCEEDED
 

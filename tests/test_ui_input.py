@@ -15,8 +15,8 @@ from ui.handlers import FORM_FIELDS, Handlers, storable_form
 from ui.layout import uploaded_image
 
 
-def _queued(studio: Studio) -> int:
-    counts = studio.queue.counts()
+async def _queued(studio: Studio) -> int:
+    counts = await studio.store.counts()
     return sum(counts.values())
 
 
@@ -34,7 +34,7 @@ async def test_out_of_range_form_values_are_refused_and_queue_nothing(studio: St
     with pytest.raises(gr.Error) as info:
         await h.generate("txt2img", None, *form(**changes), request=request())
     assert words in info.value.message
-    assert _queued(studio) == 0
+    assert await _queued(studio) == 0
     watched, _seed = await h.generate("txt2img", None, *form(batch_count=1), request=request())  # still works
     assert len(watched) == 1
 
@@ -49,10 +49,10 @@ def test_the_stored_form_never_carries_a_number_json_cannot_hold() -> None:
 
 
 async def test_use_these_settings_with_a_checkpoint_the_server_lacks(studio: Studio) -> None:
-    job, _ = studio.queue.enqueue({"prompt": "an old job", "checkpoint": "gone-xl.safetensors", "steps": 33,
-                                   "sampler": "euler", "scheduler": "normal", "seed": 5, "width": 640,
-                                   "height": 448, "cfg": 5.0, "batch_size": 1, "denoise": 1.0,
-                                   "negative_prompt": "", "init_image": None})
+    job, _ = await studio.store.enqueue({"prompt": "an old job", "checkpoint": "gone-xl.safetensors", "steps": 33,
+                                         "sampler": "euler", "scheduler": "normal", "seed": 5, "width": 640,
+                                         "height": 448, "cfg": 5.0, "batch_size": 1, "denoise": 1.0,
+                                         "negative_prompt": "", "init_image": None})
     h = Handlers(studio)
     with pytest.warns(UserWarning, match="no checkpoint 'gone-xl.safetensors'"):
         updates = await h.reuse_settings(job.id, request())
@@ -75,7 +75,7 @@ async def test_img2img_from_the_page_refuses_a_bomb_with_a_sentence(studio: Stud
     h = Handlers(studio)
     with pytest.raises(gr.Error, match="megapixels"):
         await h.generate("img2img", str(path), *form(), request=request())
-    assert studio.queue.counts()[JobState.QUEUED] == 0
+    assert (await studio.store.counts())[JobState.QUEUED] == 0
 
 
 async def test_the_form_numbers_keep_what_was_typed(studio: Studio) -> None:

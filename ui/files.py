@@ -92,8 +92,8 @@ class OwnedFiles:
         self.user_of = user_of
         self.logins = logins
         self.copies = copies
-        self.outputs = _both(Path(studio.store.outputs_dir))
-        self.inputs = _both(Path(studio.store.inputs_dir))
+        self.outputs = _both(Path(studio.files.outputs_dir))
+        self.inputs = _both(Path(studio.files.inputs_dir))
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
@@ -101,12 +101,12 @@ class OwnedFiles:
             path, root = scope["path"], scope.get("root_path") or ""
             path = path[len(root):] if root and path.startswith(root) else path
             for prefix in _FILE_ROUTES:
-                if path.startswith(prefix) and not self._may_fetch(path[len(prefix):], HTTPConnection(scope)):
+                if path.startswith(prefix) and not await self._may_fetch(path[len(prefix):], HTTPConnection(scope)):
                     await PlainTextResponse("Not found.", status_code=404)(scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
-    def _may_fetch(self, wanted: str, conn: HTTPConnection) -> bool:
+    async def _may_fetch(self, wanted: str, conn: HTTPConnection) -> bool:
         try:
             where = _both(Path(wanted))
         except (ValueError, OSError):  # a NUL byte, a name too long: no such file
@@ -115,19 +115,19 @@ class OwnedFiles:
             return False
         copied = self.copies.job_of(where) if self.copies is not None else None
         if copied is not None:
-            return self._owns(copied, conn)
+            return await self._owns(copied, conn)
         for outputs in self.outputs:
             for candidate in where:
                 if candidate.is_relative_to(outputs) and candidate != outputs:
-                    return self._owns(candidate.relative_to(outputs).parts[0], conn)
+                    return await self._owns(candidate.relative_to(outputs).parts[0], conn)
         return True  # Gradio's own cache and uploads: Gradio decides
 
-    def _owns(self, job_id: str, conn: HTTPConnection) -> bool:
+    async def _owns(self, job_id: str, conn: HTTPConnection) -> bool:
         user = self.user_of(conn)
         if user is None and self.logins:
             return False
         try:
-            return self.studio.job(job_id).owner == user
+            return (await self.studio.job(job_id)).owner == user
         except ComfyError:
             return False
 

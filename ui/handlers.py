@@ -141,7 +141,7 @@ class Handlers:
 
     async def status(self) -> str:
         statuses = await self.studio.backends_status()
-        return render.status_html(statuses, self.studio.queue.counts())
+        return render.status_html(statuses, await self.studio.counts())
 
     # -- generating -------------------------------------------------------------------------------
 
@@ -184,7 +184,7 @@ class Handlers:
                 raise WorkflowError("Image to image needs an image: upload or paste one first.", field="image")
             data = await asyncio.to_thread(Path(image).read_bytes)
         jobs = await self.studio.submit(params, count=count, image=data, owner=_owner(request, self.auth_on))
-        self._watch(request, [job.id for job in jobs])
+        await self._watch(request, [job.id for job in jobs])
         size = f", {jobs[0].params['width']}×{jobs[0].params['height']}" if img2img and jobs else ""
         gr.Info(f"Queued {len(jobs)} job(s)" + (f", seed {jobs[0].params['seed']}" if jobs else "") + size + ".")
         if jobs and jobs[0].note:
@@ -194,9 +194,9 @@ class Handlers:
     def _session(self, request: gr.Request | None) -> tuple[str | None, str]:
         return _owner(request, self.auth_on), getattr(request, "session_hash", None) or "default"
 
-    def _watch(self, request: gr.Request | None, job_ids: list[str]) -> None:
+    async def _watch(self, request: gr.Request | None, job_ids: list[str]) -> None:
         key = self._session(request)
-        keep = [i for i in self._watched.get(key, []) if not self._final(i)]
+        keep = [i for i in self._watched.get(key, []) if not await self._final(i)]
         self._follow(key, (keep + [i for i in job_ids if i not in keep])[-WATCH_LIMIT:])
 
     def _follow(self, key: tuple[str | None, str], job_ids: list[str]) -> None:
@@ -212,34 +212,34 @@ class Handlers:
         with contextlib.suppress(gr.Error):
             self._watched.pop(self._session(request), None)
 
-    def _mine(self, job_ids: list[str], request: gr.Request | None) -> list[Job]:
+    async def _mine(self, job_ids: list[str], request: gr.Request | None) -> list[Job]:
         """The jobs among ``job_ids`` that exist and the caller may see, in order."""
         found = []
         for job_id in job_ids:
             with contextlib.suppress(ComfyError):
-                found.append(self._own(job_id, request))
+                found.append(await self._own(job_id, request))
         return found
 
-    def _final(self, job_id: str) -> bool:
+    async def _final(self, job_id: str) -> bool:
         try:
-            return self.studio.job(job_id).state.is_final
+            return (await self.studio.job(job_id)).state.is_final
         except ComfyError:
             return True
 
     @friendly
-    def stop(self, request: gr.Request) -> None:
+    async def stop(self, request: gr.Request) -> None:
         """Cancel this page's unfinished jobs; the running one is interrupted on ComfyUI as well."""
         stopped = 0
-        for job in self._mine(self.watched(request), request):
+        for job in await self._mine(self.watched(request), request):
             if not job.state.is_final:
-                self.studio.cancel(job.id)
+                await self.studio.cancel(job.id)
                 stopped += 1
         gr.Info(f"Stopping {stopped} job(s)." if stopped else "Nothing is running.")
 
-    def restore_jobs(self, stored: list[str] | None, request: gr.Request) -> list[str]:
+    async def restore_jobs(self, stored: list[str] | None, request: gr.Request) -> list[str]:
         """After a reload: follow again the jobs this browser was following (those of this user)."""
         ids = [i for i in (stored or []) if isinstance(i, str)][-WATCH_LIMIT:]
-        known = [job.id for job in self._mine(ids, request)]
+        known = [job.id for job in await self._mine(ids, request)]
         self._follow(self._session(request), known)
         return self.watched(request)
 
@@ -250,9 +250,9 @@ class Handlers:
         preview: Image.Image | None = None
         try:
             while True:
-                jobs = self._mine(self.watched(request), request)
+                jobs = await self._mine(self.watched(request), request)
                 ids = [job.id for job in jobs]
-                yield self._render_watch(jobs, live, preview)
+                yield await self._render_watch(jobs, live, preview)
                 if all(job.state.is_final for job in jobs):
                     return
                 try:
@@ -269,43 +269,47 @@ class Handlers:
         finally:
             sub.close()
 
-    def _render_watch(self, jobs: list[Job], live: dict[str, JobEvent], preview: Any) -> tuple[str, Any, list[Any]]:
-        positions = {job.id: self.studio.position(job.id) for job in jobs if job.state is JobState.QUEUED}
+    async def _render_watch(self, jobs: list[Job], live: dict[str, JobEvent],
+                            preview: Any) -> tuple[str, Any, list[Any]]:
+        positions = {job.id: await self.studio.position(job.id) for job in jobs if job.state is JobState.QUEUED}
         shown = [j for j in jobs if not j.state.is_final] or jobs[-4:]
         gallery = [(url, f"seed {job.params.get('seed', '-')}") for job in reversed(jobs)
-                   for url in self.images(job)][:GALLERY_LIMIT]
+                   for url in await self.images(job)][:GALLERY_LIMIT]
         if gallery and all(job.state.is_final for job in jobs):
             preview = gallery[0][0]  # done: the latent preview gives way to the newest image
         several = len(self.studio.pool.backends) > 1
         return render.progress_html(shown, live, positions, show_backend=several), preview, gallery
 
-    def images(self, job: Job) -> list[str]:
+    async def images(self, job: Job) -> list[str]:
         """A job's images as the page can show them: presigned URLs once in S3, else the local files."""
         try:
-            urls = self.studio.image_urls(job)
+            urls = await self.studio.image_urls(job)
         except ComfyError as exc:
             logger.warning("Cannot show the images of job %s: %s", job.id, exc)
             return []
         shown = [u for u in urls if u.startswith(("http://", "https://")) or Path(u).is_file()]
         if self.copies is None:
             return shown
-        return [u if u.startswith(("http://", "https://")) else self.copies.copy(job.id, u) for u in shown]
+        copies = self.copies
+        return await asyncio.to_thread(  # a copy may be made: file work, off the event loop
+            lambda: [u if u.startswith(("http://", "https://")) else copies.copy(job.id, u) for u in shown])
 
     # -- queue & history --------------------------------------------------------------------------
 
     @friendly
-    def history(self, state: str, cursor: int | None, request: gr.Request) -> tuple[list[list[Any]], list[Any], int | None]:
+    async def history(self, state: str, cursor: int | None,
+                      request: gr.Request) -> tuple[list[list[Any]], list[Any], int | None]:
         states = None if state in ("", "all", None) else [JobState(state)]
-        page = self.studio.jobs(states=states, **self._whose(request), limit=25, cursor=cursor)
-        positions = {job.id: self.studio.position(job.id) for job in page.jobs if job.state is JobState.QUEUED}
+        page = await self.studio.jobs(states=states, **self._whose(request), limit=25, cursor=cursor)
+        positions = {job.id: await self.studio.position(job.id) for job in page.jobs if job.state is JobState.QUEUED}
         thumbs = [(images[0], f"{job.id} · {render.job_caption(job)}") for job in page.jobs
-                  if (images := self.images(job))]
+                  if (images := await self.images(job))]
         return render.job_rows(page.jobs, positions), thumbs, page.next_cursor
 
-    def _own(self, job_id: str, request: gr.Request | None) -> Job:
+    async def _own(self, job_id: str, request: gr.Request | None) -> Job:
         """The job if the caller may see it; another user's job is "not found", as on the REST API."""
         owner = _owner(request, self.auth_on)
-        job = self.studio.job(job_id)
+        job = await self.studio.job(job_id)
         if self.scoped and job.owner != owner:
             raise JobNotFound(job_id)
         return job
@@ -316,31 +320,31 @@ class Handlers:
         return {"owner": owner, "unowned": self.scoped and owner is None}
 
     @friendly
-    def job_detail(self, job_id: str | None, request: gr.Request) -> tuple[str, dict[str, Any], list[Any]]:
+    async def job_detail(self, job_id: str | None, request: gr.Request) -> tuple[str, dict[str, Any], list[Any]]:
         if not job_id:
             return "Select a job in the table.", {}, []
-        job = self._own(job_id, request)
-        images = [(url, f"image {i + 1}") for i, url in enumerate(self.images(job))]
+        job = await self._own(job_id, request)
+        images = [(url, f"image {i + 1}") for i, url in enumerate(await self.images(job))]
         settings = {k: v for k, v in job.params.items() if k != "images"}
-        return render.job_summary(job, self.studio.position(job.id)), settings, images
+        return render.job_summary(job, await self.studio.position(job.id)), settings, images
 
     @friendly
-    def cancel_job(self, job_id: str | None, request: gr.Request) -> None:
+    async def cancel_job(self, job_id: str | None, request: gr.Request) -> None:
         if not job_id:
             raise WorkflowError("Select a job first.", field="job")
-        job = self._own(job_id, request)
+        job = await self._own(job_id, request)
         if job.state.is_final:
             gr.Info(f"Job {job_id} has already {job.state.value}.")
             return
-        self.studio.cancel(job_id)
+        await self.studio.cancel(job_id)
         gr.Info("Cancelled." if job.state is JobState.QUEUED else "Stopping it on the backend.")
 
     @friendly
-    def move_to_front(self, job_id: str | None, request: gr.Request) -> None:
+    async def move_to_front(self, job_id: str | None, request: gr.Request) -> None:
         if not job_id:
             raise WorkflowError("Select a queued job first.", field="job")
-        self._own(job_id, request)
-        self.studio.move_to_front(job_id)
+        await self._own(job_id, request)
+        await self.studio.move_to_front(job_id)
         gr.Info("It runs next.")
 
     @friendly
@@ -348,7 +352,7 @@ class Handlers:
         """The form values of a finished job ("use these settings")."""
         if not job_id:
             raise WorkflowError("Select a job first.", field="job")
-        job = self._own(job_id, request)
+        job = await self._own(job_id, request)
         if job.kind != "generate":
             raise WorkflowError("That job ran a loaded workflow; reopen it in the Workflow tab.", field="job")
         return await self.form_values(job.params)
@@ -371,13 +375,13 @@ class Handlers:
                 for name in FORM_FIELDS]
 
     @friendly
-    def send_to_img2img(self, job_id: str | None, request: gr.Request) -> str:
+    async def send_to_img2img(self, job_id: str | None, request: gr.Request) -> str:
         if not job_id:
             raise WorkflowError("Select a finished job first.", field="job")
-        job = self._own(job_id, request)
+        job = await self._own(job_id, request)
         if not job.outputs:
             raise WorkflowError("That job has no image yet.", field="job")
-        images = self.images(job)
+        images = await self.images(job)
         if not images:
             raise WorkflowError("That job's images are no longer available.", field="job")
         return images[0]
@@ -450,7 +454,7 @@ class Handlers:
                 inputs[(spec["node_id"], spec["input_name"])] = _coerce(spec, value)
         job = await self.studio.submit_workflow(loaded["graph"], inputs=inputs, images=images,
                                                 owner=_owner(request, self.auth_on))
-        self._watch(request, [job.id])
+        await self._watch(request, [job.id])
         gr.Info(f"Queued workflow {loaded['name']!r}.")
         return self.watched(request)
 
@@ -477,44 +481,44 @@ class Handlers:
     async def api_job_status(self, job_id: str, request: gr.Request = None) -> AsyncIterator[dict[str, Any]]:  # type: ignore[assignment]
         """Follow a job: yields its state on every change (queued place, progress, node), ending when done."""
         try:
-            self._own(job_id, request)
+            await self._own(job_id, request)
             async for event in self.studio.follow(job_id):
                 if event.kind == "preview":
                     continue
-                yield self._status_dict(job_id, event)
+                yield await self._status_dict(job_id, event)
                 if event.final:
                     return
         except ComfyError as exc:
             raise _to_gr_error(exc) from exc
 
-    def _status_dict(self, job_id: str, event: JobEvent) -> dict[str, Any]:
-        job = self.studio.job(job_id)
+    async def _status_dict(self, job_id: str, event: JobEvent) -> dict[str, Any]:
+        job = await self.studio.job(job_id)
         return {
             "job_id": job_id, "state": job.state.value, "event": event.kind,
             "progress": event.progress if event.progress is not None else job.progress,
             "node": event.node or job.node, "step": event.step, "steps": event.steps,
-            "position": self.studio.position(job_id), "seed": job.params.get("seed"),
-            "images": self.images(job), "error": job.error, "at": event.at, "sent": time.time(),
+            "position": await self.studio.position(job_id), "seed": job.params.get("seed"),
+            "images": await self.images(job), "error": job.error, "at": event.at, "sent": time.time(),
         }
 
-    def api_cancel(self, job_id: str, request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]
+    async def api_cancel(self, job_id: str, request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]
         """Cancel a job (a running one is interrupted on ComfyUI too); returns its state."""
         try:
-            self._own(job_id, request)
-            job = self.studio.cancel(job_id)
+            await self._own(job_id, request)
+            job = await self.studio.cancel(job_id)
         except ComfyError as exc:
             raise _to_gr_error(exc) from exc
         return {"job_id": job.id, "state": job.state.value, "cancel_requested": job.cancel_requested}
 
-    def api_jobs(self, state: str = "", limit: int = 20, request: gr.Request = None) -> list[dict[str, Any]]:  # type: ignore[assignment]
+    async def api_jobs(self, state: str = "", limit: int = 20, request: gr.Request = None) -> list[dict[str, Any]]:  # type: ignore[assignment]
         """The newest jobs (optionally of one state: queued, running, succeeded, failed, cancelled)."""
         try:
             states = [JobState(state)] if state else None
         except ValueError:
             raise gr.Error(f"state must be one of: {', '.join(s.value for s in JobState)}.") from None
-        page = self.studio.jobs(states=states, **self._whose(request), limit=max(1, min(int(limit), 200)))
+        page = await self.studio.jobs(states=states, **self._whose(request), limit=max(1, min(int(limit), 200)))
         return [{"job_id": j.id, "state": j.state.value, "prompt": j.params.get("prompt"), "progress": j.progress,
-                 "images": self.images(j), "error": j.error} for j in page.jobs]
+                 "images": await self.images(j), "error": j.error} for j in page.jobs]
 
 
 def _whole(name: str, value: Any) -> int:

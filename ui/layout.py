@@ -234,8 +234,8 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
         wf_save.click(h.save_workflow, [wf_state, wf_name], wf_saved, **private)
 
         # Queue & history: refreshed while the tab is open.
-        def show_page(state: str, pages: list[Any], request: gr.Request) -> tuple[Any, Any]:
-            rows, thumbs, _next = h.history(state, pages[-1], request)
+        async def show_page(state: str, pages: list[Any], request: gr.Request) -> tuple[Any, Any]:
+            rows, thumbs, _next = await h.history(state, pages[-1], request)
             return rows, thumbs
 
         history_outputs = [table, history_gallery]
@@ -247,8 +247,8 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
         state_filter.change(lambda: [None], None, cursors, **private).then(
             show_page, [state_filter, cursors], history_outputs, **private)
 
-        def go_older(state: str, pages: list[Any], request: gr.Request) -> list[Any]:
-            _rows, _thumbs, next_cursor = h.history(state, pages[-1], request)
+        async def go_older(state: str, pages: list[Any], request: gr.Request) -> list[Any]:
+            _rows, _thumbs, next_cursor = await h.history(state, pages[-1], request)
             return pages + [next_cursor] if next_cursor is not None else pages
 
         older.click(go_older, [state_filter, cursors], cursors, **private).then(

@@ -100,7 +100,7 @@ class RunContext(Protocol):
     """What the worker gives a backend for one job (it owns the queue, the lease and the bus)."""
 
     job: Job
-    store: LocalStore
+    files: LocalStore
     job_timeout: float
 
     async def record(self, **fields: Any) -> Job:

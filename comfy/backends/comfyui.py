@@ -143,7 +143,7 @@ class ComfyBackend:
             return await self._follow(ctx, job, job.workflow or {}, None, waiting=False)
         async with contextlib.AsyncExitStack() as stack:
             async with self._submit_lock():  # FIFO: prompts reach ComfyUI in the order their jobs were claimed
-                graph = await build_prompt(job, self.client, ctx.store)
+                graph = await build_prompt(job, self.client, ctx.files)
                 # The socket comes first (usually opened ahead): its client id is stored with the prompt id
                 # before anything is submitted.
                 stream = await stack.enter_async_context(self.client.new_events())

@@ -216,7 +216,7 @@ class RunPodBackend:
             ctx.started(message="re-attached after a restart" if attach else "re-attached: the backend is back")
             run_id = job.prompt_id
         else:
-            graph, images = self._graph(job, ctx.store)
+            graph, images = self._graph(job, ctx.files)
             body, graph, notes = build_run_body(graph, images, self._policy(ctx.job_timeout),
                                                 limit=self.max_request_bytes)
             job = await ctx.record(prompt_id=None, client_id=uuid.uuid4().hex, backend=self.name,

@@ -263,11 +263,12 @@ return transition(ARGV[2], ARGV[3], function(rec)
 end)
 """
 
-_RELEASE = r"""  -- ARGV[5]: reason as a note
+_RELEASE = r"""  -- ARGV[5]: reason as a note, ARGV[6]: keep the run's handle '1'/'0'
 return transition(ARGV[2], ARGV[3], function(rec)
   if rec.cancel_requested == 'true' then return ended('cancelled', ARGV[4]) end
   local attempts = math.max(tonumber(rec.attempts) - 1, 0)
-  return merge(requeued(ARGV[5]), {attempts = string.format('%d', attempts)})
+  local kept = (ARGV[6] == '1') and {prompt_id = rec.prompt_id} or {}
+  return merge(requeued(ARGV[5]), {attempts = string.format('%d', attempts)}, kept)
 end)
 """
 

@@ -115,8 +115,9 @@ class RedisStore:
     # -- enqueue ------------------------------------------------------------------------------------
 
     async def enqueue(self, params: dict[str, Any], *, kind: str = "generate", workflow: dict[str, Any] | None = None,
-                      idempotency_key: str | None = None, owner: str | None = None) -> tuple[Job, bool]:
-        return (await self._enqueue([_request(params, kind, workflow, idempotency_key, owner)]))[0]
+                      idempotency_key: str | None = None, owner: str | None = None,
+                      note: str | None = None) -> tuple[Job, bool]:
+        return (await self._enqueue([_request(params, kind, workflow, idempotency_key, owner, note)]))[0]
 
     async def enqueue_many(self, requests: list[dict[str, Any]], *, owner: str | None = None) -> list[Job]:
         prepared = [_request(r["params"], r.get("kind", "generate"), r.get("workflow"), r.get("idempotency_key"),
@@ -132,7 +133,7 @@ class RedisStore:
             for request in requests:
                 draft = Job(id=uuid.uuid4().hex[:16], seq=0, kind=request.kind, params=request.params,
                             workflow=request.workflow, queued_at=now, idempotency_key=request.idempotency_key,
-                            owner=request.owner)
+                            owner=request.owner, note=request.note)
                 fields = "".join(f"{name}\0{_enc(value)}\0" for name, value in draft.to_dict().items() if name != "seq")
                 key = _idem(request.owner, request.idempotency_key) if request.idempotency_key else ""
                 args += [draft.id, key, request.fingerprint, fields]
@@ -286,8 +287,9 @@ class RedisStore:
         return await self._transition("requeue", job_id, worker_id, _enc(reason),
                                       _enc({"code": "worker_lost", "message": reason}), str(self.max_attempts))
 
-    async def release(self, job_id: str, worker_id: str | None, reason: str) -> Job:
-        return await self._transition("release", job_id, worker_id, _enc(reason))
+    async def release(self, job_id: str, worker_id: str | None, reason: str, *, keep_handle: bool = False) -> Job:
+        """Give a claimed job back without counting the attempt (see :meth:`JobQueue.release`)."""
+        return await self._transition("release", job_id, worker_id, _enc(reason), "1" if keep_handle else "0")
 
     async def cancel(self, job_id: str) -> Job:
         return await self._transition("cancel", job_id, None)

@@ -36,7 +36,8 @@ class JobStore(Protocol):
     max_attempts: int
 
     async def enqueue(self, params: dict[str, Any], *, kind: str = "generate", workflow: dict[str, Any] | None = None,
-                      idempotency_key: str | None = None, owner: str | None = None) -> tuple[Job, bool]: ...
+                      idempotency_key: str | None = None, owner: str | None = None,
+                      note: str | None = None) -> tuple[Job, bool]: ...
 
     async def enqueue_many(self, requests: list[dict[str, Any]], *, owner: str | None = None) -> list[Job]: ...
 
@@ -72,7 +73,7 @@ class JobStore(Protocol):
 
     async def requeue(self, job_id: str, worker_id: str, reason: str) -> Job: ...
 
-    async def release(self, job_id: str, worker_id: str | None, reason: str) -> Job: ...
+    async def release(self, job_id: str, worker_id: str | None, reason: str, *, keep_handle: bool = False) -> Job: ...
 
     async def cancel(self, job_id: str) -> Job: ...
 
@@ -106,9 +107,10 @@ class DiskStore:
         return self.queue.max_attempts
 
     async def enqueue(self, params: dict[str, Any], *, kind: str = "generate", workflow: dict[str, Any] | None = None,
-                      idempotency_key: str | None = None, owner: str | None = None) -> tuple[Job, bool]:
+                      idempotency_key: str | None = None, owner: str | None = None,
+                      note: str | None = None) -> tuple[Job, bool]:
         return await asyncio.to_thread(self.queue.enqueue, params, kind=kind, workflow=workflow,
-                                       idempotency_key=idempotency_key, owner=owner)
+                                       idempotency_key=idempotency_key, owner=owner, note=note)
 
     async def enqueue_many(self, requests: list[dict[str, Any]], *, owner: str | None = None) -> list[Job]:
         return await asyncio.to_thread(self.queue.enqueue_many, requests, owner=owner)
@@ -161,8 +163,8 @@ class DiskStore:
     async def requeue(self, job_id: str, worker_id: str, reason: str) -> Job:
         return await asyncio.to_thread(self.queue.requeue, job_id, worker_id, reason)
 
-    async def release(self, job_id: str, worker_id: str | None, reason: str) -> Job:
-        return await asyncio.to_thread(self.queue.release, job_id, worker_id, reason)
+    async def release(self, job_id: str, worker_id: str | None, reason: str, *, keep_handle: bool = False) -> Job:
+        return await asyncio.to_thread(self.queue.release, job_id, worker_id, reason, keep_handle=keep_handle)
 
     async def cancel(self, job_id: str) -> Job:
         return await asyncio.to_thread(self.queue.cancel, job_id)

@@ -21,7 +21,7 @@ WebSocket refused with an HTTP status) uses an attempt, so the job fails with th
 run's handle when the run may be there) and waits while the pool probes the backend with backoff. When
 it answers again the job looks for its run there before it submits anything.
 
-Queue calls (SQLite, which may wait for a lock) run in a thread, never on the event loop.
+Queue calls go through the async :class:`~comfy.jobs.store.JobStore` (diskcache in a thread, or Redis).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from comfy.errors import ComfyError, ExecutionInterrupted, QueueError, ServerTim
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.leases import owner_alive
 from comfy.jobs.leases import worker_id as new_worker_id
-from comfy.jobs.queue import JobQueue
 from comfy.jobs.records import Job, JobState
+from comfy.jobs.store import JobStore
 from comfy.storage.local import LocalStore, StoredImage
 
 if TYPE_CHECKING:
@@ -68,14 +68,14 @@ class _Context:
 
     def __init__(self, worker: Worker, job: Job) -> None:
         self.job = job
-        self.store = worker.store
+        self.files = worker.files
         self.job_timeout = worker.job_timeout
         self._worker = worker
         self._last_write = 0.0
         self._writing: asyncio.Future[Any] | None = None
 
     async def record(self, **fields: Any) -> Job:
-        return await asyncio.to_thread(self._worker.queue.update, self.job.id, self._worker.id, **fields)
+        return await self._worker.store.update(self.job.id, self._worker.id, **fields)
 
     def submitted(self) -> None:
         self._worker._submitted.add(self.job.id)
@@ -90,9 +90,9 @@ class _Context:
         now = time.monotonic()
         if (now - self._last_write >= PROGRESS_WRITE_INTERVAL or step == steps) and self._writing is None:
             self._last_write = now
-            # In a thread, one at a time (a write skipped while one is on its way: the next carries the news).
-            self._writing = asyncio.ensure_future(asyncio.to_thread(
-                worker.queue.update, self.job.id, worker.id, progress=progress, node=node, step=step, steps=steps))
+            # One at a time (a write skipped while one is on its way: the next carries the news).
+            self._writing = asyncio.ensure_future(
+                worker.store.update(self.job.id, worker.id, progress=progress, node=node, step=step, steps=steps))
             self._writing.add_done_callback(self._written)
 
     def _written(self, task: asyncio.Future[Any]) -> None:
@@ -104,7 +104,7 @@ class _Context:
         self._worker._publish(self.job.id, "preview", preview=image, preview_mime=mime)
 
     async def status(self, text: str | None) -> None:
-        job = await asyncio.to_thread(self._worker.queue.update, self.job.id, self._worker.id, note=text, node=text)
+        job = await self._worker.store.update(self.job.id, self._worker.id, note=text, node=text)
         if text:
             self._worker._publish(self.job.id, "progress", node=text, message=text, job=job)
 
@@ -118,9 +118,9 @@ class Worker:
 
     def __init__(
         self,
-        queue: JobQueue,
+        store: JobStore,
         backends: Pool | Sequence[Backend] | Backend | ComfyClient,
-        store: LocalStore,
+        files: LocalStore,
         *,
         bus: EventBus | None = None,
         max_in_flight: int = 2,
@@ -130,14 +130,14 @@ class Worker:
         worker_id: str | None = None,
         uploader: Uploader | None = None,
     ) -> None:
-        self.queue = queue
+        self.store = store
         #: Uploads succeeded jobs' outputs to S3 in the background (None: local files only).
         self.uploader = uploader
         self.pool = _as_pool(backends, max_in_flight)
         #: The first ComfyUI server's client (None when the pool has none).
         self.client: ComfyClient | None = next(
             (b.client for b in self.pool.backends if isinstance(b, ComfyBackend)), None)
-        self.store = store
+        self.files = files
         self.bus = bus or EventBus()
         self.lease_seconds = lease_seconds
         self.job_timeout = job_timeout
@@ -196,7 +196,7 @@ class Worker:
                     await self._fill()
                 except QueueError as exc:  # e.g. the database stayed locked: try again at the next turn
                     logger.warning("Could not take jobs from the queue: %s", exc)
-                if burst and not self._tasks and not await asyncio.to_thread(self.queue.pending_ids):
+                if burst and not self._tasks and not await self.store.pending_ids():
                     break
                 self._wake.clear()
                 waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait()),
@@ -213,28 +213,28 @@ class Worker:
     async def _fill(self) -> None:
         while free := self.pool.free():
             if self.pool.single:
-                job = await asyncio.to_thread(self.queue.claim, self.id, lease_seconds=self.lease_seconds)
+                job = await self.store.claim(self.id, lease_seconds=self.lease_seconds)
             else:  # can_place only reads the pool (no I/O), so it may run in the queue's thread
-                job = await asyncio.to_thread(self.queue.claim_matching, self.id, lease_seconds=self.lease_seconds,
-                                              accept=lambda job, free=free: self.pool.can_place(job, free))
+                job = await self.store.claim_matching(self.id, lease_seconds=self.lease_seconds,
+                                                      accept=lambda job, free=free: self.pool.can_place(job, free))
             if job is None:
                 break
             free = [b for b in free if b in self.pool.free()] or free  # the pool may have moved meanwhile
             self._start(job, self.pool.choose(job, free), attach=False)
         if not (self.pool.single and self.pool.down_reason() is None) and time.monotonic() >= self._next_note:
             self._next_note = time.monotonic() + NOTE_INTERVAL
-            await asyncio.to_thread(self._note_waiting)
+            await self._note_waiting()
 
-    def _note_waiting(self) -> None:
+    async def _note_waiting(self) -> None:
         """Say why the first queued jobs wait, when it is a backend's absence (not just a busy pool)."""
-        for job_id in self.queue.pending_ids()[:NOTE_SCAN]:
+        for job_id in (await self.store.pending_ids())[:NOTE_SCAN]:
             try:
-                job = self.queue.get(job_id)
+                job = await self.store.get(job_id)
             except QueueError:
                 continue
             reason = self.pool.waiting_reason(job)
             if reason and reason != job.note and job.state is JobState.QUEUED:
-                self.queue.update(job.id, note=reason)
+                await self.store.update(job.id, note=reason)
 
     def _start(self, job: Job, backend: Backend, *, attach: bool) -> None:
         left = self.pool.find(job.backend) if job.prompt_id and not attach else None
@@ -272,7 +272,7 @@ class Worker:
             await asyncio.sleep(interval)
             try:
                 for job_id, task in list(self._tasks.items()):
-                    if not await asyncio.to_thread(self.queue.renew, job_id, self.id, lease_seconds=self.lease_seconds):
+                    if not await self.store.renew(job_id, self.id, lease_seconds=self.lease_seconds):
                         logger.warning("Lost the lease on job %s; another worker took it over", job_id)
                         task.cancel()
                 await self._adopt_expired()
@@ -283,14 +283,14 @@ class Worker:
 
     async def recover(self) -> None:
         """Take over jobs left running by a dead worker: re-attach to their runs or resubmit them."""
-        page = await asyncio.to_thread(self.queue.list, states=[JobState.RUNNING], limit=10_000)
+        page = await self.store.list(states=[JobState.RUNNING], limit=10_000)
         for job in page.jobs:
             dead = owner_alive(job.lease_owner or "") is False
             await self._adopt(job, force=dead)
         await self._adopt_expired()
 
     async def _adopt_expired(self) -> None:
-        for job in await asyncio.to_thread(self.queue.expired):
+        for job in await self.store.expired():
             await self._adopt(job, force=False)
 
     async def _adopt(self, job: Job, *, force: bool) -> None:
@@ -298,8 +298,7 @@ class Worker:
         # finish, fail or release) and nothing else would ever take it up. A live task keeps its job.
         if job.id in self._tasks:
             return
-        taken = await asyncio.to_thread(self.queue.take_over, job.id, self.id, lease_seconds=self.lease_seconds,
-                                        force=force)
+        taken = await self.store.take_over(job.id, self.id, lease_seconds=self.lease_seconds, force=force)
         if taken is None or taken.id in self._tasks:
             return
         backend = self.pool.backends[0] if self.pool.single else self.pool.find(taken.backend)
@@ -310,7 +309,7 @@ class Worker:
         else:  # it died before submitting anything, or its backend is no longer configured
             reason = "re-queued after a worker restart" if backend is not None or not taken.backend else (
                 f"re-queued after a worker restart: its backend {taken.backend} is no longer configured")
-            await asyncio.to_thread(self.queue.requeue, taken.id, self.id, reason)
+            await self.store.requeue(taken.id, self.id, reason)
             self._wake.set()
 
     # -- one job ----------------------------------------------------------------------------------
@@ -322,9 +321,8 @@ class Worker:
             stored = await self._save(job, backend, outcome)
             download_s = time.monotonic() - executed
             if outcome.notes:
-                await asyncio.to_thread(self.queue.update, job.id, self.id, note=" ".join(outcome.notes))
-            finished = await asyncio.to_thread(self.queue.finish, job.id, self.id,
-                                               outputs=[s.to_dict() for s in stored])
+                await self.store.update(job.id, self.id, note=" ".join(outcome.notes))
+            finished = await self.store.finish(job.id, self.id, outputs=[s.to_dict() for s in stored])
             self._schedule_upload(finished)
             timings = {
                 "queue_wait_s": max((finished.started_at or finished.queued_at) - finished.queued_at, 0.0),
@@ -371,8 +369,8 @@ class Worker:
     async def _release(self, job_id: str, exc: ComfyError, *, keep_handle: bool) -> None:
         where = "the backend" if self.pool.single else "a backend"
         try:
-            released = await asyncio.to_thread(self.queue.release, job_id, self.id, f"waiting for {where}: {exc}",
-                                               keep_handle=keep_handle)
+            released = await self.store.release(job_id, self.id, f"waiting for {where}: {exc}",
+                                                keep_handle=keep_handle)
         except QueueError as lost:  # left RUNNING: taken up again once its lease expires
             logger.warning("Could not hand job %s back to the queue: %s", job_id, lost)
             return
@@ -383,7 +381,7 @@ class Worker:
     async def _leave(self, job_id: str, backend: Backend) -> None:
         """Before a job is submitted again, stop its run on ``backend``; if it cannot be told, do it later."""
         try:
-            handle = (await asyncio.to_thread(self.queue.get, job_id)).prompt_id
+            handle = (await self.store.get(job_id)).prompt_id
         except QueueError:
             return
         if not handle:
@@ -422,7 +420,7 @@ class Worker:
                 break
             await _wait_any(signal, timeout=max(self.poll_interval * 2, 0.1))
         try:
-            current = await asyncio.to_thread(self.queue.get, job.id)
+            current = await self.store.get(job.id)
         except QueueError:
             return None, False
         gone = False
@@ -433,19 +431,19 @@ class Worker:
     async def _cancel_late_handle(self, job_id: str, backend: Backend, cancelled: str | None) -> None:
         # A backend that learns its handle only when it submits (RunPod) may have got it after the cancel.
         with contextlib.suppress(QueueError, ComfyError):
-            current = await asyncio.to_thread(self.queue.get, job_id)
+            current = await self.store.get(job_id)
             if current.prompt_id and current.prompt_id != cancelled:
                 await backend.cancel(current)
 
     async def _save(self, job: Job, backend: Backend, outcome: Outcome) -> list[StoredImage]:
-        current = await asyncio.to_thread(self.queue.get, job.id)
+        current = await self.store.get(job.id)
         metadata = {
             "job_id": job.id, "kind": job.kind, "params": current.params, "prompt_id": outcome.handle,
             "backend": backend.name, "execution_ms": outcome.execution_ms,
         }
         blobs = await asyncio.gather(*(output.fetch() for output in outcome.outputs))
         return [
-            self.store.save_output(job.id, index, data, metadata=metadata, node_id=output.node_id,
+            self.files.save_output(job.id, index, data, metadata=metadata, node_id=output.node_id,
                                    source=output.filename)
             for index, (output, data) in enumerate(zip(outcome.outputs, blobs))
         ]
@@ -462,13 +460,13 @@ class Worker:
 
     async def _cancel_requested(self, job_id: str) -> bool:
         try:
-            return (await asyncio.to_thread(self.queue.get, job_id)).cancel_requested
+            return (await self.store.get(job_id)).cancel_requested
         except QueueError:
             return False
 
     async def _finish_cancelled(self, job_id: str) -> None:
         try:
-            job = await asyncio.to_thread(self.queue.mark_cancelled, job_id, self.id)
+            job = await self.store.mark_cancelled(job_id, self.id)
         except QueueError as lost:  # left RUNNING: taken up again once its lease expires
             logger.warning("Could not record the cancel of job %s: %s", job_id, lost)
             return
@@ -478,7 +476,7 @@ class Worker:
         code = getattr(exc, "code", "internal_error")
         message = str(exc) if isinstance(exc, ComfyError) else f"Internal error: {type(exc).__name__}: {exc}"
         try:
-            job = await asyncio.to_thread(self.queue.fail, job_id, self.id, code=code, message=message, retry=retry)
+            job = await self.store.fail(job_id, self.id, code=code, message=message, retry=retry)
         except QueueError as lost:
             logger.warning("Could not record the failure of job %s: %s", job_id, lost)
             return
