@@ -56,12 +56,13 @@ async def test_gradio_copies_of_a_result_are_served_to_its_owner_only(tmp_path: 
         shown = await shown_image(ann, job_id)
         cached = Path(shown["path"])
         assert cached.is_relative_to(tmp_path / "gradio-tmp") and job_id in cached.parent.name  # Gradio's copy
+        [saved] = await studio.image_urls(job_id)
         mine = await ann.get(shown["url"])
-        assert mine.status_code == 200 and mine.content == Path(studio.image_urls(job_id)[0]).read_bytes()
+        assert mine.status_code == 200 and mine.content == Path(saved).read_bytes()
         for http in (bob, nobody):
             assert (await http.get(shown["url"])).status_code == 404
             assert (await http.get(f"/gradio_api/file={cached}")).status_code == 404
-            assert (await http.get(f"/gradio_api/file={studio.image_urls(job_id)[0]}")).status_code == 404
+            assert (await http.get(f"/gradio_api/file={saved}")).status_code == 404
         # A path no file can have is "not found", not a server error.
         for weird in ("/gradio_api/file=/tmp/a%00b", f"/gradio_api/file={cached.parent}%00/x.png",
                       f"/gradio_api/file={settings.outputs_dir}/{'x' * 5000}/image_0.png"):
@@ -86,8 +87,9 @@ async def test_the_open_page_beside_api_keys_serves_and_lists_only_its_own_jobs(
         for name in ("job_detail", "cancel_job", "cancel"):
             answer = await call_page(anyone, name, [key_job])
             assert answer["success"] is False and "No job with id" in str(answer), (name, answer)
-        assert (await anyone.get(f"/gradio_api/file={studio.image_urls(key_job)[0]}")).status_code == 404
-        assert (await anyone.get(f"/gradio_api/file={studio.image_urls(page_job)[0]}")).status_code == 200
+        [key_image], [page_image] = await studio.image_urls(key_job), await studio.image_urls(page_job)
+        assert (await anyone.get(f"/gradio_api/file={key_image}")).status_code == 404
+        assert (await anyone.get(f"/gradio_api/file={page_image}")).status_code == 200
         assert (await anyone.get((await shown_image(anyone, page_job))["url"])).status_code == 200
         assert (await studio.wait(key_job, timeout=5)).state is JobState.SUCCEEDED  # untouched
     line = protection(settings)

@@ -5,7 +5,6 @@ Also: another user's job id is no line in the log, and what the page keeps per b
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,25 +35,23 @@ async def test_with_api_keys_the_open_page_sees_only_the_jobs_made_on_it(studio:
     for job_id in (by_key.id, watched[0]):
         assert (await studio.wait(job_id, timeout=30)).state is JobState.SUCCEEDED
 
-    rows, thumbs, _ = h.history("all", None, page)
+    rows, thumbs, _ = await h.history("all", None, page)
     assert [row[0] for row in rows] == watched and all(by_key.id not in caption for _, caption in thumbs)
-    assert [j["job_id"] for j in h.api_jobs(request=page)] == watched
+    assert [j["job_id"] for j in await h.api_jobs(request=page)] == watched
     for call in (h.job_detail, h.cancel_job, h.move_to_front, h.reuse_settings, h.send_to_img2img):
         with pytest.raises(gr.Error, match="No job with id"):
-            answer = call(by_key.id, page)
-            if inspect.isawaitable(answer):
-                await answer
+            await call(by_key.id, page)
     with pytest.raises(gr.Error, match="No job with id"):
-        h.api_cancel(by_key.id, page)
-    assert h.restore_jobs([by_key.id, *watched], page) == watched
+        await h.api_cancel(by_key.id, page)
+    assert await h.restore_jobs([by_key.id, *watched], page) == watched
     # Its own images go to Gradio as copies in a folder named after the job (which ui.files gates).
-    _summary, _settings, images = h.job_detail(watched[0], page)
+    _summary, _settings, images = await h.job_detail(watched[0], page)
     [(shown, _caption)] = images
     assert Path(shown).parent == PageCopies(tmp_path / "gradio-cache", "secret").folder(watched[0])
-    assert Path(shown).read_bytes() == Path(studio.image_urls(watched[0])[0]).read_bytes()
+    assert Path(shown).read_bytes() == Path((await studio.image_urls(watched[0]))[0]).read_bytes()
 
     everyone = Handlers(studio)  # nothing set at all: one shared workspace, as before
-    assert {row[0] for row in everyone.history("all", None, page)[0]} == {by_key.id, watched[0]}
+    assert {row[0] for row in (await everyone.history("all", None, page))[0]} == {by_key.id, watched[0]}
 
 
 async def test_another_users_job_id_is_no_warning_in_the_log(studio: Studio, caplog: pytest.LogCaptureFixture) -> None:
@@ -63,19 +60,19 @@ async def test_another_users_job_id_is_no_warning_in_the_log(studio: Studio, cap
     caplog.set_level(logging.INFO)
     for call in (h.job_detail, h.cancel_job, h.move_to_front):
         with pytest.raises(gr.Error, match="No job with id"):
-            call(watched[0], request("bob"))
+            await call(watched[0], request("bob"))
         with pytest.raises(gr.Error, match="No job with id"):
-            call("0123456789abcdef", request("bob"))
+            await call("0123456789abcdef", request("bob"))
     assert [r for r in caplog.records if r.name.startswith("ui.") and r.levelno >= logging.INFO] == []
 
 
-def test_the_jobs_followed_per_session_are_bounded(studio: Studio) -> None:
+async def test_the_jobs_followed_per_session_are_bounded(studio: Studio) -> None:
     """Session hashes come from browsers (anyone can send new ones): the oldest sessions are forgotten."""
     h = Handlers(studio)
     for n in range(WATCHED_SESSIONS + 50):
-        h.restore_jobs([], request(session=f"made-up-{n}"))
+        await h.restore_jobs([], request(session=f"made-up-{n}"))
     assert len(h._watched) == WATCHED_SESSIONS
     assert h.watched(request(session=f"made-up-{WATCHED_SESSIONS + 49}")) == []
-    h.restore_jobs([], request(session="made-up-60"))  # a session seen again is the newest again
-    h.restore_jobs([], request(session="one-more"))
+    await h.restore_jobs([], request(session="made-up-60"))  # a session seen again is the newest again
+    await h.restore_jobs([], request(session="one-more"))
     assert ("made-up-60" in {s for _, s in h._watched}) and len(h._watched) == WATCHED_SESSIONS
