@@ -474,7 +474,6 @@ class Studio:
 
     async def jobs(self, *, states: Collection[JobState] | None = None, owner: str | None = None, limit: int = 50,
                    cursor: int | None = None, unowned: bool = False) -> JobPage:
-        """Jobs newest first; ``owner=None`` lists everyone's, unless ``unowned`` asks for the jobs nobody owns."""
         return await self.store.list(states=states, owner=owner, limit=limit, cursor=cursor, unowned=unowned)
 
     async def position(self, job_id: str) -> int | None:
