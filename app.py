@@ -27,7 +27,8 @@ from api.app import create_api
 from comfy import ConfigError, Settings, Studio, load_settings, redact_url
 from comfy.auth import PasswordChecker
 from ui import CSS, HEAD, build_ui, outputs_paths
-from ui.files import OwnedFiles, page_user
+from ui.files import OwnedFiles, PageCopies, page_user
+from ui.logins import PageLogins, page_auth
 
 logger = logging.getLogger("comfyui_studio")
 
@@ -44,29 +45,37 @@ def browser_secret(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def create_app(settings: Settings, *, studio: Studio | None = None) -> FastAPI:
+def create_app(settings: Settings, *, studio: Studio | None = None,
+               passwords: PasswordChecker | None = None) -> FastAPI:
     """The FastAPI app: REST API routes, with the Gradio page mounted at /.
 
     One :class:`PasswordChecker` serves both doors: the page's login form and HTTP Basic on the REST API,
-    so a user is the same owner of the same jobs on both.
+    so a user is the same owner of the same jobs on both, and a login's attempts are counted across both.
+    With logins or API keys, the page sees only its owner's jobs (with keys but no logins, those nobody
+    owns: the page's own), and its files (saved images, and its copies of them) only those.
     """
     studio = studio or Studio(settings)
-    users = settings.users()
-    passwords = PasswordChecker(users) if users else None
+    users, keys = settings.users(), settings.keys()
+    if users and passwords is None:
+        passwords = PasswordChecker(users, attempts_per_minute=settings.rate_limit_per_minute)
     api = create_api(studio, settings, passwords=passwords)
-    blocks = build_ui(studio, settings, auth_on=bool(users), browser_secret=browser_secret(settings))
+    secret = browser_secret(settings)
+    copies = PageCopies(gr.utils.get_upload_folder(), secret) if users or keys else None
+    blocks = build_ui(studio, settings, auth_on=bool(users), browser_secret=secret, copies=copies)
     blocks.queue(default_concurrency_limit=8)
     # Gradio awaits an async auth function: the password hash runs in the checker's threads, off the loop.
     app = gr.mount_gradio_app(
-        api, blocks, path="/", auth=passwords.check if passwords else None,
+        api, blocks, path="/", auth=page_auth(passwords) if passwords else None,
         auth_message="Log in to ComfyUI Studio." if users else None,
         allowed_paths=outputs_paths(settings), css=CSS, head=HEAD, footer_links=["api", "gradio", "settings"],
         server_name=settings.server_name, server_port=settings.server_port,
         max_file_size=settings.max_upload_bytes,  # an upload past STUDIO_MAX_UPLOAD_BYTES is refused at the door
     )
-    if users:
+    if users or keys:
         page = next(route.app for route in app.routes if isinstance(route, Mount) and route.app is not api)
-        app.add_middleware(OwnedFiles, studio=studio, user_of=page_user(page))
+        app.add_middleware(OwnedFiles, studio=studio, user_of=page_user(page), logins=bool(users), copies=copies)
+    if users:
+        app.add_middleware(PageLogins)  # the login form's attempts are limited like HTTP Basic's
     return app
 
 
@@ -75,8 +84,12 @@ def protection(settings: Settings) -> str:
     users, keys = settings.users(), settings.keys()
     if not users and not keys:
         return "no logins and no API keys: the page and the REST API are open to anyone who can reach this address"
-    page = (f"the page needs a login ({len(users)} user(s) in AUTH_USERS; each sees only their own jobs)" if users
-            else "the page is OPEN (no AUTH_USERS): anyone who reaches it sees and cancels every page job")
+    limit = settings.rate_limit_per_minute
+    attempts = f"{limit} login attempts a minute per address and per user" if limit else "login attempts unlimited"
+    page = (f"the page needs a login ({len(users)} user(s) in AUTH_USERS; each sees only their own jobs and "
+            f"images; {attempts})" if users
+            else "the page is OPEN (no AUTH_USERS): anyone who reaches it can use the GPU, and sees and cancels "
+                 "the jobs made on the page (not the API keys' jobs or images)")
     ways = ([f"{len(keys)} API key(s) as Bearer"] if keys else []) + (["the same logins as HTTP Basic"] if users else [])
     return (f"{page}; the REST API needs {' or '.join(ways)}, each seeing only its own jobs; "
             "open: /healthz, /readyz, /health, /metrics, /docs (no prompts, no user data)")

@@ -92,7 +92,8 @@ def _prefixed(index: int, exc: WorkflowError) -> ApiError:
 
 
 async def _submit(ctx: ApiContext, req: GenerateRequest, caller: Caller, key: str | None) -> Job:
-    image = decode_image(req.init_image, "init_image") if req.init_image else None
+    # Up to STUDIO_MAX_REQUEST_BYTES of base64: decoded in a thread, so other requests keep being served.
+    image = await asyncio.to_thread(decode_image, req.init_image, "init_image") if req.init_image else None
     [job] = await ctx.studio.submit(_engine_params(req, caller.owner, key), image=image, idempotency_key=key,
                                     owner=caller.owner)
     return job
@@ -237,7 +238,8 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
         values = _workflow_values(ctx, body, caller.owner, idempotency_key)
         if values:
             graph = workflows.bind_values(graph, values)
-        images = {node: decode_image(data, f"images.{node}") for node, data in body.images.items()}
+        images = await asyncio.to_thread(
+            lambda: {node: decode_image(data, f"images.{node}") for node, data in body.images.items()})
         inputs = {(node, name): value for node, given in body.inputs.items() for name, value in given.items()}
         job = await studio.submit_workflow(graph, inputs=inputs, images=images, idempotency_key=idempotency_key,
                                            owner=caller.owner, params=values or None)

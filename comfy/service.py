@@ -473,8 +473,8 @@ class Studio:
         return await self.store.get(job_id)
 
     async def jobs(self, *, states: Collection[JobState] | None = None, owner: str | None = None, limit: int = 50,
-                   cursor: int | None = None) -> JobPage:
-        return await self.store.list(states=states, owner=owner, limit=limit, cursor=cursor)
+                   cursor: int | None = None, unowned: bool = False) -> JobPage:
+        return await self.store.list(states=states, owner=owner, limit=limit, cursor=cursor, unowned=unowned)
 
     async def position(self, job_id: str) -> int | None:
         return await self.store.position(job_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +26,7 @@ from tests.api_support import (  # noqa: F401
     submit,
     until,
 )
-from tests.fixtures_util import workflow
+from tests.fixtures_util import image, workflow
 
 # -- auth and limits -------------------------------------------------------------------------------------
 
@@ -82,6 +83,44 @@ async def test_rate_limit(make_api) -> None:
         assert [(await api.http.get("/models")).status_code for _ in range(3)] == [200, 200, 429]
     async with make_api(rate_limit_per_minute=0) as api:  # off
         assert {(await api.http.get("/api/v1/jobs")).status_code for _ in range(10)} == {200}
+
+
+#: Authorization headers FastAPI's HTTPBasic would answer 401 to even on an open API (or that we must not 500 on).
+ODD_AUTHORIZATION = [b"Basic \xe9t\xe9", b"Basic " + base64.b64encode(b"no-colon"), b"Basic !!not base64!!",
+                     b"Basic", b"Basic " + base64.b64encode(b"\xff\xfe:pw"), b"Bearer", b"Bearer \xe9\xe9",
+                     b"Digest username=ann", b"\xe9", b"Basic " + base64.b64encode(b"ann:" + b"x" * 5000)]
+
+
+async def test_an_open_api_ignores_authorization_a_protected_one_explains_malformed_ones(make_api) -> None:
+    async with make_api() as api:  # nothing required: whatever a proxy or a client sends is not read
+        for value in ODD_AUTHORIZATION:
+            response = await api.http.get("/api/v1/jobs", headers={"Authorization": value})
+            assert response.status_code == 200, (value, response.text)
+    async with make_api(api_keys=ALPHA, auth_users="ann:pw1") as api:
+        for value in ODD_AUTHORIZATION:
+            response = await api.http.get("/api/v1/jobs", headers={"Authorization": value})
+            assert response.status_code == 401, (value, response.text)
+            error = error_of(response)
+            assert error["code"] == "unauthorized" and error["message"].endswith("."), (value, error)
+        assert (await api.http.get("/api/v1/jobs", headers={"Authorization": f"Bearer {ALPHA}"})).status_code == 200
+
+
+async def test_base64_images_are_decoded_off_the_event_loop(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 25 MB body is a lot of base64: its decoding must not stall every other request."""
+    decoded_on: list[int] = []
+    real = base64.b64decode
+
+    def noted(data: Any, *args: Any, **kwargs: Any) -> bytes:
+        decoded_on.append(threading.get_ident())
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(base64, "b64decode", noted)
+    png = base64.b64encode(image("protocol-test-input.png")).decode()
+    assert (await api.http.post("/api/v1/jobs", json={**SMALL, "init_image": png})).status_code == 202
+    graph = {"workflow": workflow("img2img_api"), "images": {"1": png}}
+    response = await api.http.post("/api/v1/workflows/jobs", json=graph)
+    assert response.status_code == 202, response.text
+    assert len(decoded_on) >= 2 and threading.get_ident() not in decoded_on
 
 
 async def test_oversized_bodies_are_refused(make_api) -> None:

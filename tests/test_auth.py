@@ -1,8 +1,11 @@
-"""Logins: a wrong one costs the same whoever is named, and no password check ever runs on the event loop."""
+"""Logins: a wrong one costs the same whoever is named, no password check ever runs on the event loop, the
+rate limit is paid before a password is looked at (on the page's login form and on HTTP Basic alike), and a
+flood of logins is refused at once rather than queued."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import threading
 from pathlib import Path
@@ -11,7 +14,7 @@ import httpx
 import pytest
 
 from app import create_app
-from comfy.auth import PasswordChecker, hash_password
+from comfy.auth import CHECKERS, WAITING, PasswordChecker, hash_password
 from tests.api_support import serve
 from tests.conftest import make_settings
 from tests.fakes.comfyui import FakeComfy
@@ -41,6 +44,87 @@ def test_a_wrong_login_does_the_same_work_for_a_known_and_an_unknown_name(rounds
         assert [n for n, _ in rounds_seen] == [ROUNDS], name  # one hash of the configured cost, whoever it is
         rounds_seen.clear()
     assert checker("ann", "pw1") and checker("bob", "plain-pw2")
+
+
+def test_a_wrong_login_costs_the_costliest_hash_whoever_is_named(rounds_seen) -> None:
+    """A user with a cheaper hash (fewer rounds) or a plain password costs as much as the costliest one."""
+    checker = PasswordChecker({"ann": hash_password("pw1", iterations=ROUNDS),
+                               "bob": hash_password("pw2", iterations=ROUNDS // 20), "carol": "plain-pw3"})
+    rounds_seen.clear()
+    for name in ("ann", "bob", "carol", "nobody"):
+        assert checker(name, "wrong-guess") is False
+        assert sum(n for n, _ in rounds_seen) == ROUNDS, (name, rounds_seen)
+        rounds_seen.clear()
+    assert checker("bob", "pw2") and checker("carol", "plain-pw3")
+
+
+def basic(user: str, password: str, address: str | None = None) -> dict[str, str]:
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return headers | ({"X-Forwarded-For": address} if address else {})  # uvicorn takes it from 127.0.0.1
+
+
+async def test_a_limited_login_is_refused_before_its_password_is_checked(tmp_path: Path, fake_comfy: FakeComfy,
+                                                                         rounds_seen) -> None:
+    """3 attempts a minute: the 4th is refused unchecked (right or wrong: 429 says nothing), on the page's
+    form and on HTTP Basic, which share the budget of the user name and of the address."""
+    settings = make_settings(tmp_path, fake_comfy.url, rate_limit_per_minute=3,
+                             auth_users=f"ann:{hash_password('pw1', iterations=ROUNDS)},bob:pw2")
+    async with serve(create_app(settings)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        for _ in range(2):
+            assert (await http.post("/login/", data={"username": "ann", "password": "guess"})).status_code == 400
+        assert (await http.get("/api/v1/jobs", headers=basic("ann", "guess", "10.0.0.7"))).status_code == 401
+        rounds_seen.clear()
+        right = await http.post("/login/", data={"username": "ann", "password": "pw1"})
+        assert right.status_code == 429 and 1 <= int(right.headers["retry-after"]) <= 20, right.text
+        assert "Too many login attempts" in right.json()["detail"]
+        api = await http.get("/api/v1/jobs", headers=basic("ann", "pw1", "10.0.0.8"))  # the user's budget
+        assert api.status_code == 429 and "Too many login attempts" in api.json()["error"]["message"]
+        assert rounds_seen == []  # nothing was hashed: refused before the check
+        page_html = (await http.get("/")).text
+        assert "studio-login-note" in page_html  # the login form shows that sentence
+
+        # Another user is not limited by ann's budget, but this address has spent its own (2 wrong here).
+        assert (await http.post("/login/", data={"username": "bob", "password": "pw2"})).status_code == 200
+        assert (await http.get("/api/v1/jobs", headers=basic("bob", "pw2", "10.0.0.9"))).status_code == 200
+        assert (await http.post("/login/", data={"username": "bob", "password": "no"})).status_code == 400
+        assert (await http.post("/login/", data={"username": "bob", "password": "pw2"})).status_code == 429
+
+
+async def test_a_flood_of_logins_is_refused_at_once_not_queued(tmp_path: Path, fake_comfy: FakeComfy,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """While CHECKERS + WAITING checks are in flight, one more login answers 503 at once with a sentence.
+
+    The flood's hashes are held until the extra logins have answered; were they queued behind the flood,
+    they would not answer until the hold ran out (``released`` False).
+    """
+    users = {"ann": hash_password("pw1", iterations=1000)}
+    settings = make_settings(tmp_path, fake_comfy.url, rate_limit_per_minute=0, auth_users=f"ann:{users['ann']}")
+    checker = PasswordChecker(users)
+    release = threading.Event()
+    released: list[bool] = []
+    real = hashlib.pbkdf2_hmac
+
+    def held(name: str, password: bytes, salt: bytes, iterations: int, *args: object) -> bytes:
+        if password == b"flood":
+            released.append(release.wait(timeout=20))
+        return real(name, password, salt, iterations, *args)
+
+    monkeypatch.setattr(hashlib, "pbkdf2_hmac", held)
+    async with serve(create_app(settings, passwords=checker)) as url, \
+            httpx.AsyncClient(base_url=url, timeout=60) as http:
+        flood = [asyncio.create_task(http.post("/login/", data={"username": "ann", "password": "flood"}))
+                 for _ in range(CHECKERS + WAITING)]
+        async with asyncio.timeout(15):
+            while checker.in_flight < CHECKERS + WAITING:
+                await asyncio.sleep(0.01)
+        page = await http.post("/login/", data={"username": "ann", "password": "pw1"})
+        api = await http.get("/api/v1/jobs", headers=basic("ann", "pw1"))
+        release.set()
+        assert page.status_code == 503 and "busy checking other logins" in page.json()["detail"], page.text
+        assert api.status_code == 503 and api.headers["retry-after"] and "busy" in api.json()["error"]["message"]
+        assert [r.status_code for r in await asyncio.gather(*flood)] == [400] * (CHECKERS + WAITING)
+        assert released == [True] * (CHECKERS + WAITING)
+        assert (await http.post("/login/", data={"username": "ann", "password": "pw1"})).status_code == 200
 
 
 async def test_checks_run_off_the_loop_and_a_success_is_remembered(rounds_seen) -> None:

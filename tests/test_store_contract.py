@@ -474,6 +474,25 @@ async def test_list_filters_by_state_and_owner_with_totals_and_counts(store: Job
                                     JobState.FAILED: 0, JobState.CANCELLED: 1}
 
 
+async def test_unowned_lists_only_the_jobs_nobody_owns_with_their_total(store: JobStore, clock: FakeClock) -> None:
+    """The open page beside API keys lists its own jobs (owner None), not a key's: ``unowned``."""
+    key = await add(store, 2, owner="key:0123456789abcdef")
+    page = await add(store, 3)
+    await store.cancel(page[0].id)
+    await store.finish((await store.claim(W1, lease_seconds=30)).id, W1, outputs=[])  # key[0]
+    mine = await store.list(unowned=True)
+    assert ids(mine) == [j.id for j in reversed(page)] and mine.total == 3
+    first = await store.list(unowned=True, limit=2)
+    assert ids(first) == [page[2].id, page[1].id] and first.total == 3
+    assert ids(await store.list(unowned=True, cursor=first.next_cursor)) == [page[0].id]
+    queued = await store.list(unowned=True, states=[JobState.QUEUED])
+    assert ids(queued) == [page[2].id, page[1].id] and queued.total == 2
+    assert (await store.list()).total == 5 and (await store.list(owner=key[0].owner)).total == 2
+    clock.advance(100)
+    assert await store.prune(older_than=clock.now) == 2  # page[0] and key[0]
+    assert (await store.list(unowned=True)).total == 2
+
+
 async def test_prune_deletes_only_old_final_jobs_and_frees_their_keys(store: JobStore, clock: FakeClock) -> None:
     a, b, c, d = await add(store, 4, owner="ann")
     await store.enqueue({"prompt": "keyed"}, idempotency_key="k")

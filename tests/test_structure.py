@@ -21,7 +21,8 @@ MAX_ENGINE_TOP_MODULES = 12
 #: A module matches the longest prefix listed. ``comfy.errors`` is open to all.
 ALLOWED: dict[str, tuple[str, ...]] = {
     "comfy.errors": (),
-    "comfy.auth": (),
+    "comfy.auth": ("comfy.ratelimit",),
+    "comfy.ratelimit": (),
     "comfy.settings": (),
     "comfy.graph": ("comfy.graph",),
     "comfy.jobs": ("comfy.jobs.records", "comfy.jobs.leases", "comfy.jobs.layout", "comfy.jobs.queue",

@@ -41,7 +41,7 @@ def app_process(comfy_url: str, data_dir: Path, **env: str) -> Iterator[tuple[st
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded 2-core machine takes long to import gradio
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"app exited: {(data_dir.parent / f'app-{port}.log').read_text()[-3000:]}")
@@ -51,7 +51,7 @@ def app_process(comfy_url: str, data_dir: Path, **env: str) -> Iterator[tuple[st
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("app did not start in 60 s")
+                raise RuntimeError("app did not start in 180 s")
             time.sleep(0.2)
         yield url, proc
     finally:
@@ -65,3 +65,24 @@ def app_process(comfy_url: str, data_dir: Path, **env: str) -> Iterator[tuple[st
 
 def app_log(data_dir: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in data_dir.parent.glob("app-*.log"))
+
+
+async def call_page(http: httpx.AsyncClient, api_name: str, data: list, session: str | None = None) -> dict:
+    """Run one of the page's event handlers as the browser does (``/gradio_api/queue/join``); the final message."""
+    import json
+    import secrets
+
+    config = (await http.get("/config")).json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d["api_name"] == api_name)
+    session = session or secrets.token_hex(8)
+    joined = await http.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_index,
+                                                             "session_hash": session, "event_data": None,
+                                                             "trigger_id": None})
+    assert joined.status_code == 200, joined.text
+    async with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    return message
+    raise AssertionError("the queue never completed the call")

@@ -14,6 +14,7 @@ import functools
 import io
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from comfy import ComfyError, GenerationParams, Job, JobEvent, JobNotFound, JobS
 from comfy import graph as workflows
 from comfy.graph.pnginfo import read_png_info
 from ui import render
+from ui.files import PageCopies
 
 __all__ = ["Handlers", "FORM_FIELDS", "friendly", "storable_form"]
 
@@ -35,13 +37,16 @@ FORM_FIELDS = ["prompt", "negative_prompt", "checkpoint", "sampler", "scheduler"
                "height", "batch_size", "batch_count", "denoise"]
 WATCH_LIMIT = 64  # jobs one page follows at once
 GALLERY_LIMIT = 48  # newest results shown under the preview; the history pages through the rest
+WATCHED_SESSIONS = 4096  # pages whose followed jobs are kept; the least recently active is forgotten first
 
 
 def _to_gr_error(exc: Exception) -> gr.Error:
     if isinstance(exc, ComfyError):
-        # An ordinary error is one line in the log; Gradio would print the whole chained traceback.
-        user = isinstance(exc, WorkflowError)
-        logger.log(logging.INFO if user else logging.WARNING, "%s: %s", "Refused" if user else "Backend problem", exc)
+        # An ordinary error is one line in the log; Gradio would print the whole chained traceback. A job
+        # id that is not there (or another user's) is a caller's guess: not worth a line at all.
+        user = isinstance(exc, (WorkflowError, JobNotFound))
+        level = logging.DEBUG if isinstance(exc, JobNotFound) else logging.INFO if user else logging.WARNING
+        logger.log(level, "%s: %s", "Refused" if user else "Backend problem", exc)
         return gr.Error(str(exc), title="Cannot do that" if user else "Backend problem", print_exception=False)
     logger.exception("Unexpected error in a UI handler")
     return gr.Error(f"Something went wrong ({type(exc).__name__}); the details are in the server log.")
@@ -94,12 +99,18 @@ def _decode_data_url(value: str) -> bytes:
 class Handlers:
     """The UI's behaviour, bound to one :class:`Studio` (shared by every browser session)."""
 
-    def __init__(self, studio: Studio, *, auth_on: bool = False) -> None:
+    def __init__(self, studio: Studio, *, auth_on: bool = False, keys_on: bool = False,
+                 copies: PageCopies | None = None) -> None:
         self.studio = studio
         self.auth_on = auth_on
+        #: Whether the page sees only its owner's jobs: with logins each user's; with API keys but no
+        #: logins the open page's (owner None), never an API key's.
+        self.scoped = auth_on or keys_on
+        #: Result images go to Gradio as these copies, which ui.files gates by owner (None: the files).
+        self.copies = copies
         #: (user, session hash) -> job ids that page follows (the newest batch and what is still running).
         #: The user is part of the key: a session hash comes from the browser, anyone can send another's.
-        self._watched: dict[tuple[str | None, str], list[str]] = {}
+        self._watched: OrderedDict[tuple[str | None, str], list[str]] = OrderedDict()
 
     # -- models and status ------------------------------------------------------------------------
 
@@ -186,7 +197,13 @@ class Handlers:
     async def _watch(self, request: gr.Request | None, job_ids: list[str]) -> None:
         key = self._session(request)
         keep = [i for i in self._watched.get(key, []) if not await self._final(i)]
-        self._watched[key] = (keep + [i for i in job_ids if i not in keep])[-WATCH_LIMIT:]
+        self._follow(key, (keep + [i for i in job_ids if i not in keep])[-WATCH_LIMIT:])
+
+    def _follow(self, key: tuple[str | None, str], job_ids: list[str]) -> None:
+        self._watched[key] = job_ids
+        self._watched.move_to_end(key)
+        while len(self._watched) > WATCHED_SESSIONS:  # session hashes come from browsers: keep a bound
+            self._watched.popitem(last=False)
 
     def watched(self, request: gr.Request | None) -> list[str]:
         return list(self._watched.get(self._session(request), []))
@@ -223,7 +240,7 @@ class Handlers:
         """After a reload: follow again the jobs this browser was following (those of this user)."""
         ids = [i for i in (stored or []) if isinstance(i, str)][-WATCH_LIMIT:]
         known = [job.id for job in await self._mine(ids, request)]
-        self._watched[self._session(request)] = known
+        self._follow(self._session(request), known)
         return self.watched(request)
 
     async def watch(self, request: gr.Request) -> AsyncIterator[tuple[str, Any, list[Any]]]:
@@ -270,7 +287,12 @@ class Handlers:
         except ComfyError as exc:
             logger.warning("Cannot show the images of job %s: %s", job.id, exc)
             return []
-        return [u for u in urls if u.startswith(("http://", "https://")) or Path(u).is_file()]
+        shown = [u for u in urls if u.startswith(("http://", "https://")) or Path(u).is_file()]
+        if self.copies is None:
+            return shown
+        copies = self.copies
+        return await asyncio.to_thread(  # a copy may be made: file work, off the event loop
+            lambda: [u if u.startswith(("http://", "https://")) else copies.copy(job.id, u) for u in shown])
 
     # -- queue & history --------------------------------------------------------------------------
 
@@ -278,7 +300,7 @@ class Handlers:
     async def history(self, state: str, cursor: int | None,
                       request: gr.Request) -> tuple[list[list[Any]], list[Any], int | None]:
         states = None if state in ("", "all", None) else [JobState(state)]
-        page = await self.studio.jobs(states=states, owner=_owner(request, self.auth_on), limit=25, cursor=cursor)
+        page = await self.studio.jobs(states=states, **self._whose(request), limit=25, cursor=cursor)
         positions = {job.id: await self.studio.position(job.id) for job in page.jobs if job.state is JobState.QUEUED}
         thumbs = [(images[0], f"{job.id} · {render.job_caption(job)}") for job in page.jobs
                   if (images := await self.images(job))]
@@ -288,9 +310,14 @@ class Handlers:
         """The job if the caller may see it; another user's job is "not found", as on the REST API."""
         owner = _owner(request, self.auth_on)
         job = await self.studio.job(job_id)
-        if self.auth_on and job.owner != owner:
+        if self.scoped and job.owner != owner:
             raise JobNotFound(job_id)
         return job
+
+    def _whose(self, request: gr.Request | None) -> dict[str, Any]:
+        """The owner filter of this page's listings: its owner's jobs (only those nobody owns when that is None)."""
+        owner = _owner(request, self.auth_on)
+        return {"owner": owner, "unowned": self.scoped and owner is None}
 
     @friendly
     async def job_detail(self, job_id: str | None, request: gr.Request) -> tuple[str, dict[str, Any], list[Any]]:
@@ -489,8 +516,7 @@ class Handlers:
             states = [JobState(state)] if state else None
         except ValueError:
             raise gr.Error(f"state must be one of: {', '.join(s.value for s in JobState)}.") from None
-        page = await self.studio.jobs(states=states, owner=_owner(request, self.auth_on),
-                                      limit=max(1, min(int(limit), 200)))
+        page = await self.studio.jobs(states=states, **self._whose(request), limit=max(1, min(int(limit), 200)))
         return [{"job_id": j.id, "state": j.state.value, "prompt": j.params.get("prompt"), "progress": j.progress,
                  "images": await self.images(j), "error": j.error} for j in page.jobs]
 

@@ -15,6 +15,7 @@ import gradio as gr
 
 from comfy import Settings, Studio
 from ui import render
+from ui.files import PageCopies
 from ui.handlers import FORM_FIELDS, Handlers, storable_form
 
 __all__ = ["build_ui", "CSS", "HEAD", "uploaded_image"]
@@ -53,9 +54,13 @@ document.addEventListener('keydown', (e) => {
 """
 
 
-def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, browser_secret: str = "") -> gr.Blocks:
-    """The Blocks for one studio; ``browser_secret`` keeps saved form values readable across restarts."""
-    h = Handlers(studio, auth_on=auth_on)
+def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, browser_secret: str = "",
+             copies: PageCopies | None = None) -> gr.Blocks:
+    """The Blocks for one studio; ``browser_secret`` keeps saved form values readable across restarts.
+
+    ``copies``: hand result images to Gradio as these owner-gated copies (see :mod:`ui.files`).
+    """
+    h = Handlers(studio, auth_on=auth_on, keys_on=bool(settings.keys()), copies=copies)
     limits = studio.limits
     with gr.Blocks(title="ComfyUI Studio") as demo:
         form_store = gr.BrowserState({}, storage_key="comfyui-studio-form", secret=browser_secret)

@@ -5,6 +5,7 @@ See :mod:`comfy.jobs.queue` for the layout drawn out. Every value written in a t
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,11 @@ COUNTS_KEY = "counts"
 #: second rewrites a few hundred bytes, not a graph of up to 25 MB. The record says it is there.
 WORKFLOW_KEY = "workflow:{}"
 HEAVY_FLAG = "workflow_stored"
+#: An owner's jobs (owner code 0: the jobs nobody owns), oldest first, in chunks of seqs: so one owner's
+#: page and total read that owner's jobs, not the whole index. Only the last chunk of an owner is not full.
+OWNED_KEY = "owned:{}:{}"
+#: Set once the owners' lists cover every job (a queue made before them gets them built at open).
+OWNED_READY_KEY = "owned_ready"
 
 # What a commit costs is the SQLite pages it writes (to the WAL), so every value written in a transition
 # fits in one page (< 4 KiB, no overflow pages) and the blobs that grow are cut into chunks.
@@ -33,6 +39,10 @@ BUCKET_SIZE = 256
 #: Ids per chunk of the pending order (2 KiB).
 PENDING_CHUNK = 256
 ID_BYTES = 8
+#: Seqs per chunk of an owner's list (4 bytes each: 2 KiB).
+OWNED_CHUNK = 512
+_SEQ = struct.Struct("<I")
+_OWNED_BYTES = OWNED_CHUNK * _SEQ.size
 _IDS_AT = BUCKET_SIZE
 _OWNERS_AT = (1 + ID_BYTES) * BUCKET_SIZE
 _BUCKET_BYTES = (1 + ID_BYTES + 2) * BUCKET_SIZE
@@ -52,8 +62,11 @@ class Txn:
     most transitions write just the record, one bucket and one chunk: each write is a page in the WAL.
     """
 
-    def __init__(self, cache: diskcache.Cache) -> None:
+    def __init__(self, cache: diskcache.Cache, tails: dict[int, int] | None = None) -> None:
         self.cache = cache
+        #: Owner code -> the number of its last list chunk, as last seen (a hint: see :func:`owned_tail`).
+        self._tails = tails if tails is not None else {}
+        self._owned: dict[tuple[int, int], bytes] = {}
         self._head: dict[str, Any] | None = None
         self._head_dirty = False
         self._chunks: dict[int, bytes] = {}
@@ -81,6 +94,8 @@ class Txn:
                 self.cache.delete(PENDING_KEY.format(number))
         for number in self._dirty_buckets:
             self.cache.set(BUCKET_KEY.format(number), bytes(self._buckets[number]))
+        for (code, number), data in self._owned.items():
+            self.cache.set(OWNED_KEY.format(code, number), data)
         if self._head_dirty:
             self.cache.set(QUEUE_KEY, self._head)
         if self._counts_dirty:
@@ -141,6 +156,31 @@ class Txn:
             buf[_IDS_AT + offset * ID_BYTES:_IDS_AT + (offset + 1) * ID_BYTES] = bytes.fromhex(job_id)
         if owner_code is not None:
             struct.pack_into("<H", buf, _OWNERS_AT + offset * 2, owner_code)
+
+    # -- the owners' lists: chunks of 4-byte seqs, oldest first ------------------------------------
+
+    def own(self, owner_code: int, seq: int) -> None:
+        """Add a new job's ``seq`` to the end of its owner's list (seqs only grow, so the list stays sorted)."""
+        number = owned_tail(self.cache, owner_code, self._tails, self._owned)
+        key = (owner_code, number)
+        data = self._owned.get(key)
+        if data is None:
+            data = self.cache.get(OWNED_KEY.format(owner_code, number), b"")
+        if len(data) >= _OWNED_BYTES:  # full: this seq starts the next chunk
+            key, data = (owner_code, number + 1), b""
+            self._tails[owner_code] = number + 1
+        self._owned[key] = data + _SEQ.pack(seq)
+
+    def build_owned(self) -> None:
+        """Fill the owners' lists from the index (a queue made before they were kept), oldest job first."""
+        for number in range(self.head["bucket"] + 1):
+            buf = self.cache.get(BUCKET_KEY.format(number))
+            if buf is None:
+                continue
+            owners = _owners(buf)
+            for offset in range(BUCKET_SIZE):
+                if buf[offset] != _FREE:
+                    self.own(owners[offset], number * BUCKET_SIZE + offset + 1)
 
     # -- the pending order: chunks of 8-byte ids, front first ---------------------------------------
 
@@ -234,6 +274,66 @@ class Txn:
                 self.insert_pending(new["id"], 0)
 
 
+def owned_tail(cache: diskcache.Cache, owner_code: int, tails: dict[int, int],
+               pending: dict[tuple[int, int], bytes] | None = None) -> int:
+    """The number of ``owner_code``'s last list chunk: from the hint in ``tails``, past every full chunk
+    (another process may have filled some since)."""
+    number = tails.get(owner_code, 0)
+    while True:
+        data = (pending or {}).get((owner_code, number))
+        if data is None:
+            data = cache.get(OWNED_KEY.format(owner_code, number), b"")
+        if len(data) < _OWNED_BYTES:
+            break
+        nxt = (pending or {}).get((owner_code, number + 1))
+        if nxt is None and cache.get(OWNED_KEY.format(owner_code, number + 1)) is None:
+            break  # full, and nothing after it yet: it is the last
+        number += 1
+    tails[owner_code] = number
+    return number
+
+
+def owned_page(cache: diskcache.Cache, owner_code: int, tails: dict[int, int], codes: set[int], highest: int | None,
+               limit: int) -> tuple[list[tuple[int, str]], int]:
+    """(up to ``limit`` + 1 (seq, id) newest first from seq ``highest``, total) of one owner's jobs in ``codes``.
+
+    Reads that owner's list and the index buckets its jobs are in, nothing else: the cost follows the
+    number of jobs the owner ever had (a pruned job stays in the list, and is skipped), not the queue's.
+    The owner's seqs in one bucket are taken as a run; a run without gaps is counted and searched with
+    ``bytes`` methods, as the whole index is.
+    """
+    found: list[tuple[int, str]] = []
+    total = 0
+    number, buf = -1, b""
+    for chunk in range(owned_tail(cache, owner_code, tails), -1, -1):
+        data = cache.get(OWNED_KEY.format(owner_code, chunk), b"")
+        seqs = struct.unpack(f"<{len(data) // _SEQ.size}I", data)
+        end = len(seqs)
+        while end:
+            bucket = (seqs[end - 1] - 1) // BUCKET_SIZE
+            base = bucket * BUCKET_SIZE
+            start = bisect.bisect_left(seqs, base + 1, 0, end)  # seqs[start:end]: this owner's in the bucket
+            if bucket != number:
+                number, buf = bucket, cache.get(BUCKET_KEY.format(bucket)) or b""
+            if buf:
+                low, high = seqs[start] - base - 1, seqs[end - 1] - base - 1
+                top = high if highest is None else min(high, highest - base - 1)
+                if high - low + 1 == end - start:  # no gaps: whole runs of the bucket's bytes
+                    total += sum(buf.count(code, low, high + 1) for code in codes)
+                    offsets: Iterator[int] = (o for o in _offsets_down(buf, top, codes) if o >= low) \
+                        if len(found) <= limit else iter(())
+                else:
+                    matching = [seq - base - 1 for seq in seqs[start:end] if buf[seq - base - 1] in codes]
+                    total += len(matching)
+                    offsets = (o for o in reversed(matching) if o <= top)
+                for offset in offsets:
+                    if len(found) > limit:
+                        break
+                    found.append((base + offset + 1, buf[_IDS_AT + offset * ID_BYTES:_IDS_AT + (offset + 1) * ID_BYTES].hex()))
+            end = start
+    return found, total
+
+
 def split_heavy(record: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """(the record to store, the workflow to store apart or None when there is no new one)."""
     if record.get("workflow") is None:
@@ -277,25 +377,17 @@ def _owners(buf: bytes) -> tuple[int, ...]:
     return struct.unpack_from(_OWNERS_FORMAT, buf, _OWNERS_AT)
 
 
-def count_in_bucket(buf: bytes, codes: set[int], owner_code: int | None) -> int:
-    if owner_code is None:
-        return sum(buf.count(code, 0, BUCKET_SIZE) for code in codes)
-    return sum(1 for state, owner in zip(buf[:BUCKET_SIZE], _owners(buf)) if owner == owner_code and state in codes)
-
-
-def bucket_matches(buf: bytes, number: int, codes: set[int], owner_code: int | None = None, highest: int | None = None,
-             limit: int = BUCKET_SIZE) -> Iterator[tuple[int, str]]:
-    """(seq, id) of a bucket's jobs matching the filter, newest first from seq ``highest``, at most ``limit``."""
+def bucket_matches(buf: bytes, number: int, codes: set[int], highest: int | None = None,
+                   limit: int = BUCKET_SIZE) -> Iterator[tuple[int, str]]:
+    """(seq, id) of a bucket's jobs in ``codes``, newest first from seq ``highest``, at most ``limit``."""
     base = number * BUCKET_SIZE
     top = BUCKET_SIZE - 1 if highest is None else min(highest - base - 1, BUCKET_SIZE - 1)
-    owners = _owners(buf) if owner_code is not None else None
     found = 0
     for offset in _offsets_down(buf, top, codes):
-        if owners is None or owners[offset] == owner_code:
-            yield base + offset + 1, buf[_IDS_AT + offset * ID_BYTES:_IDS_AT + (offset + 1) * ID_BYTES].hex()
-            found += 1
-            if found >= limit:
-                return
+        yield base + offset + 1, buf[_IDS_AT + offset * ID_BYTES:_IDS_AT + (offset + 1) * ID_BYTES].hex()
+        found += 1
+        if found >= limit:
+            return
 
 
 def _offsets_down(buf: bytes, top: int, codes: set[int]) -> Iterator[int]:

@@ -14,6 +14,8 @@ so records survive code changes:
                      each, so listing, counting and filtering read a few small blobs, not every record;
                      the next seq is the newest bucket's first free slot (so no counter is written)
     owners           {owner name: owner code}; codes never change once given
+    owned:<c>:<n>    owner code c's job seqs (0: the jobs nobody owns), oldest first, 512 to a chunk: an
+                     owner's page and total read that owner's jobs, not the whole index
     idem:<sha256>    {"job_id", "fingerprint"} for an idempotency key, scoped per owner
 
 Lifecycle::
@@ -52,6 +54,7 @@ from comfy.jobs.layout import (
     IDEMPOTENCY_KEY,
     JOB_KEY,
     MAX_OWNERS,
+    OWNED_READY_KEY,
     OWNERS_KEY,
     PRUNED,
     QUEUE_KEY,
@@ -59,10 +62,10 @@ from comfy.jobs.layout import (
     WORKFLOW_KEY,
     Txn,
     bucket_matches,
-    count_in_bucket,
     find_id,
     is_id,
     load_head,
+    owned_page,
     split_heavy,
     with_heavy,
 )
@@ -132,6 +135,7 @@ class JobQueue:
         self.lock_timeout = timeout
         self._now = now
         self._owner_codes: dict[str, int] = {}
+        self._owned_tails: dict[int, int] = {}
         with _map_errors():
             # A plain Cache evicts (least recently stored, 1 GB) and would drop jobs: never here. cull_limit=0
             # also skips the expiry scan on every write. WAL + synchronous=NORMAL: a commit survives kill -9.
@@ -140,6 +144,11 @@ class JobQueue:
                 statistics=False, tag_index=False, sqlite_journal_mode="wal", sqlite_synchronous=1,
                 disk_min_file_size=2**24,  # records stay in SQLite, inside the transaction
             )
+        if self._cache.get(OWNED_READY_KEY) is None:
+            with self._txn() as txn:  # a new queue, or one made before the owners' lists: build them once
+                if self._cache.get(OWNED_READY_KEY) is None:
+                    txn.build_owned()
+                    self._cache.set(OWNED_READY_KEY, True)
 
     def close(self) -> None:
         self._cache.close()
@@ -153,7 +162,7 @@ class JobQueue:
     @contextlib.contextmanager
     def _txn(self) -> Iterator[Txn]:
         with _map_errors(), self._cache.transact():
-            txn = Txn(self._cache)
+            txn = Txn(self._cache, self._owned_tails)
             yield txn
             txn.flush()
 
@@ -205,6 +214,7 @@ class JobQueue:
         if heavy is not None:
             self._cache.set(WORKFLOW_KEY.format(job.id), heavy)
         txn.index(seq, CODE[QUEUED], job.id, owner_code)
+        txn.own(owner_code, seq)
         txn.insert_pending(job.id, None)
         if idem is not None:
             self._cache.set(idem, {"job_id": job.id, "fingerprint": request.fingerprint})
@@ -242,28 +252,30 @@ class JobQueue:
             return Job.from_dict(with_heavy(self._cache, record))
 
     def list(self, *, states: Collection[JobState] | None = None, owner: str | None = None, limit: int = 50,
-             cursor: int | None = None) -> JobPage:
-        """Jobs newest first, optionally only some states or one owner's; ``cursor`` from the previous page.
+             cursor: int | None = None, unowned: bool = False) -> JobPage:
+        """Jobs newest first, optionally only some states, and one owner's (with ``unowned``, only the jobs
+        nobody owns; else ``owner=None`` means everyone's); ``cursor`` from the previous page.
 
-        Reads the index (a few KiB per 256 jobs) down to the page, and then only the records on it.
+        Without an owner: reads the index (a few KiB per 256 jobs) down to the page, the total from the
+        running counts. For one owner: that owner's list and the buckets of its jobs. Then only the records
+        on the page.
         """
         codes = {CODE[JobState(s).value] for s in states} if states is not None else set(STATE_OF)
-        owner_code = self._owner_code(owner, create=False) if owner is not None else None
+        owner_code = 0 if unowned else self._owner_code(owner, create=False) if owner is not None else None
         if (owner is not None and owner_code is None) or not codes:
             return JobPage([], None, 0)
         highest = None if cursor is None else cursor - 1
         found: list[tuple[int, str]] = []
-        # Without an owner the total comes from the running counts, and the scan stops at the page.
-        known = self.counts() if owner_code is None else None
-        total = 0 if known is None else sum(known[STATE_OF[code]] for code in codes)
         with _map_errors():
-            for number, buf in self._buckets_down():
-                if known is None:
-                    total += count_in_bucket(buf, codes, owner_code)
-                elif len(found) > limit:
-                    break
-                if len(found) <= limit:
-                    found.extend(bucket_matches(buf, number, codes, owner_code, highest, limit + 1 - len(found)))
+            if owner_code is not None:
+                found, total = owned_page(self._cache, owner_code, self._owned_tails, codes, highest, limit)
+            else:
+                known = self.counts()
+                total = sum(known[STATE_OF[code]] for code in codes)
+                for number, buf in self._buckets_down():
+                    if len(found) > limit:
+                        break
+                    found.extend(bucket_matches(buf, number, codes, highest, limit + 1 - len(found)))
             page = self._jobs(job_id for _seq, job_id in found[:limit])
             jobs = [job for job in page if CODE[job.state.value] in codes]  # a job may have moved on since
         next_cursor = found[limit - 1][0] if len(found) > limit and limit > 0 else None

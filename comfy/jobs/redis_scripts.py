@@ -24,6 +24,7 @@ KEYS = {
     "pending": ":pending",  # a list of the queued ids in run order, the front first
     "state": ":state:",  # + state: a sorted set of ids by seq (listing, counts, filters)
     "owner": ":owner:",  # + state + ":" + owner: the same for one owner's jobs
+    "unowned": ":unowned:",  # + state: the same for the jobs nobody owns (the open page's)
     "leases": ":leases",  # a sorted set of running ids by lease expiry (expired())
     "finished": ":finished",  # a sorted set of final ids by finished_at (retention)
     "idem": ":idem:",  # + sha256 of [owner, key]: a hash {job_id, fingerprint}
@@ -42,7 +43,10 @@ local ENDED = {lease_owner = 'null', lease_expires = 'null'}
 
 local function job_key(id) return P .. K.job .. id end
 local function state_key(state) return P .. K.state .. state end
-local function owner_key(state, owner) return P .. K.owner .. state .. ':' .. owner end
+local function owner_key(state, owner)
+  if owner then return P .. K.owner .. state .. ':' .. owner end
+  return P .. K.unowned .. state
+end
 
 local function decode(text)
   if not text then return nil end
@@ -95,10 +99,8 @@ local function save(id, rec, changes)
     local seq, owner = tonumber(rec.seq), decode(rec.owner)
     redis.call('ZREM', state_key(old_state), id)
     redis.call('ZADD', state_key(new_state), seq, id)
-    if owner then
-      redis.call('ZREM', owner_key(old_state, owner), id)
-      redis.call('ZADD', owner_key(new_state, owner), seq, id)
-    end
+    redis.call('ZREM', owner_key(old_state, owner), id)
+    redis.call('ZADD', owner_key(new_state, owner), seq, id)
     if old_state == 'queued' then redis.call('LREM', PENDING, 1, id) end
     if new_state == 'queued' then redis.call('LPUSH', PENDING, id) end  -- a retry keeps its place: the front
     if FINAL[new_state] then redis.call('ZADD', FINISHED, tonumber(rec.finished_at), id) end
@@ -181,7 +183,7 @@ for _, r in ipairs(requests) do
     end
     local owner = decode(redis.call('HGET', key, 'owner'))
     redis.call('ZADD', state_key('queued'), seq, r.id)
-    if owner then redis.call('ZADD', owner_key('queued', owner), seq, r.id) end
+    redis.call('ZADD', owner_key('queued', owner), seq, r.id)
     redis.call('RPUSH', PENDING, r.id)
     out[#out + 1] = {'new', r.id, seq}
   end
@@ -336,7 +338,7 @@ for _, id in ipairs(ids) do
     local state, owner = state_of(rec), decode(rec.owner)
     redis.call('DEL', job_key(id))
     redis.call('ZREM', state_key(state), id)
-    if owner then redis.call('ZREM', owner_key(state, owner), id) end
+    redis.call('ZREM', owner_key(state, owner), id)
     if rec._idem then
       local idem = P .. K.idem .. rec._idem
       if redis.call('HGET', idem, 'job_id') == id then redis.call('DEL', idem) end

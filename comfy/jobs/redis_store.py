@@ -157,13 +157,13 @@ class RedisStore:
         return Job.from_dict(_record(flat))
 
     async def list(self, *, states: Collection[JobState] | None = None, owner: str | None = None, limit: int = 50,
-                   cursor: int | None = None) -> JobPage:
+                   cursor: int | None = None, unowned: bool = False) -> JobPage:
         """Newest first, as :meth:`JobQueue.list`; one script reads the page and its total at one instant."""
         wanted = _STATES if states is None else sorted({JobState(s).value for s in states})
         if not wanted:
             return JobPage([], None, 0)
-        indexes = [self.key("owner", state, owner) if owner is not None else self.key("state", state)
-                   for state in wanted]
+        indexes = [self.key("unowned", state) if unowned else self.key("owner", state, owner) if owner is not None
+                   else self.key("state", state) for state in wanted]
         highest = "+inf" if cursor is None else f"({int(cursor)}"
         reply = await self._run("list", highest, str(max(limit, 0)), *indexes)
         jobs = [Job.from_dict(_record(flat)) for flat in reply[3:]]

@@ -44,7 +44,7 @@ class JobStore(Protocol):
     async def get(self, job_id: str) -> Job: ...
 
     async def list(self, *, states: Collection[JobState] | None = None, owner: str | None = None, limit: int = 50,
-                   cursor: int | None = None) -> JobPage: ...
+                   cursor: int | None = None, unowned: bool = False) -> JobPage: ...
 
     async def counts(self) -> dict[JobState, int]: ...
 
@@ -119,8 +119,9 @@ class DiskStore:
         return await asyncio.to_thread(self.queue.get, job_id)
 
     async def list(self, *, states: Collection[JobState] | None = None, owner: str | None = None, limit: int = 50,
-                   cursor: int | None = None) -> JobPage:
-        return await asyncio.to_thread(self.queue.list, states=states, owner=owner, limit=limit, cursor=cursor)
+                   cursor: int | None = None, unowned: bool = False) -> JobPage:
+        return await asyncio.to_thread(self.queue.list, states=states, owner=owner, limit=limit, cursor=cursor,
+                                       unowned=unowned)
 
     async def counts(self) -> dict[JobState, int]:
         return await asyncio.to_thread(self.queue.counts)

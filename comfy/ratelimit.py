@@ -1,9 +1,11 @@
-"""A token-bucket rate limiter, one bucket per caller (an API key's id, or a client IP).
+"""A token-bucket rate limiter, one bucket per caller (an API key's id, a login, or a client IP).
 
 Each bucket holds up to ``per_minute`` tokens and refills at ``per_minute / 60`` tokens a second, so
 a caller may burst a minute's worth of requests and then keeps to the rate. Buckets live in memory,
 per process; the least recently seen are dropped past ``max_keys`` (a dropped bucket is full again,
-which only ever errs on the side of letting a request through).
+which only ever errs on the side of letting a request through). The REST API limits requests with it,
+and :mod:`comfy.auth` limits login attempts (a token taken before a password is hashed, given back when
+the login was right).
 
 >>> clock = iter([0.0, 0.0, 0.0, 30.0]).__next__
 >>> limiter = TokenBucket(2, clock=clock)
@@ -55,6 +57,16 @@ class TokenBucket:
             while len(self._buckets) > self._max_keys:
                 self._buckets.popitem(last=False)
         return wait
+
+    def give_back(self, key: str) -> None:
+        """Return a token taken by :meth:`acquire` (the attempt it paid for did not count)."""
+        if not self.enabled:
+            return
+        now = self._clock()
+        with self._lock:
+            tokens, updated = self._buckets.get(key, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - updated) * self._rate + 1.0)
+            self._buckets[key] = (tokens, now)
 
     def remaining(self, key: str) -> int:
         """Whole tokens left in ``key``'s bucket now (``per_minute`` for a caller not seen yet)."""
