@@ -14,6 +14,7 @@ from comfy.graph import pngmeta
 from comfy.graph.params import GenerationParams
 from comfy.jobs.records import JobState
 from comfy.service import Studio, redact_url
+from comfy.settings import Settings
 from comfy.storage.local import METADATA_KEY
 from tests.conftest import make_settings
 from tests.fakes.comfyui import FakeComfy
@@ -22,12 +23,21 @@ from tests.fixtures_util import image, workflow
 LIGHTHOUSE = GenerationParams(prompt="a lighthouse at dawn", steps=3, seed=42, width=64, height=64)
 
 
-async def test_generate_saves_the_comfy_png_with_settings(studio: Studio) -> None:
-    events = []
-    [job] = await studio.submit(LIGHTHOUSE)
-    async for event in studio.follow(job.id):
-        events.append(event)
-    done = await studio.job(job.id)
+async def test_generate_saves_the_comfy_png_with_settings(settings: Settings) -> None:
+    # The worker starts only once the follower has read the queued state: the store's reads are awaited, so a
+    # running worker could claim the job before follow()'s first read, and follow() would rightly begin there.
+    studio = Studio(settings)
+    studio.worker.poll_interval = 0.02
+    try:
+        [job] = await studio.submit(LIGHTHOUSE)
+        stream = studio.follow(job.id)
+        events = [await anext(stream)]
+        await studio.start()
+        async for event in stream:
+            events.append(event)
+        done = await studio.job(job.id)
+    finally:
+        await studio.aclose()
     assert done.state is JobState.SUCCEEDED and done.progress == 1.0
     assert done.prompt_id and done.finished_at and done.started_at
     kinds = [e.kind for e in events]
