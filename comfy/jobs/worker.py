@@ -219,7 +219,10 @@ class Worker:
                                                       accept=lambda job, free=free: self.pool.can_place(job, free))
             if job is None:
                 break
-            free = [b for b in free if b in self.pool.free()] or free  # the pool may have moved meanwhile
+            # The pool may have moved while the claim ran; what is still free must still be able to take the job
+            # (else a backend lacking its checkpoint would get it), or the backends it was accepted for are kept.
+            still = [b for b in free if b in self.pool.free()]
+            free = still if still and self.pool.can_place(job, still) else free
             self._start(job, self.pool.choose(job, free), attach=False)
         if not (self.pool.single and self.pool.down_reason() is None) and time.monotonic() >= self._next_note:
             self._next_note = time.monotonic() + NOTE_INTERVAL
