@@ -1,0 +1,95 @@
+"""The page's named Gradio API (``/generate``, ``/job_status``, ``/cancel``, ``/jobs``) for gradio_client and MCP.
+
+A mixin of :class:`ui.handlers.Handlers`: it uses the handler's studio, owner checks and image URLs.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import gradio as gr
+
+from comfy import ComfyError, GenerationParams, JobEvent, JobState, WorkflowError
+from ui.errors import _owner, _to_gr_error
+
+__all__ = ["NamedEndpoints"]
+
+
+def _decode_data_url(value: str) -> bytes:
+    if value.startswith("data:"):
+        value = value.split(",", 1)[-1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise WorkflowError("init_image must be a base64 string (or a data: URL) of a PNG or JPEG.",
+                            field="init_image") from None
+
+
+class NamedEndpoints:
+    """The named endpoints; their docstrings are the descriptions gradio_client and MCP clients see."""
+
+    studio: Any
+    auth_on: bool
+
+    async def api_generate(self, prompt: str, negative_prompt: str = "", checkpoint: str = "",
+                           sampler: str = "euler", scheduler: str = "normal", steps: int = 20, cfg: float = 7.0,
+                           seed: int = -1, width: int = 512, height: int = 512, batch_size: int = 1,
+                           batch_count: int = 1, denoise: float = 1.0, init_image: str = "",
+                           request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]
+        """Queue a generation; returns {"job_ids": [...], "seeds": [...]} at once. init_image: base64 PNG/JPEG."""
+        try:
+            params = GenerationParams(prompt=prompt, negative_prompt=negative_prompt, checkpoint=checkpoint or None,
+                                      sampler=sampler, scheduler=scheduler, steps=int(steps), cfg=float(cfg),
+                                      seed=int(seed), width=int(width), height=int(height),
+                                      batch_size=int(batch_size), denoise=float(denoise))
+            image = _decode_data_url(init_image) if init_image else None
+            jobs = await self.studio.submit(params, count=int(batch_count), image=image,
+                                            owner=_owner(request, self.auth_on))
+        except ComfyError as exc:
+            raise _to_gr_error(exc) from exc
+        return {"job_ids": [j.id for j in jobs], "seeds": [j.params["seed"] for j in jobs]}
+
+    async def api_job_status(self, job_id: str, request: gr.Request = None) -> AsyncIterator[dict[str, Any]]:  # type: ignore[assignment]
+        """Follow a job: yields its state on every change (queued place, progress, node), ending when done."""
+        try:
+            await self._own(job_id, request)
+            async for event in self.studio.follow(job_id):
+                if event.kind == "preview":
+                    continue
+                yield await self._status_dict(job_id, event)
+                if event.final:
+                    return
+        except ComfyError as exc:
+            raise _to_gr_error(exc) from exc
+
+    async def _status_dict(self, job_id: str, event: JobEvent) -> dict[str, Any]:
+        job = await self.studio.job(job_id)
+        return {
+            "job_id": job_id, "state": job.state.value, "event": event.kind,
+            "progress": event.progress if event.progress is not None else job.progress,
+            "node": event.node or job.node, "step": event.step, "steps": event.steps,
+            "position": await self.studio.position(job_id), "seed": job.params.get("seed"),
+            "images": await self.images(job), "error": job.error, "at": event.at, "sent": time.time(),
+        }
+
+    async def api_cancel(self, job_id: str, request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]
+        """Cancel a job (a running one is interrupted on ComfyUI too); returns its state."""
+        try:
+            await self._own(job_id, request)
+            job = await self.studio.cancel(job_id)
+        except ComfyError as exc:
+            raise _to_gr_error(exc) from exc
+        return {"job_id": job.id, "state": job.state.value, "cancel_requested": job.cancel_requested}
+
+    async def api_jobs(self, state: str = "", limit: int = 20, request: gr.Request = None) -> list[dict[str, Any]]:  # type: ignore[assignment]
+        """The newest jobs (optionally of one state: queued, running, succeeded, failed, cancelled)."""
+        try:
+            states = [JobState(state)] if state else None
+        except ValueError:
+            raise gr.Error(f"state must be one of: {', '.join(s.value for s in JobState)}.") from None
+        page = await self.studio.jobs(states=states, **self._whose(request), limit=max(1, min(int(limit), 200)))
+        return [{"job_id": j.id, "state": j.state.value, "prompt": j.params.get("prompt"), "progress": j.progress,
+                 "images": await self.images(j), "error": j.error} for j in page.jobs]
