@@ -93,6 +93,7 @@ async def test_history_detail_and_reuse(studio: Studio) -> None:
     assert rows[0][0] == watched[0][:8] and ids == watched  # the table shows short ids, the page keeps the full
     assert rows[0][1] == "succeeded" and len(thumbs) == 1 and next_cursor is None
     summary, text, settings, images, cancel, front = await h.job_detail(watched[0], req)
+    images = images["value"]
     assert "succeeded" in summary and settings["seed"] == 42 and len(images) == 1
     assert "Steps: 3, Sampler: euler, Schedule type: normal, CFG scale: 7, Seed: 42, Size: 64x64, Model: " in text
     assert images[0][1] == "seed 42 · 1 of 1"

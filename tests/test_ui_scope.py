@@ -48,7 +48,7 @@ async def test_with_api_keys_the_open_page_sees_only_the_jobs_made_on_it(studio:
     assert await h.restore_jobs([by_key.id, *watched], page) == watched
     # Its own images go to Gradio as copies in a folder named after the job (which ui.files gates).
     _summary, _text, _settings, images, *_buttons = await h.job_detail(watched[0], page)
-    [(shown, _caption)] = images
+    [(shown, _caption)] = images["value"]
     assert Path(shown).parent == PageCopies(tmp_path / "gradio-cache", "secret").folder(watched[0])
     assert Path(shown).read_bytes() == Path((await studio.image_urls(watched[0]))[0]).read_bytes()
 

@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from comfy import ComfyError, GenerationParams, Job, JobEvent, JobNotFound, JobState, Studio, WorkflowError
+from comfy import BackendState, BackendStatus, ComfyError, GenerationParams, Job, JobEvent, JobNotFound, JobState, Studio, WorkflowError
 from comfy import graph as workflows
 from comfy.graph.pnginfo import read_png_info
 from ui import render
@@ -37,7 +38,8 @@ FORM_FIELDS = ["prompt", "negative_prompt", "checkpoint", "sampler", "scheduler"
                "height", "batch_size", "batch_count", "denoise"]
 WATCH_LIMIT = 64  # jobs one page follows at once
 GALLERY_LIMIT = 48  # newest results shown under the preview; the history pages through the rest
-WATCHED_SESSIONS = 4096  # pages whose followed jobs are kept; the least recently active is forgotten first
+WATCHED_SESSIONS = 4096
+STATUS_COUNTS_TTL = 1.0  # seconds the header's queue counts are reused across pages  # pages whose followed jobs are kept; the least recently active is forgotten first
 
 
 class Handlers(NamedEndpoints):
@@ -55,6 +57,9 @@ class Handlers(NamedEndpoints):
         #: (user, session hash) -> job ids that page follows (the newest batch and what is still running).
         #: The user is part of the key: a session hash comes from the browser, anyone can send another's.
         self._watched: OrderedDict[tuple[str | None, str], list[str]] = OrderedDict()
+        self._counts: dict[JobState, int] = {}  # the queue's counts for the header, read at most once a second
+        self._counts_at = self._asked_at = -1e9
+        self._asked: list[BackendStatus] = []  # the backends' own answers, while the pool has not checked them yet
 
     # -- models and status ------------------------------------------------------------------------
 
@@ -84,8 +89,44 @@ class Handlers(NamedEndpoints):
         return [dropdowns.get(name) or gr.update(value=values[name]) for name in FORM_FIELDS]
 
     async def status(self) -> str:
+        """The header, asking each backend (on page load)."""
         statuses = await self.studio.backends_status()
         return render.status_html(statuses, await self.studio.counts())
+
+    async def live_status(self) -> str:
+        """The header from what the engine already knows: the pool's last checks and the queue's counts.
+
+        No request to any backend, so every page can read it each second and see a change within one.
+        """
+        now = time.monotonic()
+        if now - self._counts_at >= STATUS_COUNTS_TTL:
+            self._counts, self._counts_at = await self.studio.counts(), now
+        views = self.studio.pool.views()
+        if any(v.state is BackendState.UP and v.health is None for v in views):  # not checked yet: ask, once for all
+            if now - self._asked_at >= STATUS_COUNTS_TTL:
+                self._asked, self._asked_at = await self.studio.backends_status(), now
+            return render.status_html(self._asked, self._counts)
+        statuses = []
+        for view in views:
+            health, backend = view.health, view.backend
+            known = {"name": backend.name, "kind": backend.kind, "load": view.load, "in_flight": view.in_flight,
+                     "max_in_flight": backend.max_in_flight, "state": view.state.value,
+                     "down_for_s": round(now - view.down_since) if view.down_since is not None else None}
+            if view.state is not BackendState.UP or health is None:
+                statuses.append(BackendStatus(backend.url, False, error=view.error, **known))
+                continue
+            statuses.append(BackendStatus(
+                backend.url, True, gpu=health.gpu, vram_total=health.vram_total, vram_free=health.vram_free,
+                device_type=health.device_type, queue_remaining=health.queue_remaining,
+                comfyui_version=health.version, workers_idle=health.workers_idle,
+                workers_running=health.workers_running, jobs_in_queue=health.jobs_in_queue,
+                jobs_in_progress=health.jobs_in_progress, **known))
+        return render.status_html(statuses, self._counts)
+
+    async def status_tick(self, shown: str | None) -> tuple[Any, Any]:
+        """Each second: the header again, sent only when it changed."""
+        html_now = await self.live_status()
+        return (gr.skip(), gr.skip()) if html_now == shown else (html_now, html_now)
 
     # -- generating -------------------------------------------------------------------------------
 
@@ -299,7 +340,8 @@ class Handlers(NamedEndpoints):
         settings = {k: v for k, v in job.params.items() if k != "images"}
         position = await self.studio.position(job.id)
         buttons = (gr.update(visible=not job.state.is_final), gr.update(visible=job.state is JobState.QUEUED))
-        return (render.job_summary(job, position), render.settings_text(settings), settings, images, *buttons)
+        return (render.job_summary(job, position), render.settings_text(settings), settings,
+                gr.update(value=images, visible=bool(images)), *buttons)
 
     @friendly
     async def cancel_job(self, job_id: str | None, request: gr.Request) -> None:

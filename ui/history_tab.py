@@ -2,7 +2,7 @@
 
 The buttons follow the job's state: Cancel while it is not done, Move to front while it is queued. The
 settings show as AUTOMATIC1111-style text to copy, the JSON behind a toggle. An id that names no job clears
-the detail. The table refreshes every 2 s while the tab is open, from the same job records as the panel
+the detail. The table refreshes every second while the tab is open, from the same job records as the panel
 on the right, so both say the same.
 """
 
@@ -48,7 +48,7 @@ class HistoryTab:
                 self.settings_json = gr.JSON(label="Settings (JSON)", elem_id="settings-json")
         self.cursors = gr.State([None])  # the cursor of each page seen, to go back
         self.ids = gr.State([])  # the full ids of the rows shown
-        self.timer = gr.Timer(2.0, active=False)
+        self.timer = gr.Timer(1.0, active=False)
 
 
 def build_history_tab() -> HistoryTab:

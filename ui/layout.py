@@ -43,7 +43,8 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
         if settings.demo:
             gr.HTML(render.demo_banner(), elem_id="demo-banner")
         status = gr.HTML(elem_id="status")
-        status_timer = gr.Timer(5.0)
+        status_timer = gr.Timer(1.0)  # reads the engine's cached backend state: no request to a backend
+        status_shown = gr.State("")
 
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
@@ -124,10 +125,10 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
         demo.load(h.restore_jobs, jobs_store, watched, **private).then(
             h.watch, None, [progress, preview, gallery], **watch_kwargs)
         demo.load(h.restore_form, [form_store, *form], form, **private)
-        demo.load(h.status, None, status, **private)
+        demo.load(h.status, None, [status], **private)
         demo.load(h.saved_workflows, None, wf.saved, **private)
         demo.unload(h.forget_session)
-        status_timer.tick(h.status, None, status, show_progress="hidden", **private)
+        status_timer.tick(h.status_tick, status_shown, [status, status_shown], show_progress="hidden", **private)
         gr.on([c.change for c in form], storable_form, form, form_store,
               trigger_mode="always_last", show_progress="hidden", **private)
 

@@ -167,7 +167,7 @@ def progress_html(jobs: list[Job], live: dict[str, JobEvent], positions: dict[st
 
 
 JOB_COLUMNS = ["Job", "State", "Place", "Progress", "Prompt", "Queued", "Took", "Images"]
-JOB_COLUMN_WIDTHS = ["10%", "11%", "7%", "16%", "28%", "10%", "10%", "8%"]
+JOB_COLUMN_WIDTHS = ["11%", "13%", "8%", "14%", "21%", "13%", "11%", "9%"]
 SHORT_ID = 8
 
 

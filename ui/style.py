@@ -28,6 +28,7 @@ CSS = """
 #generate-btn { min-height: 48px; }
 
 /* What runs now stays in view however long the form on the left is. */
+.gradio-container { overflow: clip !important; }  /* hidden would make it the scroller, and nothing sticks */
 #results-col { position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px); overflow-y: auto; }
 
 /* Every image whole, with a caption under it rather than over it. */
@@ -38,10 +39,14 @@ CSS = """
   left: 0; right: 0; bottom: 0; max-width: 100%; border-radius: 0; border-left: 0; opacity: 0.9;
   font-size: 0.72em; text-align: center; }
 
-/* The history table: words whole, columns that fit. */
-#jobs-table td, #jobs-table th { word-break: normal !important; overflow-wrap: normal !important; hyphens: none; }
-#jobs-table td span, #jobs-table th span { word-break: normal !important; overflow-wrap: normal !important; }
-#settings-text textarea { font-family: ui-monospace, monospace; font-size: 0.85em; }
+/* The history table: words whole, short columns on one line, the prompt and progress wrap between words. */
+#jobs-table .virtual-body, #jobs-table thead { font-size: 12px; }
+#jobs-table .body-cell .cell-wrap { padding-left: 6px !important; padding-right: 6px !important; }
+#jobs-table .cell-wrap, #jobs-table .cell-wrap span { word-break: normal !important; overflow-wrap: normal !important;
+  hyphens: none; }
+#jobs-table .virtual-row > .body-cell:not(:nth-child(4)):not(:nth-child(5)) .cell-wrap span,
+#jobs-table th .cell-wrap, #jobs-table th span { white-space: nowrap !important; }
+#settings-text textarea { font-family: ui-monospace, monospace; font-size: 0.85em; white-space: pre-wrap !important; }
 
 /* Toasts at the bottom left, off the preview's buttons (top right). */
 .toast-wrap { top: auto !important; bottom: 16px !important; left: 16px !important; right: auto !important;

@@ -1,0 +1,206 @@
+"""The page as an artist meets it, in headless Chromium against the real app and the fake ComfyUI.
+
+Results stay in view while the form scrolls, whole and captioned; the Workflow tab loads on drop and
+groups inputs by node; the history table reads well and its buttons follow the job; an outage is said on
+each waiting row. Screenshots go to tests/screenshots/ (and STUDIO_SHOTS_DIR when set).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.comfyui import FakeComfy
+from tests.test_ui_browser import SHOTS, browser, sync_api  # noqa: F401 - the fixture
+from tests.ui_support import running_app
+
+FLOW = Path(__file__).parent / "fixtures" / "comfyui" / "workflows" / "txt2img_api.json"
+
+
+def shot(page, name: str, *, full: bool = False) -> None:
+    SHOTS.mkdir(exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full)
+    if os.environ.get("STUDIO_SHOTS_DIR"):
+        Path(os.environ["STUDIO_SHOTS_DIR"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(os.environ["STUDIO_SHOTS_DIR"]) / path.name)
+
+
+def in_view(page, selector: str) -> bool:
+    """Whether the element's top edge is inside the window."""
+    return page.locator(selector).evaluate("e => { const r = e.getBoundingClientRect(); "
+                                           "return r.top >= 0 && r.top < window.innerHeight; }")
+
+
+def open_page(browser, url: str, height: int = 900):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.goto(url)
+    sync_api.expect(page.locator("#checkpoint input")).to_have_value("random-sd15.safetensors", timeout=30_000)
+    return page
+
+
+@pytest.mark.slow
+def test_results_stay_in_view_whole_and_captioned(browser, tmp_path: Path) -> None:  # noqa: F811
+    expect = sync_api.expect
+    with FakeComfy(step_time=0.3, node_time=0.6) as fake, running_app(fake.url, tmp_path / "data") as url:
+        page = open_page(browser, url)
+        page.locator("#prompt textarea").fill("a lighthouse at dawn, oil painting")
+        page.get_by_label("Aspect ratio").click()
+        page.get_by_role("option", name="2:3").click()
+        expect(page.get_by_label("Width")).to_have_value("416")
+        size = page.get_by_label("Batch size")
+        size.fill("2")
+        size.press("Tab")
+        steps = page.get_by_label("Steps")
+        steps.fill("6")
+        steps.press("Tab")
+        page.locator("#generate-btn").click()
+        # While ComfyUI loads the checkpoint: "loading model", not a bar stuck part way.
+        expect(page.locator("#progress")).to_contain_text("loading model", timeout=30_000)
+        shot(page, "p01-loading-model")
+        # Scrolled to the foot of the form, the progress is still on screen.
+        page.mouse.wheel(0, 3000)
+        expect(page.locator("#progress .job.running .detail")).to_contain_text("step", timeout=30_000)
+        assert page.evaluate("window.scrollY") > 200
+        assert in_view(page, "#progress")
+        shot(page, "p02-scrolled-running")
+        expect(page.locator("#gallery img")).to_have_count(2, timeout=60_000)
+        expect(page.locator("#progress")).to_contain_text("done", timeout=30_000)
+        assert in_view(page, "#progress")
+        # Whole (contain, never cover) and told apart by seed and place in the batch.
+        img = page.locator("#gallery img").first
+        assert img.evaluate("i => getComputedStyle(i).objectFit") == "contain"
+        captions = page.locator("#gallery .caption-label").all_inner_texts()
+        seed = fake.prompts[0]["prompt"]["3"]["inputs"]["seed"]
+        assert captions == [f"seed {seed} · 1 of 2", f"seed {seed} · 2 of 2"], captions
+        # The toast sits at the bottom left, clear of the preview's buttons at its top right.
+        page.mouse.wheel(0, -3000)
+        toast = page.locator(".toast-wrap").bounding_box()
+        buttons = page.locator("#preview button").first.bounding_box()
+        assert toast is not None and buttons is not None
+        assert toast["x"] + toast["width"] < buttons["x"] or toast["y"] > buttons["y"] + buttons["height"]
+        shot(page, "p03-results-whole")
+
+
+@pytest.mark.slow
+def test_a_workflow_loads_on_drop_grouped_by_node_and_names_itself(browser, tmp_path: Path) -> None:  # noqa: F811
+    expect = sync_api.expect
+    with FakeComfy(step_time=0.3, node_time=0.05) as fake, running_app(fake.url, tmp_path / "data") as url:
+        page = open_page(browser, url)
+        page.get_by_role("tab", name="Workflow").click()
+        page.locator("#wf-file input[type=file]").set_input_files(str(FLOW))  # no button to press
+        expect(page.locator("#wf-6-text textarea")).to_have_value("a watercolor painting of a lighthouse at dusk",
+                                                                   timeout=30_000)
+        titles = page.locator(".wf-node-title").all_inner_texts()
+        assert any("KSampler" in t and "node 3" in t for t in titles), titles
+        assert any("Empty Latent Image" in t for t in titles), titles
+        assert page.locator("#wf-3-steps input[type=range]").count() == 1  # a slider with its range
+        assert page.locator("#wf-3-seed input[type=range]").count() == 0  # a seed stays a number ...
+        page.locator("#wf-3-seed-random input").check()  # ... with a "random" toggle
+        steps = page.locator("#wf-3-steps input[type=number]")
+        steps.fill("8")
+        steps.press("Enter")
+        page.locator("#wf-6-text textarea").fill("a paper boat on a pond")
+        shot(page, "p04-workflow-loaded", full=True)
+        page.locator("#run-workflow").click()
+        expect(page.locator("#progress")).to_contain_text("txt2img_api · a paper boat on a pond", timeout=30_000)
+        shot(page, "p05-workflow-running")
+        expect(page.locator("#gallery img").first).to_be_visible(timeout=60_000)
+        sent = fake.prompts[-1]["prompt"]["3"]["inputs"]
+        assert sent["steps"] == 8 and sent["seed"] != 42  # the random toggle drew a new seed
+        page.get_by_role("tab", name="Queue & history").click()
+        expect(page.locator("#jobs-table")).to_contain_text("txt2img_api · a paper boat on a pond", timeout=30_000)
+        assert "[workflow]" not in page.locator("#jobs-table").inner_text()
+
+
+@pytest.mark.slow
+def test_the_history_reads_well_and_its_buttons_follow_the_job(browser, tmp_path: Path) -> None:  # noqa: F811
+    expect = sync_api.expect
+    with FakeComfy(step_time=0.05, node_time=0.01) as fake, running_app(fake.url, tmp_path / "data") as url:
+        page = open_page(browser, url, height=1100)
+        page.locator("#prompt textarea").fill("a lighthouse at dawn, oil painting")
+        steps = page.get_by_label("Steps")
+        steps.fill("4")
+        steps.press("Tab")
+        page.locator("#generate-btn").click()
+        expect(page.locator("#gallery img").first).to_be_visible(timeout=60_000)
+        fake.hold = True  # the next ones wait: two go to ComfyUI (held there), two queue behind them
+        count = page.get_by_label("Batch count")
+        count.fill("4")
+        count.press("Tab")
+        page.locator("#generate-btn").click()
+        page.get_by_role("tab", name="Queue & history").click()
+        table = page.locator("#jobs-table")
+        expect(table.locator(".virtual-row").filter(has_text="queued")).to_have_count(2, timeout=30_000)
+        first_cell = table.locator(".virtual-row").filter(has_text="queued").first.locator(".body-cell").first.inner_text().strip()
+        assert len(first_cell) == 8, first_cell  # short ids
+        # Words stay whole: no cell's text is wider than its column (a word broken mid-way would not be).
+        overflow = table.locator(".virtual-row .body-cell .cell-wrap").evaluate_all(
+            "cs => cs.filter(c => c.innerText.trim() && c.scrollWidth > c.clientWidth + 1).map(c => c.innerText)")
+        assert overflow == [], overflow
+        assert table.locator(".virtual-row .body-cell span").first.evaluate("c => getComputedStyle(c).wordBreak") == "normal"
+        shot(page, "p06-history-table")
+
+        # The last queued job: Cancel and Move to front apply; moving it makes it next.
+        queued_row = table.locator(".virtual-row").filter(has_text="queued").last
+        queued_row.locator(".body-cell").nth(1).click()
+        detail = page.locator("#job-detail")
+        expect(detail).to_contain_text("in queue", timeout=15_000)
+        expect(page.locator("#cancel-job")).to_be_visible()
+        expect(page.locator("#front-job")).to_be_visible()
+        page.locator("#front-job").click()
+        expect(detail).to_contain_text("#1 in queue", timeout=15_000)
+        shot(page, "p07-moved-to-front")
+        page.locator("#cancel-job").click()
+        expect(detail).to_contain_text("cancelled", timeout=15_000)
+        expect(page.locator("#cancel-job")).to_be_hidden()
+        expect(page.locator("#front-job")).to_be_hidden()
+        expect(table.locator(".virtual-row").filter(has_text="cancelled").first).to_contain_text("cancelled")
+        assert "96%" not in table.inner_text()
+        shot(page, "p08-cancelled")
+
+        # A finished job: its settings as text to copy, the JSON behind a toggle.
+        fake.hold = False
+        table.locator(".virtual-row").filter(has_text="succeeded").last.locator(".body-cell").nth(1).click()
+        expect(page.locator("#settings-text textarea")).to_have_value(
+            __import__("re").compile(r"Steps: 4, Sampler: euler, .*Seed: \d+, Size: 512x512, Model: random-sd15"),
+            timeout=15_000)
+        expect(page.locator("#cancel-job")).to_be_hidden()
+        expect(page.locator("#settings-json")).to_be_hidden()
+        page.get_by_text("Settings as JSON").click()
+        expect(page.locator("#settings-json")).to_be_visible()
+        shot(page, "p09-settings-text", full=True)
+
+        # An id that names no job clears the detail.
+        page.locator("#selected-job textarea, #selected-job input").first.fill("ffffffffffffffff")
+        page.locator("#selected-job textarea, #selected-job input").first.press("Enter")
+        expect(detail).to_contain_text("No job with id", timeout=15_000)
+        expect(page.locator("#settings-text textarea")).to_have_value("")
+        expect(page.locator("#job-images img")).to_have_count(0)
+        shot(page, "p10-unknown-id")
+
+
+@pytest.mark.slow
+def test_an_outage_is_said_on_each_waiting_row_and_the_header_follows(browser, tmp_path: Path) -> None:  # noqa: F811
+    expect = sync_api.expect
+    with FakeComfy(step_time=0.05, node_time=0.01) as fake, running_app(fake.url, tmp_path / "data") as url:
+        page = open_page(browser, url)
+        expect(page.locator("#status")).to_contain_text("Connected", timeout=30_000)
+        fake.stop()
+        expect(page.locator("#status")).to_contain_text("unreachable", timeout=30_000)
+        page.locator("#prompt textarea").fill("a lighthouse in a storm")
+        count = page.get_by_label("Batch count")
+        count.fill("2")
+        count.press("Tab")
+        page.locator("#generate-btn").click()
+        rows = page.locator("#progress .job.waiting .detail")
+        expect(rows).to_have_count(2, timeout=30_000)
+        for text in rows.all_inner_texts():
+            assert text.startswith("backend unreachable: ") and text.endswith("resumes when it answers"), text
+        shot(page, "p11-outage")
+        page.get_by_role("tab", name="Queue & history").click()
+        expect(page.locator("#jobs-table")).to_contain_text("backend unreachable", timeout=30_000)
+        shot(page, "p12-outage-history")
