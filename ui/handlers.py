@@ -409,7 +409,11 @@ class Handlers(NamedEndpoints):
     def png_info(self, path: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
         if not path:
             return "Drop a PNG to read its settings.", {}, {}
-        info = read_png_info(Path(path).read_bytes())
+        try:
+            info = read_png_info(Path(path).read_bytes())
+        except WorkflowError as exc:  # a toast that says so; a raised error would also mark the outputs "Error"
+            gr.Warning(str(exc))
+            return f"_{exc}_", {}, {}
         source = {"comfyui_studio": "ComfyUI Studio", "a1111": "AUTOMATIC1111-style parameters",
                   "comfyui": "a ComfyUI workflow", "none": "nothing: this PNG carries no generation settings"}
         return f"Settings read from **{source[info.source]}**.", info.params, info.texts

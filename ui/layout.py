@@ -34,6 +34,7 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
     limits = studio.limits
     with gr.Blocks(title="ComfyUI Studio") as demo:
         form_store = gr.BrowserState({}, storage_key="comfyui-studio-form", secret=browser_secret)
+        shape_store = gr.BrowserState(["1:1", 512], storage_key="comfyui-studio-shape", secret=browser_secret)
         jobs_store = gr.BrowserState([], storage_key="comfyui-studio-jobs", secret=browser_secret)
         watched = gr.State([])
         last_seed = gr.State(None)
@@ -143,8 +144,11 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
                       [checkpoint, sampler, scheduler], **private)
         dice.click(lambda: -1, None, seed, **private)
         recycle.click(lambda last: last if last is not None else -1, last_seed, seed, **private)
-        aspect.change(render.aspect_size, [aspect, base], [width, height], **private)
-        base.change(render.aspect_size, [aspect, base], [width, height], **private)
+        # The person's choice sets the size (.input); a reload restores ratio and base without touching it.
+        aspect.input(render.aspect_size, [aspect, base], [width, height], **private)
+        base.input(render.aspect_size, [aspect, base], [width, height], **private)
+        gr.on([aspect.change, base.change], lambda a, b: [a, b], [aspect, base], shape_store, **private)
+        demo.load(render.stored_shape, shape_store, [aspect, base], **private)
         swap.click(lambda w, hh: (hh, w), [width, height], [width, height], **private)
 
         # Queue & history.

@@ -43,6 +43,16 @@ def aspect_size(ratio: str, base: int) -> tuple[int, int]:
     return max(64, round(width / 8) * 8), max(64, round(height / 8) * 8)
 
 
+def stored_shape(stored: Any) -> tuple[str, int]:
+    """The aspect ratio and base size a browser kept, or the defaults where it kept nothing valid.
+
+    >>> stored_shape(["2:3", 768]), stored_shape(["7:5", "x"]), stored_shape(None)
+    (('2:3', 768), ('1:1', 512), ('1:1', 512))
+    """
+    ratio, base = (list(stored) + [None, None])[:2] if isinstance(stored, (list, tuple)) else (None, None)
+    return (ratio if ratio in ASPECT_RATIOS else "1:1", base if base in (512, 768, 1024) else 512)
+
+
 def _gb(value: int | None) -> str:
     return f"{value / 1024**3:.1f} GB" if value else "?"
 
