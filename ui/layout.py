@@ -98,8 +98,7 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
                         hist = build_history_tab()
 
                     with gr.Tab("PNG info", id="pnginfo") as pnginfo_tab:
-                        png_in = uploaded_image(label="Drop a PNG",
-                                                sources=["upload", "clipboard"])
+                        png_in = uploaded_image(label="Drop a PNG", sources=["upload", "clipboard"], elem_id="png-in")
                         png_source = gr.Markdown()
                         png_params = gr.JSON(label="Settings")
                         with gr.Row():

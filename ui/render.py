@@ -125,11 +125,25 @@ def _loads_model(node: str | None) -> bool:
     return "image" not in text and ("checkpoint" in text or "loader" in text or ("load" in text and "model" in text))
 
 
+def short_reason(reason: str) -> str:
+    """The gist of why a backend does not answer, for a row (the header has the whole sentence).
+
+    >>> short_reason("Cannot reach the ComfyUI server (prompt status): connection refused, or the host was not found.")
+    'connection refused'
+    >>> short_reason("no backend answers (a: timed out; b: refused)")
+    'no backend answers'
+    """
+    text = reason.removeprefix("waiting for the backend: ").strip()
+    if text.startswith("no backend answers"):
+        return "no backend answers"
+    text = text.rsplit("): ", 1)[-1] if "): " in text else text.rsplit(": ", 1)[-1]
+    return text.split(", or ", 1)[0].rstrip(". ")[:80] or "no answer"
+
+
 def waiting_label(job: Job, down: str | None, place: int | None) -> tuple[str, bool]:
     """A queued job's line, and whether it waits on a backend that does not answer (said on its own row)."""
     if down:
-        reason = down.removeprefix("waiting for the backend: ")
-        return f"backend unreachable: {reason} — resumes when it answers", True
+        return f"backend unreachable: {short_reason(down)} — resumes when it answers", True
     if job.note and job.note.startswith("waiting for"):
         return job.note, True
     return (f"queued · #{place + 1} in line" if place is not None else "queued"), False
@@ -177,7 +191,7 @@ def progress_html(jobs: list[Job], live: dict[str, JobEvent], positions: dict[st
 
 
 JOB_COLUMNS = ["Job", "State", "Place", "Progress", "Prompt", "Queued", "Took", "Images"]
-JOB_COLUMN_WIDTHS = ["11%", "13%", "8%", "14%", "21%", "13%", "11%", "9%"]
+JOB_COLUMN_WIDTHS = ["11%", "13%", "8%", "20%", "19%", "11%", "9%", "9%"]
 SHORT_ID = 8
 
 

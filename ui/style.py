@@ -44,7 +44,7 @@ CSS = """
 #jobs-table .body-cell .cell-wrap { padding-left: 6px !important; padding-right: 6px !important; }
 #jobs-table .cell-wrap, #jobs-table .cell-wrap span { word-break: normal !important; overflow-wrap: normal !important;
   hyphens: none; }
-#jobs-table .virtual-row > .body-cell:not(:nth-child(4)):not(:nth-child(5)) .cell-wrap span,
+#jobs-table .virtual-row > .body-cell:not(:nth-child(4)):not(:nth-child(5)):not(:nth-child(7)) .cell-wrap span,
 #jobs-table th .cell-wrap, #jobs-table th span { white-space: nowrap !important; }
 #settings-text textarea { font-family: ui-monospace, monospace; font-size: 0.85em; white-space: pre-wrap !important; }
 
