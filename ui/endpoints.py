@@ -6,6 +6,8 @@ A mixin of :class:`ui.handlers.Handlers`: it uses the handler's studio, owner ch
 from __future__ import annotations
 
 import base64
+import functools
+import inspect
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +17,7 @@ import gradio as gr
 from comfy import ComfyError, GenerationParams, JobEvent, JobState, WorkflowError
 from ui.errors import _owner, _to_gr_error
 
-__all__ = ["NamedEndpoints"]
+__all__ = ["NamedEndpoints", "named"]
 
 
 def _decode_data_url(value: str) -> bytes:
@@ -39,7 +41,25 @@ class NamedEndpoints:
                            seed: int = -1, width: int = 512, height: int = 512, batch_size: int = 1,
                            batch_count: int = 1, denoise: float = 1.0, init_image: str = "",
                            request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]
-        """Queue a generation; returns {"job_ids": [...], "seeds": [...]} at once. init_image: base64 PNG/JPEG."""
+        """Queue a generation (text to image, or image to image with init_image); returns {"job_ids": [...],
+        "seeds": [...]} at once: follow a job with job_status, list them with jobs.
+
+        Args:
+            prompt: What to draw.
+            negative_prompt: What to avoid.
+            checkpoint: A checkpoint file on the server; empty for its first.
+            sampler: A ComfyUI sampler name (euler, dpmpp_2m...).
+            scheduler: A ComfyUI scheduler name (normal, karras...).
+            steps: Sampling steps.
+            cfg: Classifier-free guidance scale.
+            seed: -1 for a random seed; the one used is returned.
+            width: Pixels, a multiple of 8.
+            height: Pixels, a multiple of 8.
+            batch_size: Images per job.
+            batch_count: Jobs to queue (seeds count up).
+            denoise: How much of init_image to repaint (image to image).
+            init_image: A PNG or JPEG as base64 (or a data: URL), for image to image.
+        """
         try:
             params = GenerationParams(prompt=prompt, negative_prompt=negative_prompt, checkpoint=checkpoint or None,
                                       sampler=sampler, scheduler=scheduler, steps=int(steps), cfg=float(cfg),
@@ -53,7 +73,11 @@ class NamedEndpoints:
         return {"job_ids": [j.id for j in jobs], "seeds": [j.params["seed"] for j in jobs]}
 
     async def api_job_status(self, job_id: str, request: gr.Request = None) -> AsyncIterator[dict[str, Any]]:  # type: ignore[assignment]
-        """Follow a job: yields its state on every change (queued place, progress, node), ending when done."""
+        """Follow a job: yields its state on every change (queued place, progress, node), ending when done.
+
+        Args:
+            job_id: The id generate returned.
+        """
         try:
             await self._own(job_id, request)
             async for event in self.studio.follow(job_id):
@@ -76,7 +100,11 @@ class NamedEndpoints:
         }
 
     async def api_cancel(self, job_id: str, request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]
-        """Cancel a job (a running one is interrupted on ComfyUI too); returns its state."""
+        """Cancel a job (a running one is interrupted on ComfyUI too); returns its state.
+
+        Args:
+            job_id: The id generate returned.
+        """
         try:
             await self._own(job_id, request)
             job = await self.studio.cancel(job_id)
@@ -85,7 +113,12 @@ class NamedEndpoints:
         return {"job_id": job.id, "state": job.state.value, "cancel_requested": job.cancel_requested}
 
     async def api_jobs(self, state: str = "", limit: int = 20, request: gr.Request = None) -> list[dict[str, Any]]:  # type: ignore[assignment]
-        """The newest jobs (optionally of one state: queued, running, succeeded, failed, cancelled)."""
+        """The newest jobs, newest first, with their state, prompt, progress, image URLs and error.
+
+        Args:
+            state: Only jobs in this state (queued, running, succeeded, failed, cancelled); empty for all.
+            limit: How many, 1 to 200.
+        """
         try:
             states = [JobState(state)] if state else None
         except ValueError:
@@ -93,3 +126,19 @@ class NamedEndpoints:
         page = await self.studio.jobs(states=states, **self._whose(request), limit=max(1, min(int(limit), 200)))
         return [{"job_id": j.id, "state": j.state.value, "prompt": j.params.get("prompt"), "progress": j.progress,
                  "images": await self.images(j), "error": j.error} for j in page.jobs]
+
+
+def named(fn: Any, name: str) -> Any:
+    """``fn`` under another name (what gradio_client and MCP call the tool), with its signature and docstring."""
+    if inspect.isasyncgenfunction(fn):
+        async def stream(*args: Any, **kwargs: Any) -> Any:
+            async for item in fn(*args, **kwargs):
+                yield item
+        wrapper: Any = stream
+    else:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await fn(*args, **kwargs)
+        wrapper = call
+    functools.update_wrapper(wrapper, fn)
+    wrapper.__name__ = wrapper.__qualname__ = name
+    return wrapper

@@ -15,6 +15,7 @@ import gradio as gr
 
 from comfy import Settings, Studio
 from ui import render
+from ui.endpoints import named
 from ui.files import PageCopies
 from ui.handlers import FORM_FIELDS, Handlers, storable_form
 from ui.history_tab import build_history_tab, wire_history_tab
@@ -170,10 +171,10 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
             lambda: gr.Tabs(selected="workflow"), None, tabs, **private)
 
         # The Gradio API for scripts (gradio_client): /generate, /job_status, /cancel, /jobs.
-        gr.api(h.api_generate, api_name="generate", concurrency_limit=None)
-        gr.api(h.api_job_status, api_name="job_status", concurrency_limit=None)
-        gr.api(h.api_cancel, api_name="cancel", concurrency_limit=None)
-        gr.api(h.api_jobs, api_name="jobs", concurrency_limit=None)
+        # With STUDIO_MCP=1 the same four are MCP tools, named alike, described by their docstrings.
+        for name, fn in (("generate", h.api_generate), ("job_status", h.api_job_status), ("cancel", h.api_cancel),
+                         ("jobs", h.api_jobs)):
+            gr.api(named(fn, name), api_name=name, concurrency_limit=None)
     return demo
 
 
