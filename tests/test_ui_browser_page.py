@@ -205,6 +205,31 @@ def test_the_history_reads_well_and_its_buttons_follow_the_job(browser, tmp_path
         expect(page.locator("#job-images img")).to_have_count(0)
         shot(page, "p10-unknown-id")
 
+        # The lightbox: open an image of the history, walk with the arrow keys, mark favourites, zip them.
+        thumbs = page.locator("#history-gallery .thumbnail-item")
+        expect(thumbs).to_have_count(4, timeout=30_000)  # the first job's image and three of the batch's
+        thumbs.first.click()
+        label = page.locator("#fav-label")
+        expect(label).to_contain_text("not a favourite", timeout=15_000)
+        page.locator("#fav-btn").click()
+        expect(label).to_contain_text("1 favourite(s)")
+        first_caption = page.locator("#history-gallery .preview .caption, #history-gallery .caption").first
+        before = first_caption.inner_text()
+        page.keyboard.press("ArrowRight")
+        expect(first_caption).not_to_have_text(before, timeout=15_000)
+        expect(label).to_contain_text("not a favourite", timeout=15_000)  # the next image
+        page.locator("#fav-btn").click()
+        expect(label).to_contain_text("2 favourite(s)")
+        shot(page, "p15-lightbox")
+        with page.expect_download(timeout=30_000) as download:
+            page.locator("#fav-zip").click()
+        saved = tmp_path / "favourites.zip"
+        download.value.save_as(saved)
+        import zipfile
+        with zipfile.ZipFile(saved) as archive:
+            names = archive.namelist()
+            assert len(names) == 2 and all(archive.read(n)[:4] == b"\x89PNG" for n in names), names
+
 
 @pytest.mark.slow
 def test_an_outage_is_said_on_each_waiting_row_and_the_header_follows(browser, tmp_path: Path) -> None:  # noqa: F811

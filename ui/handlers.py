@@ -39,6 +39,7 @@ FORM_FIELDS = ["prompt", "negative_prompt", "checkpoint", "sampler", "scheduler"
 WATCH_LIMIT = 64  # jobs one page follows at once
 GALLERY_LIMIT = 48  # newest results shown under the preview; the history pages through the rest
 WATCHED_SESSIONS = 4096
+HISTORY_IMAGES = 100  # images of one history page in its gallery (25 jobs; a batch of 100 pages through)
 STATUS_COUNTS_TTL = 1.0  # seconds the header's queue counts are reused across pages  # pages whose followed jobs are kept; the least recently active is forgotten first
 
 
@@ -292,8 +293,12 @@ class Handlers(NamedEndpoints):
         states = None if state in ("", "all", None) else [JobState(state)]
         page = await self.studio.jobs(states=states, **self._whose(request), limit=25, cursor=cursor)
         positions = {job.id: await self.studio.position(job.id) for job in page.jobs if job.state is JobState.QUEUED}
-        thumbs = [(images[0], f"{job.id} · {render.job_caption(job)}") for job in page.jobs
-                  if (images := await self.images(job))]
+        thumbs = []  # every image of the page, for the lightbox: "<job id> · 2 of 4 · state · prompt"
+        for job in page.jobs:
+            images = await self.images(job)
+            thumbs += [(url, f"{job.id} · {i + 1} of {len(images)} · {render.job_caption(job)}")
+                       for i, url in enumerate(images)]
+        thumbs = thumbs[:HISTORY_IMAGES]
         rows = render.job_rows(page.jobs, positions, self.studio.pool.down_reason())
         return rows, thumbs, page.next_cursor, [job.id for job in page.jobs]
 

@@ -13,9 +13,13 @@ from typing import Any
 import gradio as gr
 
 from ui import render
+from ui.favourites import Favourites, favourite_key, favourites_label, toggle
 from ui.handlers import Handlers
 
 __all__ = ["HistoryTab", "build_history_tab", "wire_history_tab"]
+
+REFOCUS = ("() => { const open = document.querySelector('#history-gallery .thumbnail-small.selected');"
+           " if (open) open.focus(); }")
 
 
 class HistoryTab:
@@ -29,8 +33,16 @@ class HistoryTab:
             self.older = gr.Button("Older ▶", size="sm", scale=1)
         self.table = gr.Dataframe(headers=render.JOB_COLUMNS, interactive=False, wrap=True, elem_id="jobs-table",
                                   max_height=420, column_widths=render.JOB_COLUMN_WIDTHS)
-        self.thumbs = gr.Gallery(label="Images on this page", columns=6, height=220, fit_columns=False,
-                                 object_fit="contain", elem_id="history-gallery")
+        self.thumbs = gr.Gallery(label="Images on this page (click one: ←/→ walk through them)", columns=6,
+                                 height=240, fit_columns=False, object_fit="contain", elem_id="history-gallery",
+                                 buttons=["download", "fullscreen"])
+        with gr.Row(equal_height=True):
+            self.fav_label = gr.Markdown(favourites_label([], None), elem_id="fav-label")
+            self.fav = gr.Button("☆ Favourite", size="sm", scale=0, min_width=110, elem_id="fav-btn")
+            self.fav_zip = gr.DownloadButton("Download selected (zip)", size="sm", scale=0, min_width=190,
+                                             elem_id="fav-zip")
+        self.favourites = gr.BrowserState([], storage_key="comfyui-studio-favourites")
+        self.current = gr.State(None)  # the key of the image open in the lightbox
         with gr.Group():
             self.selected = gr.Textbox(label="Selected job", interactive=True, elem_id="selected-job",
                                        placeholder="pick a row, or type a job id (the first 8 characters do)")
@@ -97,6 +109,22 @@ def wire_history_tab(h: Handlers, t: HistoryTab, tab: gr.Tab, others: list[gr.Ta
         caption = (data.value or {}).get("caption") or ""  # "<job id> · state · prompt"
         return caption.split(" · ", 1)[0]
 
+    def pick_image(favourites: list[str], data: gr.SelectData) -> tuple[Any, str]:
+        key = favourite_key((data.value or {}).get("caption") or "")
+        return key, favourites_label(favourites, key)
+
+    def star(favourites: list[str], key: str | None) -> tuple[list[str], str]:
+        if not key:
+            raise gr.Error("Open an image of the history first, then press ☆.")
+        marked = toggle(favourites, key)
+        return marked, favourites_label(marked, key)
+
+    t.thumbs.select(pick_image, t.favourites, [t.current, t.fav_label], **private)
+    # Focus back on the open image, so that ←/→ go on walking after ☆.
+    zipped = Favourites(h).zip
+    t.fav.click(star, [t.favourites, t.current], [t.favourites, t.fav_label], **private).then(
+        None, None, None, js=REFOCUS, **private).then(zipped, t.favourites, t.fav_zip, **private)
+    tab.select(zipped, t.favourites, t.fav_zip, **private)
     t.table.select(pick_row, t.ids, t.selected, **private)
     t.thumbs.select(pick_thumb, None, t.selected, **private)
     t.selected.change(h.job_detail, t.selected, detail_out, **private)

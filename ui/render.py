@@ -26,6 +26,8 @@ __all__ = [
 
 ASPECT_RATIOS = ["1:1", "4:3", "3:2", "16:9", "21:9", "3:4", "2:3", "9:16"]
 
+PROGRESS_ROWS = 6  # bars shown at once in the right panel; the rest are summed up in a line
+
 _STATE_COLOURS = {"queued": "#8a8f98", "running": "#2f7de1", "succeeded": "#1f9d55", "failed": "#d64545",
                   "cancelled": "#b7791f"}
 
@@ -156,7 +158,8 @@ def progress_html(jobs: list[Job], live: dict[str, JobEvent], positions: dict[st
     if not jobs:
         return '<div class="studio-progress idle">Write a prompt and press Generate (Ctrl+Enter).</div>'
     rows = []
-    for job in jobs:
+    more = jobs[PROGRESS_ROWS:]
+    for job in jobs[:PROGRESS_ROWS]:
         event = live.get(job.id)
         state = job.state.value
         fraction = (event.progress if event and event.progress is not None else None) or job.progress
@@ -187,6 +190,9 @@ def progress_html(jobs: list[Job], live: dict[str, JobEvent], positions: dict[st
             f'<div class="bar"><div class="fill" style="width:{percent}%;background:{_STATE_COLOURS[state]}"></div></div>'
             f'<div class="detail">{label}</div></div>'
         )
+    if more:  # a batch of 100 is a line, not 100 bars
+        waiting = sum(job.state is JobState.QUEUED for job in more)
+        rows.append(f'<div class="more">and {len(more)} more ({waiting} queued); all in Queue &amp; history</div>')
     return '<div class="studio-progress">' + "".join(rows) + "</div>"
 
 

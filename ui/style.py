@@ -23,6 +23,7 @@ CSS = """
 .studio-progress .fill { height: 100%; transition: width 0.2s; }
 .studio-progress .loading .fill { width: 100% !important; opacity: 0.35; animation: studio-pulse 1.2s ease-in-out infinite; }
 @keyframes studio-pulse { 50% { opacity: 0.8; } }
+.studio-progress .more { font-size: 0.85em; color: #6b7280; }
 .studio-progress .detail { font-size: 0.8em; color: #6b7280; }
 .studio-progress .waiting .detail { color: #8a1f1f; }
 #generate-btn { min-height: 48px; }
