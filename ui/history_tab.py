@@ -54,7 +54,7 @@ class HistoryTab:
                 self.send = gr.Button("Send to img2img", size="sm")
             self.images = gr.Gallery(label="Images", columns=4, height=300, fit_columns=False, elem_id="job-images",
                                      object_fit="contain", buttons=["download", "download_all", "fullscreen"])
-            self.settings_text = gr.Textbox(label="Settings", lines=3, interactive=False, buttons=["copy"],
+            self.settings_text = gr.Textbox(label="Settings", lines=4, interactive=False, buttons=["copy"],
                                             elem_id="settings-text")
             with gr.Accordion("Settings as JSON", open=False, elem_id="settings-json-toggle"):
                 self.settings_json = gr.JSON(label="Settings (JSON)", elem_id="settings-json")
