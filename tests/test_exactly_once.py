@@ -121,7 +121,8 @@ def runpod_settings(tmp_path, fake: FakeRunPod, **overrides: object):
     return settings_for(tmp_path, fake, **overrides)
 
 
-@pytest.mark.parametrize("status", [500, 502, 504])
+# 200 and 302: a proxy's page or redirect in front of RunPod, the job already taken, no id we can read.
+@pytest.mark.parametrize("status", [500, 502, 504, 200, 302])
 async def test_a_run_answered_5xx_after_runpod_took_it_is_never_sent_twice(tmp_path, runpod: FakeRunPod,
                                                                            status: int) -> None:
     runpod.lose_run_reply_next = status
