@@ -190,7 +190,7 @@ class ComfyClient:
         if response.status_code in (401, 403):
             raise ServerUnavailable(
                 f"ComfyUI (or a proxy in front of it) refused {what} with HTTP {response.status_code}; "
-                "check COMFYUI_URL and COMFYUI_HEADERS."
+                "check COMFYUI_URL and COMFYUI_HEADERS.", status=response.status_code,
             )
         return response
 
