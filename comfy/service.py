@@ -27,6 +27,7 @@ from comfy.backends.comfyui import ComfyBackend
 from comfy.backends.pool import BackendState, Pool, merge_object_info
 from comfy.errors import ComfyError, ServerError, WorkflowError
 from comfy.graph.object_info import STOCK_SAMPLERS, STOCK_SCHEDULERS, ObjectInfo
+from comfy.graph.file_inputs import check_file_inputs
 from comfy.graph.images import FittedImage, fit_image
 from comfy.graph.params import GenerationParams, Limits
 from comfy.jobs.events import EventBus, JobEvent
@@ -416,6 +417,8 @@ class Studio:
             if fitted.note:
                 notes.append(f"Node {node_id}: {fitted.note}")
         info = await self.object_info()
+        if self.settings.auth_users or self.settings.api_keys:  # several users: none reads another's files
+            check_file_inputs(graph, info, uploads=kept)
         if info is not None:
             workflows.validate(graph, info, pending_uploads=True)
         job, _created = await self.store.enqueue({**(params or {}), "images": kept}, kind="workflow", workflow=graph,
