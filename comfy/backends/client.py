@@ -313,9 +313,12 @@ class ComfyClient:
             running, pending = await self.queue()
             if prompt_id not in running and prompt_id not in pending:
                 return True
-        if prompt_id in running or prompt_id in pending:
-            # It started between the two looks (or the delete did not take): interrupt it.
+        if prompt_id in running:
+            # It started between the two looks: interrupt it. Only then: a ComfyUI older than targeted
+            # interrupts stops whatever runs, which may be someone else's prompt.
             await self.interrupt(prompt_id)
+        elif prompt_id in pending:
+            await self.delete_from_queue([prompt_id])  # the delete did not take: once more
         return False
 
     async def locate(self, prompt_id: str) -> str | None:

@@ -408,7 +408,7 @@ class FakeComfy(_Knobs, _Faults, _Executor, _Nodes):
         body = json.loads(await request.body())
         if "clear" in body and body["clear"]:
             self._wipe_queue()
-        if "delete" in body:
+        if "delete" in body and not self.ignore_deletes:
             for prompt_id in body["delete"]:
                 self._delete_pending(prompt_id)
         return Response(status_code=200)
