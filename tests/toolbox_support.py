@@ -75,3 +75,9 @@ def strict_problems(graph: dict[str, Any], info: ObjectInfo) -> list[str]:
             elif spec.type == "INT" and not isinstance(value, int):
                 problems.append(f"{node_id} {cls}.{name}: {value!r} is not an int")
     return problems
+
+
+def inputs_of(graph: dict[str, Any], class_type: str, nth: int = 0) -> dict[str, Any]:
+    """The inputs of the ``nth`` node of a class, in id order (a built graph's prompt is its first CLIPTextEncode)."""
+    found = [graph[n] for n in sorted(graph, key=int) if graph[n]["class_type"] == class_type]
+    return found[nth]["inputs"]

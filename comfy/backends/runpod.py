@@ -253,7 +253,8 @@ class RunPodBackend:
             return keep(path)
 
         ready, graph = await prepare_job(job.params, toolbox, None, read_input=store.read_input, upload=upload,
-                                         default_checkpoint=self.checkpoints[0] if self.checkpoints else None)
+                                         default_checkpoint=self.checkpoints[0] if self.checkpoints else
+                                         _template_checkpoint())
         return graph, images, ready.record()
 
     def _policy(self, job_timeout: float) -> dict[str, Any]:
@@ -342,6 +343,12 @@ class RunPodBackend:
         if not outputs:
             notes.append("The workflow ran but saved no images (only previews, or outputs that are not images).")
         return Outcome(run_id, tuple(outputs), _int(body.get("executionTime")), tuple(notes))
+
+
+def _template_checkpoint() -> str:
+    """Without a configured list, the shipped txt2img template's checkpoint (what the endpoint runs by default)."""
+    graph = workflows.load_template("txt2img")
+    return next(str(n["inputs"]["ckpt_name"]) for n in graph.values() if n["class_type"] == "CheckpointLoaderSimple")
 
 
 async def _decoded(data: str) -> bytes:
