@@ -81,3 +81,10 @@ def inputs_of(graph: dict[str, Any], class_type: str, nth: int = 0) -> dict[str,
     """The inputs of the ``nth`` node of a class, in id order (a built graph's prompt is its first CLIPTextEncode)."""
     found = [graph[n] for n in sorted(graph, key=int) if graph[n]["class_type"] == class_type]
     return found[nth]["inputs"]
+
+
+def write_toolbox_info(folder: Path) -> Path:
+    """:func:`toolbox_info` as a file, for ``FakeComfy(object_info_path=...)``: a server with those model files."""
+    path = Path(folder) / "object_info.json"
+    path.write_text(json.dumps(toolbox_info().raw), encoding="utf-8")
+    return path
