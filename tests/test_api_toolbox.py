@@ -18,7 +18,7 @@ from comfy.graph import pngmeta
 from comfy.graph.params import GenerationParams
 from comfy.graph.plot import compose_grid, plan_grid
 from comfy.storage.local import METADATA_KEY
-from tests.api_support import ALPHA, BETA, SMALL, Api, api, error_of, make_api  # noqa: F401 (fixtures)
+from tests.api_support import ALPHA, BETA, SMALL, Api, error_of
 from tests.fakes.comfyui import FakeComfy
 from tests.toolbox_support import LORAS, UPSCALERS, VAES, classes, write_toolbox_info
 
