@@ -23,9 +23,10 @@ from comfy.graph.params import GenerationParams, Limits
 from comfy.graph.styles import Style
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.records import Job
-from comfy.toolbox import Toolbox
+from comfy.toolbox import MetadataOf, Toolbox, family_metadata
 
 if TYPE_CHECKING:
+    from comfy.backends.pool import Pool
     from comfy.jobs.store import JobStore
     from comfy.jobs.worker import Worker
     from comfy.settings import Settings
@@ -47,6 +48,7 @@ class Submission:
     bus: EventBus
     files: LocalStore
     worker: Worker
+    pool: Pool
 
     if TYPE_CHECKING:
         async def object_info(self, *, refresh: bool = False) -> ObjectInfo | None: ...  # Studio's
@@ -137,8 +139,16 @@ class Submission:
             params = dataclasses.replace(params, checkpoint=workflows.default_checkpoint(info))
         probe = dataclasses.replace(params, init_image=UPLOAD_PLACEHOLDER if params.init_image else None,
                                     mask=MASK_PLACEHOLDER if params.mask else None)
-        self.toolbox.prepare(probe, info, mask_png=mask_png).graph(info, pending_uploads=True)
+        metadata = await family_metadata(params, info, self._metadata_source())
+        self.toolbox.prepare(probe, info, mask_png=mask_png, checkpoint_metadata=metadata).graph(
+            info, pending_uploads=True)
         return params
+
+    def _metadata_source(self) -> MetadataOf | None:
+        """Where a checkpoint's metadata is asked (the one ComfyUI server; a pool's family comes from the name)."""
+        backends = self.pool.backends
+        return backends[0].client.checkpoint_metadata if len(backends) == 1 and backends[0].kind == "comfyui" \
+            else None  # type: ignore[attr-defined]
 
     async def submit_workflow(
         self,

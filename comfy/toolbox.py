@@ -25,7 +25,7 @@ from comfy.graph.params import GenerationParams
 from comfy.graph.recipe import Prepared, prepare
 from comfy.graph.styles import SHIPPED_STYLES, Style, load_styles
 
-__all__ = ["GRID_CELL_KEY", "Toolbox", "split_job_params", "prepare_job"]
+__all__ = ["GRID_CELL_KEY", "MetadataOf", "Toolbox", "family_metadata", "split_job_params", "prepare_job"]
 
 #: The job params key of a grid cell's place in its plot (not a generation parameter).
 GRID_CELL_KEY = "grid_cell"
@@ -60,21 +60,39 @@ class Toolbox:
         return load_styles(*self.style_paths)
 
     def prepare(self, params: GenerationParams, object_info: ObjectInfo | None = None, *,
-                mask_png: bytes | None = None, grid_cell: dict[str, Any] | None = None) -> Prepared:
+                mask_png: bytes | None = None, grid_cell: dict[str, Any] | None = None,
+                checkpoint_metadata: dict[str, Any] | None = None) -> Prepared:
         return prepare(params, object_info, styles=self.styles(), wildcard_dirs=self.wildcard_dirs,
-                       mask_png=mask_png, grid_cell=grid_cell)
+                       mask_png=mask_png, grid_cell=grid_cell, checkpoint_metadata=checkpoint_metadata)
+
+
+#: The checkpoint's safetensors metadata by file name (ComfyClient.checkpoint_metadata), for its family.
+MetadataOf = Callable[[str], Awaitable["dict[str, Any] | None"]]
+
+
+async def family_metadata(params: GenerationParams, object_info: ObjectInfo | None,
+                          metadata_of: MetadataOf | None) -> dict[str, Any] | None:
+    """The metadata that decides the family: only asked when the artist left the family to the checkpoint."""
+    if metadata_of is None or params.family is not None:
+        return None
+    checkpoint = params.checkpoint
+    if checkpoint is None and object_info is not None and object_info.checkpoints:
+        checkpoint = object_info.checkpoints[0]
+    return await metadata_of(checkpoint) if checkpoint else None
 
 
 async def prepare_job(params: dict[str, Any], toolbox: Toolbox, object_info: ObjectInfo | None, *,
                       read_input: Callable[[str], bytes], upload: Callable[[str], Awaitable[str]],
-                      default_checkpoint: str | None = None) -> tuple[Prepared, Graph]:
+                      default_checkpoint: str | None = None,
+                      metadata_of: MetadataOf | None = None) -> tuple[Prepared, Graph]:
     """What a generate job runs: its params prepared, its images uploaded (``upload`` of a kept input's
     name gives the server's name), and the graph, checked against ``object_info`` when there is one."""
     asked, cell = split_job_params(params)
     if asked.checkpoint is None and default_checkpoint is not None:
         asked = dataclasses.replace(asked, checkpoint=default_checkpoint)
     mask_png = read_input(asked.mask) if asked.mask and asked.inpaint_full_res else None
-    ready = toolbox.prepare(asked, object_info, mask_png=mask_png, grid_cell=cell)
+    metadata = await family_metadata(asked, object_info, metadata_of)
+    ready = toolbox.prepare(asked, object_info, mask_png=mask_png, grid_cell=cell, checkpoint_metadata=metadata)
     uploaded = {name: await upload(getattr(asked, name)) for name in ("init_image", "mask") if getattr(asked, name)}
     if uploaded:
         ready = dataclasses.replace(ready, params=dataclasses.replace(ready.params, **uploaded))

@@ -241,3 +241,13 @@ async def test_a_grid_runs_one_job_per_cell_and_composes_the_labelled_image(stud
                                                                                        "values": "1-8"}})
     with pytest.raises(WorkflowError, match="not a plot parameter"):
         await studio.submit_grid(BASE, {"x": {"param": "colour", "values": [1, 2]}})
+
+
+async def test_the_family_is_read_from_the_checkpoints_metadata(studio: Studio, toolbox_comfy: FakeComfy) -> None:
+    from comfy.graph.families import detect_family
+
+    captured = await studio.client.checkpoint_metadata("random-sd15.safetensors")  # the real server's answer
+    assert isinstance(captured, dict) and detect_family("random-sd15.safetensors", captured) == "sd15"
+    assert await studio.client.checkpoint_metadata("sd_xl_base_1.0.safetensors") is None  # 404: none kept
+    _, graph, meta = await run(studio, {"checkpoint": "sd_xl_base_1.0.safetensors"})  # then the name decides
+    assert meta["toolbox"]["family"] == "sdxl"

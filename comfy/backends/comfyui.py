@@ -54,7 +54,8 @@ async def build_prompt(job: Job, client: ComfyClient, store: LocalStore,
         workflows.validate(graph, info)
         return graph, None
     ready, graph = await prepare_job(job.params, toolbox or Toolbox(), info, read_input=store.read_input,
-                                     upload=lambda path: _upload(client, store, path))
+                                     upload=lambda path: _upload(client, store, path),
+                                     metadata_of=client.checkpoint_metadata)
     return graph, ready.record()
 
 
