@@ -20,27 +20,18 @@ from comfy.graph.plot import compose_grid, plan_grid
 from comfy.storage.local import METADATA_KEY
 from tests.api_support import ALPHA, BETA, SMALL, Api, error_of
 from tests.fakes.comfyui import FakeComfy
-from tests.toolbox_support import LORAS, UPSCALERS, VAES, classes, write_toolbox_info
+from tests.toolbox_support import LORAS, UPSCALERS, VAES, classes, png_bytes, toolbox_comfy
 
 
 @pytest.fixture
 def fake_comfy(tmp_path: Path) -> Iterator[FakeComfy]:
     """The fake ComfyUI with model files listed (make_api and api use this one in this module)."""
-    server = FakeComfy(step_time=0.002, object_info_path=write_toolbox_info(tmp_path))
-    server.start()
-    try:
+    with toolbox_comfy(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
-def b64png(width: int, height: int, color: Any = (90, 120, 200), box: tuple[int, int, int, int] | None = None) -> str:
-    picture = Image.new("RGB", (width, height), color)
-    if box is not None:
-        picture.paste((255, 255, 255), box)
-    out = io.BytesIO()
-    picture.save(out, format="PNG")
-    return base64.b64encode(out.getvalue()).decode()
+def b64png(*args: Any) -> str:
+    return base64.b64encode(png_bytes(*args)).decode()
 
 
 async def job_done(api: Api, job_id: str) -> dict[str, Any]:

@@ -13,19 +13,15 @@ from PIL import Image
 from comfy.graph import pngmeta
 from tests.fakes.comfyui import FakeComfy
 from tests.test_cli import run_cli
-from tests.toolbox_support import LORAS, UPSCALERS, VAES, classes, inputs_of, write_toolbox_info
+from tests.toolbox_support import LORAS, UPSCALERS, VAES, classes, inputs_of, toolbox_comfy
 
 SMALL = ("--steps", "2", "--seed", "5", "--width", "64", "--height", "64")
 
 
 @pytest.fixture
 def fake_comfy(tmp_path: Path) -> Iterator[FakeComfy]:
-    server = FakeComfy(step_time=0.002, object_info_path=write_toolbox_info(tmp_path))
-    server.start()
-    try:
+    with toolbox_comfy(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def write_png(path: Path, size: tuple[int, int], color=(90, 120, 200), box=None) -> Path:

@@ -3,9 +3,8 @@ object_info, here one listing LoRAs, VAEs and upscale models) → a PNG recordin
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,41 +17,25 @@ from comfy.graph.params import GenerationParams
 from comfy.jobs.records import Job, JobState
 from comfy.service import Studio
 from comfy.storage.local import METADATA_KEY
-from tests.conftest import make_settings
 from tests.fakes.comfyui import FakeComfy
-from tests.toolbox_support import LORAS, UPSCALERS, VAES, classes, inputs_of, write_toolbox_info
+from tests.toolbox_support import LORAS, UPSCALERS, VAES, classes, inputs_of, png_bytes
+from tests.toolbox_support import toolbox_comfy as toolbox_fake
 
 BASE = {"prompt": "a lighthouse at dawn", "steps": 2, "seed": 42, "width": 64, "height": 64}
 
 
 @pytest.fixture
 def toolbox_comfy(tmp_path: Path) -> Iterator[FakeComfy]:
-    server = FakeComfy(step_time=0.002, node_time=0.0, object_info_path=write_toolbox_info(tmp_path))
-    server.start()
-    try:
+    with toolbox_fake(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
-async def studio(tmp_path: Path, toolbox_comfy: FakeComfy) -> AsyncIterator[Studio]:
-    service = Studio(make_settings(tmp_path, toolbox_comfy.url))
-    service.worker.poll_interval = 0.02
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.aclose()
+def fake_comfy(toolbox_comfy: FakeComfy) -> FakeComfy:
+    return toolbox_comfy  # conftest's settings and studio fixtures run on this one
 
 
-def png(width: int, height: int, color: Any = (90, 120, 200), box: tuple[int, int, int, int] | None = None) -> bytes:
-    picture = Image.new("RGB", (width, height), color)
-    if box is not None:
-        picture.paste((255, 255, 255), box)
-    out = io.BytesIO()
-    picture.save(out, format="PNG")
-    return out.getvalue()
+png = png_bytes
 
 
 def mask_png(width: int, height: int, box: tuple[int, int, int, int]) -> bytes:
