@@ -357,8 +357,9 @@ def _public_params(job: Job) -> dict[str, Any]:
     params = dict(job.params)
     if "cfg" in params:
         params["cfg_scale"] = params.pop("cfg")
-    if params.get("init_image"):
-        params["init_image"] = True  # the kept copy's path is the server's business
+    for name in ("init_image", "mask"):
+        if params.get(name):
+            params[name] = True  # the kept copy's path is the server's business
     if isinstance(params.get("images"), dict):
         params["images"] = sorted(params["images"])  # node ids that received an image
     return params

@@ -20,7 +20,7 @@ from comfy.graph import masks
 from comfy.graph.images import FittedImage, fit_image
 from comfy.graph.object_info import ObjectInfo
 from comfy.graph.params import GenerationParams, Limits
-from comfy.graph.styles import Style
+from comfy.graph.styles import Style, resolve_styles
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.records import Job
 from comfy.toolbox import MetadataOf, Toolbox, family_metadata
@@ -132,8 +132,7 @@ class Submission:
         """The graph the worker will build, checked against the server's lists (None: the worker checks later)."""
         info = await self.object_info()
         if info is None:  # never seen the server: the worker checks when it is back
-            if params.styles:
-                self.toolbox.prepare(params)  # the style names need no server
+            resolve_styles(params.styles, self.toolbox.styles())  # the style names need no server
             return params
         if params.checkpoint is None:
             params = dataclasses.replace(params, checkpoint=workflows.default_checkpoint(info))

@@ -83,6 +83,7 @@ async def test_inpainting_and_outpainting_over_rest(api: Api, fake_comfy: FakeCo
             "mask_blur": 3, "mask_grow": 2, "inpaint_full_res": True, "inpaint_padding": 8}
     response = await api.http.post("/api/v1/generate/", json=body)
     assert response.status_code == 200, response.text
+    assert response.json()["metadata"]["mask"] is True  # not the kept copy's name
     ran = fake_comfy.prompts[-1]["prompt"]
     assert "LoadImageMask" in classes(ran) and "VAEEncodeForInpaint" in classes(ran)
     response = await api.http.post("/api/v1/jobs", json={**SMALL, "init_image": b64png(64, 64),
