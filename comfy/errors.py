@@ -17,6 +17,7 @@
     │   └── ProtocolError           a frame or body we did not expect            [retryable]
     ├── QueueError                  the job queue refused an operation
     │   ├── JobNotFound             no job with that id
+    │   │   └── GridNotFound        no X/Y/Z plot with that id
     │   └── IdempotencyConflict     the same idempotency key came with a different request
     └── StorageError                an output could not be written or read        [retryable]
 

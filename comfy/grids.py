@@ -21,7 +21,7 @@ from comfy.errors import GridNotFound, StorageError
 from comfy.graph.params import GenerationParams
 from comfy.graph.plot import GridPlan, compose_grid, plan_grid
 from comfy.jobs.records import Job, JobState
-from comfy.toolbox import GRID_CELL_KEY
+from comfy.graph.toolbox import GRID_CELL_KEY
 
 if TYPE_CHECKING:
     from comfy.jobs.store import JobStore

@@ -39,7 +39,7 @@ from comfy.storage.mounts import refuse_network_queue
 from comfy.storage.retention import DAY, PruneReport, prune
 from comfy.submission import Submission
 from comfy.grids import Grids
-from comfy.toolbox import Toolbox
+from comfy.graph.toolbox import Toolbox
 
 if TYPE_CHECKING:
     from comfy.storage.backlog import UploadStatus

@@ -23,7 +23,7 @@ from comfy.graph.params import GenerationParams, Limits
 from comfy.graph.styles import Style, resolve_styles
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.records import Job
-from comfy.toolbox import MetadataOf, Toolbox, family_metadata
+from comfy.graph.toolbox import MetadataOf, Toolbox, family_metadata
 
 if TYPE_CHECKING:
     from comfy.backends.pool import Pool

@@ -32,7 +32,7 @@ from comfy.jobs.records import Job
 from comfy.storage.local import LocalStore
 
 if TYPE_CHECKING:
-    from comfy.toolbox import Toolbox
+    from comfy.graph.toolbox import Toolbox
 
 __all__ = ["Backend", "BackendHealth", "Outcome", "Output", "RunContext", "redact_url", "required_checkpoints"]
 

@@ -24,7 +24,7 @@ from comfy.errors import ComfyError, JobTimedOut, ServerError, ServerTimeout, Se
 from comfy.graph.object_info import ObjectInfo
 from comfy.jobs.records import Job
 from comfy.storage.local import LocalStore
-from comfy.toolbox import Toolbox, prepare_job
+from comfy.graph.toolbox import Toolbox, prepare_job
 
 __all__ = ["WAITING_ON_BACKEND", "ComfyBackend", "build_prompt"]
 
@@ -40,7 +40,7 @@ async def build_prompt(job: Job, client: ComfyClient, store: LocalStore,
                        toolbox: Toolbox | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The API graph to submit for ``job`` and what its PNGs record of the toolbox (None for a workflow job).
 
-    A generate job's graph is built by :func:`comfy.toolbox.prepare_job` (LoRAs, VAE, hires, inpainting,
+    A generate job's graph is built by :func:`comfy.graph.toolbox.prepare_job` (LoRAs, VAE, hires, inpainting,
     outpainting, styles, wildcards, family), its images uploaded; a workflow job's images are uploaded
     into it. Raises :class:`WorkflowError` when it cannot run on this server (checked against ``object_info``).
     """

@@ -26,7 +26,7 @@ from comfy.backends.base import BackendHealth, Outcome, Output, RunContext
 from comfy.errors import ExecutionInterrupted
 from comfy.graph.object_info import ObjectInfo
 from comfy.graph.params import GenerationParams
-from comfy.toolbox import split_job_params
+from comfy.graph.toolbox import split_job_params
 from comfy.jobs.records import Job
 
 __all__ = ["DEMO_CHECKPOINTS", "DemoBackend", "demo_image"]

@@ -56,7 +56,7 @@ from comfy.errors import (
 )
 from comfy.jobs.records import Job
 from comfy.storage.local import LocalStore
-from comfy.toolbox import Toolbox, prepare_job
+from comfy.graph.toolbox import Toolbox, prepare_job
 
 __all__ = ["WAITING_FOR_WORKER", "RunPodBackend", "describe_failure", "parse_progress"]
 

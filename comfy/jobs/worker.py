@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from comfy.backends.base import Backend, Outcome
 from comfy.backends.client import ComfyClient
 from comfy.backends.comfyui import ComfyBackend, build_prompt
-from comfy.toolbox import Toolbox, split_job_params
+from comfy.graph.toolbox import Toolbox, split_job_params
 from comfy.backends.pool import Pool
 from comfy.errors import ComfyError, ExecutionInterrupted, QueueError, ServerTimeout, ServerUnavailable
 from comfy.jobs.events import EventBus, JobEvent
