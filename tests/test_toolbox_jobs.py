@@ -234,3 +234,24 @@ async def test_the_family_is_read_from_the_checkpoints_metadata(studio: Studio, 
     assert await studio.client.checkpoint_metadata("sd_xl_base_1.0.safetensors") is None  # 404: none kept
     _, graph, meta = await run(studio, {"checkpoint": "sd_xl_base_1.0.safetensors"})  # then the name decides
     assert meta["toolbox"]["family"] == "sdxl"
+
+
+async def test_a_toolbox_job_on_runpod_sends_the_mask_as_a_second_image(tmp_path: Path) -> None:
+    from tests.conftest import running
+    from tests.fakes.runpod_server import FakeRunPod
+    from tests.test_runpod import runpod_settings
+
+    with FakeRunPod(step_time=0.005) as endpoint:
+        async with running(runpod_settings(tmp_path, endpoint)) as serverless:
+            [job] = await serverless.submit({**BASE, "styles": ["Cinematic"], "vae": VAES[0]},
+                                            image=png(64, 64), mask=mask_png(64, 64, (8, 8, 40, 40)))
+            done = await serverless.wait(job.id, timeout=30)
+    assert done.state is JobState.SUCCEEDED, done.error
+    [run] = endpoint.runs
+    graph, names = run["input"]["workflow"], [i["name"] for i in run["input"]["images"]]
+    assert len(names) == 2 and {inputs_of(graph, "LoadImage")["image"], inputs_of(graph, "LoadImageMask")["image"]} \
+        == set(names)
+    assert inputs_of(graph, "CLIPTextEncode")["text"].startswith("cinematic film still of a lighthouse")
+    meta = json.loads(pngmeta.read_text_chunks(Path(done.outputs[0]["path"]).read_bytes())[METADATA_KEY])
+    assert meta["toolbox"]["styles"] == ["Cinematic"] and meta["toolbox"]["mask"]["blur"] == 4
+    assert meta["toolbox"]["vae"] == inputs_of(graph, "VAELoader")["vae_name"] == VAES[0]
