@@ -18,6 +18,7 @@
     │   └── ProtocolError           a frame or body we did not expect            [retryable]
     ├── QueueError                  the job queue refused an operation
     │   ├── JobNotFound             no job with that id
+    │   │   └── GridNotFound        no X/Y/Z plot with that id
     │   └── IdempotencyConflict     the same idempotency key came with a different request
     └── StorageError                an output could not be written or read        [retryable]
 
@@ -46,6 +47,7 @@ __all__ = [
     "ProtocolError",
     "QueueError",
     "JobNotFound",
+    "GridNotFound",
     "IdempotencyConflict",
     "StorageError",
     "NodeProblem",
@@ -231,6 +233,14 @@ class JobNotFound(QueueError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"No job with id {job_id!r}.")
         self.job_id = job_id
+
+
+class GridNotFound(JobNotFound):
+    """Raised when no X/Y/Z plot has the given id (or the caller may not see it)."""
+
+    def __init__(self, grid_id: str) -> None:
+        QueueError.__init__(self, f"No grid with id {grid_id!r}.")
+        self.job_id = self.grid_id = grid_id
 
 
 class IdempotencyConflict(QueueError):

@@ -155,6 +155,7 @@ class ComfyClient:
         self.preview_method = preview_method
         self._object_info: ObjectInfo | None = None
         self._object_info_lock = asyncio.Lock()
+        self._checkpoint_metadata: dict[str, dict[str, Any] | None] = {}
         self._closed = False
         #: The socket the next prompt will use, opening or open (see :meth:`prepare_events`).
         self._spare: Spare | None = None
@@ -213,6 +214,19 @@ class ComfyClient:
             if self._object_info is None or refresh:
                 self._object_info = ObjectInfo(await self._json("GET", "/object_info", "object_info"))
             return self._object_info
+
+    async def checkpoint_metadata(self, filename: str) -> dict[str, Any] | None:
+        """``GET /view_metadata/checkpoints?filename=...``: the safetensors header's ``__metadata__`` (for the
+        model family), cached per file; None when the file has none (404) or the server cannot say."""
+        if filename not in self._checkpoint_metadata:
+            try:
+                response = await self._request("GET", "/view_metadata/checkpoints", "view_metadata",
+                                               params={"filename": filename})
+                body = response.json() if response.status_code == 200 else None
+            except (ServerError, ValueError):
+                return None  # not cached: asked again next time
+            self._checkpoint_metadata[filename] = body if isinstance(body, dict) else None
+        return self._checkpoint_metadata[filename]
 
     async def checkpoints(self) -> list[str]:
         return (await self.object_info()).checkpoints

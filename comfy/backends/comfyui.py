@@ -32,9 +32,9 @@ from comfy.errors import (
     ServerUnavailable,
 )
 from comfy.graph.object_info import ObjectInfo
-from comfy.graph.params import GenerationParams
 from comfy.jobs.records import Job
 from comfy.storage.local import LocalStore
+from comfy.graph.toolbox import Toolbox, prepare_job
 
 __all__ = ["WAITING_ON_BACKEND", "ComfyBackend", "build_prompt"]
 
@@ -48,10 +48,13 @@ WAITING_ON_BACKEND = "waiting on the backend: queued on ComfyUI behind another p
 LATE_PROMPT_LOOKS = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
-async def build_prompt(job: Job, client: ComfyClient, store: LocalStore) -> dict[str, Any]:
-    """The API graph to submit for ``job``: template or workflow, parameters bound, images uploaded.
+async def build_prompt(job: Job, client: ComfyClient, store: LocalStore,
+                       toolbox: Toolbox | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The API graph to submit for ``job`` and what its PNGs record of the toolbox (None for a workflow job).
 
-    Raises :class:`WorkflowError` when it cannot run on this server (checked against ``object_info``).
+    A generate job's graph is built by :func:`comfy.graph.toolbox.prepare_job` (LoRAs, VAE, hires, inpainting,
+    outpainting, styles, wildcards, family), its images uploaded; a workflow job's images are uploaded
+    into it. Raises :class:`WorkflowError` when it cannot run on this server (checked against ``object_info``).
     """
     info = await client.object_info()
     if job.kind == "workflow":
@@ -60,16 +63,12 @@ async def build_prompt(job: Job, client: ComfyClient, store: LocalStore) -> dict
         if images:
             names = {node_id: await _upload(client, store, path) for node_id, path in images.items()}
             graph = workflows.apply_inputs(graph, {(node_id, "image"): name for node_id, name in names.items()})
-    else:
-        params = GenerationParams.from_dict(job.params)
-        graph = workflows.load_template("img2img" if params.init_image else "txt2img")
-        if params.init_image:
-            params = dataclasses.replace(params, init_image=await _upload(client, store, params.init_image))
-        if params.checkpoint is None:
-            params = dataclasses.replace(params, checkpoint=workflows.default_checkpoint(info))
-        graph = workflows.bind(graph, params)
-    workflows.validate(graph, info)
-    return graph
+        workflows.validate(graph, info)
+        return graph, None
+    ready, graph = await prepare_job(job.params, toolbox or Toolbox(), info, read_input=store.read_input,
+                                     upload=lambda path: _upload(client, store, path),
+                                     metadata_of=client.checkpoint_metadata)
+    return graph, ready.record()
 
 
 async def _upload(client: ComfyClient, store: LocalStore, path: str) -> str:
@@ -155,7 +154,7 @@ class ComfyBackend:
             return await self._follow(ctx, job, job.workflow or {}, None, waiting=False)
         async with contextlib.AsyncExitStack() as stack:
             async with self._submit_lock():  # FIFO: prompts reach ComfyUI in the order their jobs were claimed
-                graph = await build_prompt(job, self.client, ctx.files)
+                graph, record = await build_prompt(job, self.client, ctx.files, getattr(ctx, "toolbox", None))
                 # The socket comes first (usually opened ahead): its client id is stored with the prompt id
                 # before anything is submitted.
                 stream = await stack.enter_async_context(self.client.new_events())
@@ -167,7 +166,8 @@ class ComfyBackend:
                 waiting = bool(self._in_flight)
                 self._in_flight.append(job.prompt_id or "")
             self.client.prepare_events()  # the next job's socket, opened while this one runs
-            return await self._follow(ctx, job, graph, stream, waiting=waiting)
+            outcome = await self._follow(ctx, job, graph, stream, waiting=waiting)
+            return dataclasses.replace(outcome, record=record)
 
     def _submit_lock(self) -> asyncio.Lock:
         """Held from building a prompt to its POST; fair (FIFO). One per event loop (a backend may outlive one)."""
