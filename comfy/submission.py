@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from comfy import graph as workflows
 from comfy.errors import WorkflowError
 from comfy.graph import masks
+from comfy.graph.file_inputs import check_file_inputs
 from comfy.graph.images import FittedImage, fit_image
 from comfy.graph.object_info import ObjectInfo
 from comfy.graph.params import GenerationParams, Limits
@@ -175,6 +176,8 @@ class Submission:
             if fitted.note:
                 notes.append(f"Node {node_id}: {fitted.note}")
         info = await self.object_info()
+        if self.settings.auth_users or self.settings.api_keys:  # several users: none reads another's files
+            check_file_inputs(graph, info, uploads=kept)
         if info is not None:
             workflows.validate(graph, info, pending_uploads=True)
         job, _created = await self.store.enqueue({**(params or {}), "images": kept}, kind="workflow", workflow=graph,

@@ -191,7 +191,7 @@ class ComfyClient:
         if response.status_code in (401, 403):
             raise ServerUnavailable(
                 f"ComfyUI (or a proxy in front of it) refused {what} with HTTP {response.status_code}; "
-                "check COMFYUI_URL and COMFYUI_HEADERS."
+                "check COMFYUI_URL and COMFYUI_HEADERS.", status=response.status_code,
             )
         return response
 
@@ -327,9 +327,12 @@ class ComfyClient:
             running, pending = await self.queue()
             if prompt_id not in running and prompt_id not in pending:
                 return True
-        if prompt_id in running or prompt_id in pending:
-            # It started between the two looks (or the delete did not take): interrupt it.
+        if prompt_id in running:
+            # It started between the two looks: interrupt it. Only then: a ComfyUI older than targeted
+            # interrupts stops whatever runs, which may be someone else's prompt.
             await self.interrupt(prompt_id)
+        elif prompt_id in pending:
+            await self.delete_from_queue([prompt_id])  # the delete did not take: once more
         return False
 
     async def locate(self, prompt_id: str) -> str | None:

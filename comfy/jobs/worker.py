@@ -38,7 +38,14 @@ from comfy.backends.client import ComfyClient
 from comfy.backends.comfyui import ComfyBackend, build_prompt
 from comfy.graph.toolbox import Toolbox, split_job_params
 from comfy.backends.pool import Pool
-from comfy.errors import ComfyError, ExecutionInterrupted, QueueError, ServerTimeout, ServerUnavailable
+from comfy.errors import (
+    ComfyError,
+    ExecutionInterrupted,
+    PromptUnconfirmed,
+    QueueError,
+    ServerTimeout,
+    ServerUnavailable,
+)
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.leases import owner_alive
 from comfy.jobs.leases import worker_id as new_worker_id
@@ -60,6 +67,9 @@ NOTE_INTERVAL = 1.0
 NOTE_SCAN = 20
 #: How long telling a failing backend to drop a job's run may take before it is left as an orphan.
 FORGET_TIMEOUT = 2.0
+#: How long a submission whose answer was lost, and that did not show up, is watched for and stopped if it
+#: does (the pool looks every few seconds while it has such runs).
+LATE_RUN_LINGER = 600.0
 #: Errors after which the backend has no run left to stop (it restarted, or RunPod expired it).
 _GONE = frozenset({"prompt_lost", "run_expired"})
 
@@ -353,6 +363,8 @@ class Worker:
             await self._fail(job.id, exc, retry=False)
 
     async def _on_error(self, job: Job, backend: Backend, exc: ComfyError) -> None:
+        if isinstance(exc, PromptUnconfirmed):  # it may arrive after all: stop it if it does
+            self.pool.add_orphan(backend, exc.prompt_id, linger=LATE_RUN_LINGER)
         if await self._cancel_requested(job.id):
             await self._finish_cancelled(job.id)
             return
