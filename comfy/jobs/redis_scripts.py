@@ -31,6 +31,7 @@ KEYS = {
     "seq": ":seq",  # the last sequence number given
     "events": ":events",  # the pub/sub channel of job events (comfy.jobs.redis_events)
     "cancel": ":cancel",  # the pub/sub channel of cancel requests
+    "grid": ":grid:",  # + id: an X/Y/Z plot's record, JSON text (comfy.jobs.grid_records)
 }
 
 # -- shared helpers, prepended to every script ------------------------------------------------------------
