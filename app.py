@@ -62,6 +62,8 @@ def create_app(settings: Settings, *, studio: Studio | None = None,
     api = create_api(studio, settings, passwords=passwords)
     secret = browser_secret(settings)
     copies = PageCopies(gr.utils.get_upload_folder(), secret) if users or keys else None
+    if copies is not None:
+        studio.copies.append(copies)  # retention removes a job's page copies with it
     blocks = build_ui(studio, settings, auth_on=bool(users), browser_secret=secret, copies=copies)
     blocks.queue(default_concurrency_limit=8)
     # Gradio awaits an async auth function: the password hash runs in the checker's threads, off the loop.
