@@ -73,6 +73,7 @@ def create_app(settings: Settings, *, studio: Studio | None = None,
         allowed_paths=outputs_paths(settings), css=CSS, head=HEAD, footer_links=["api", "gradio", "settings"],
         server_name=settings.server_name, server_port=settings.server_port,
         max_file_size=settings.max_upload_bytes,  # an upload past STUDIO_MAX_UPLOAD_BYTES is refused at the door
+        mcp_server=mcp_on(settings),
     )
     # The page's JSON calls carry images as base64 (a third larger than the file); its file uploads have
     # max_file_size. Without this, a body of any size would be read whole before anything refuses it.
@@ -84,6 +85,25 @@ def create_app(settings: Settings, *, studio: Studio | None = None,
     if users:
         app.add_middleware(PageLogins)  # the login form's attempts are limited like HTTP Basic's
     return app
+
+
+def mcp_on(settings: Settings) -> bool:
+    """Whether to serve the MCP tools; refused, with a sentence, where they would bypass the logins.
+
+    Gradio's MCP server calls the endpoints on its own, without the caller's page login, so with
+    AUTH_USERS each tool would run as no one. Until it carries the login through, MCP is for a studio
+    without AUTH_USERS (API keys still guard the REST API; the MCP tools act like the open page).
+    """
+    if not settings.mcp:
+        return False
+    if settings.users():
+        raise ConfigError("STUDIO_MCP=1 (--mcp) cannot be used with AUTH_USERS yet: Gradio's MCP server would run "
+                          "every tool without the caller's login. Unset one of them.")
+    try:
+        import mcp  # noqa: F401 - Gradio's MCP server needs it
+    except ImportError:
+        raise ConfigError("STUDIO_MCP=1 (--mcp) needs the mcp package: pip install -r requirements.txt.") from None
+    return True
 
 
 def protection(settings: Settings) -> str:
@@ -136,6 +156,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="port (GRADIO_SERVER_PORT, default 7860)")
     parser.add_argument("--demo", action="store_true",
                         help="run on the built-in demo backend, no ComfyUI or GPU needed (same as STUDIO_DEMO=1)")
+    parser.add_argument("--mcp", action="store_true",
+                        help="serve the named endpoints as MCP tools at /gradio_api/mcp/ (same as STUDIO_MCP=1)")
     return parser.parse_args(argv)
 
 
@@ -151,6 +173,8 @@ def overrides_from(args: argparse.Namespace, environ: Mapping[str, str]) -> dict
         overrides["server_port"] = args.port
     if args.demo:
         overrides["demo"] = True
+    if args.mcp:
+        overrides["mcp"] = True
     if on_spaces and not any(environ.get(name) for name in ("COMFYUI_URL", "RUNPOD_ENDPOINT_ID", "STUDIO_DEMO")):
         overrides["demo"] = True  # a Space nobody has connected yet: show the demo, and how to connect
     if on_spaces and not args.host and "GRADIO_SERVER_NAME" not in environ:

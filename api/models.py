@@ -15,7 +15,7 @@ import binascii
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.errors import ApiError
 from comfy.graph.params import MAX_SEED
@@ -69,7 +69,8 @@ class GenerateRequest(BaseModel):
     sampler: str = Field("euler", description="A sampler from GET /models.")
     scheduler: str = Field("normal", description="A scheduler from GET /models.")
     steps: int = Field(20, ge=1, description="Sampling steps (at most STUDIO_MAX_STEPS).")
-    cfg_scale: float = Field(7.0, ge=0, le=100, description="Classifier-free guidance scale.")
+    cfg_scale: float = Field(7.0, ge=0, le=100, description="Classifier-free guidance scale; `cfg` (the page's "
+                             "name for it) is accepted as well.")
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed; the one used is returned.")
     width: int = Field(512, ge=64, multiple_of=8, description="Pixels, a multiple of 8 (at most STUDIO_MAX_WIDTH).")
     height: int = Field(512, ge=64, multiple_of=8, description="Pixels, a multiple of 8 (at most STUDIO_MAX_HEIGHT).")
@@ -99,6 +100,19 @@ class GenerateRequest(BaseModel):
         None, description='X/Y/Z plot: {"x": {"param": "steps", "values": [10, 20]}, "y": ..., "z": ...}, one job '
         "per cell; values may be A1111's text (\"1-5\", \"1-10 (+2)\"). Answers 202 with the grid's URL.")
     grid_confirmed: bool = Field(False, description="Run a grid of more than 64 cells.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cfg_alias(cls, data: Any) -> Any:
+        """``cfg`` is ``cfg_scale`` (the page and the engine call it ``cfg``); both at once must agree."""
+        if isinstance(data, dict) and "cfg" in data:
+            data = dict(data)
+            cfg = data.pop("cfg")
+            if "cfg_scale" in data and data["cfg_scale"] != cfg:
+                raise ApiError(422, "validation_error", "cfg and cfg_scale are the same setting; send one of them.",
+                               field="cfg")
+            data["cfg_scale"] = cfg
+        return data
 
     def engine_params(self) -> dict[str, Any]:
         """The engine's :class:`GenerationParams` fields (``cfg_scale`` is ``cfg`` there), without the images."""

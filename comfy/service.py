@@ -74,8 +74,8 @@ class BackendStatus:
     gpu: str | None = None
     vram_total: int | None = None
     vram_free: int | None = None
-    #: Work pending or running there, ours included (RunPod: its jobs in queue + in progress).
-    queue_remaining: int | None = None
+    device_type: str | None = None  #: ``cpu``: the memory shown is RAM
+    queue_remaining: int | None = None  #: work pending or running there, ours included (RunPod: queue + in progress)
     comfyui_version: str | None = None
     #: The name jobs record in ``job.backend`` (the redacted URL, or ``runpod:<endpoint id>``).
     name: str | None = None
@@ -341,7 +341,8 @@ class Studio(Submission, Grids):
             return BackendStatus(backend.url, False, error=str(exc), state=state, **known)
         return BackendStatus(
             backend.url, True, gpu=health.gpu, vram_total=health.vram_total, vram_free=health.vram_free,
-            queue_remaining=health.queue_remaining, comfyui_version=health.version, state="up",
+            device_type=health.device_type, queue_remaining=health.queue_remaining,
+            comfyui_version=health.version, state="up",
             workers_idle=health.workers_idle, workers_running=health.workers_running,
             jobs_in_queue=health.jobs_in_queue, jobs_in_progress=health.jobs_in_progress, **known,
         )

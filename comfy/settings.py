@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         False, validation_alias=_env("STUDIO_DEMO", "demo"),
         description="Run on the built-in demo backend: placeholder pictures drawn on the CPU, no ComfyUI needed.",
     )
+    mcp: bool = Field(
+        False, validation_alias=_env("STUDIO_MCP", "mcp"),
+        description="Serve the page's named endpoints (generate, job_status, cancel, jobs) as MCP tools at "
+                    "/gradio_api/mcp/ for assistants (Gradio's MCP server; needs the mcp package).",
+    )
 
     # -- the studio's own state --------------------------------------------------------------------
     data_dir: Path = Field(

@@ -139,6 +139,8 @@ async def test_generate_waits_and_returns_the_images(api: Api) -> None:
     assert Image.open(io.BytesIO(png.content)).size == (64, 64)
     again = await api.http.post("/api/v1/generate", json={**SMALL, "seed": 43})  # no trailing slash either
     assert again.status_code == 200 and again.json()["metadata"]["seed"] == 43
+    named = await api.http.post("/api/v1/generate", json={**SMALL, "cfg": 5.5})  # the page's name is accepted too
+    assert named.status_code == 200 and named.json()["metadata"]["cfg_scale"] == 5.5
 
 
 async def test_generate_answers_202_when_the_wait_is_too_long(make_api, fake_comfy: FakeComfy) -> None:

@@ -152,6 +152,8 @@ async def test_oversized_bodies_are_refused(make_api) -> None:
         ({"steps": 3}, 422, "prompt", "required"),
         ({**SMALL, "width": 100}, 422, "width", "multiple of 8"),
         ({**SMALL, "cfg_scale": 1000}, 422, "cfg_scale", "less than or equal"),
+        ({**SMALL, "cfg": 5, "cfg_scale": 6}, 422, "cfg", "send one of them"),
+        ({**SMALL, "cfg": "x"}, 422, "cfg_scale", "valid number"),
         ({**SMALL, "steps": 1000}, 400, "steps", "between 1 and 150"),
         ({**SMALL, "width": 4096}, 400, "width", "between"),
         ({**SMALL, "sampler": "no_such_sampler"}, 400, "sampler", "no_such_sampler"),

@@ -104,8 +104,7 @@ def test_load_a_workflow_edit_an_input_and_run_it(browser, tmp_path: Path) -> No
         page.goto(url)
         expect(page.locator("#status")).to_contain_text("Connected", timeout=30_000)
         page.get_by_role("tab", name="Workflow").click()
-        page.locator("input[type=file]").first.set_input_files(str(flow))
-        page.get_by_role("button", name="Load workflow").click()
+        page.locator("#wf-file input[type=file]").set_input_files(str(flow))  # loads on drop
         prompt_box = page.locator("#wf-6-text textarea")
         expect(prompt_box).to_have_value("a watercolor painting of a lighthouse at dusk", timeout=30_000)
         expect(page.locator("#wf-3-sampler_name input")).to_have_value("euler")

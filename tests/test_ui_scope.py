@@ -35,30 +35,32 @@ async def test_with_api_keys_the_open_page_sees_only_the_jobs_made_on_it(studio:
     for job_id in (by_key.id, watched[0]):
         assert (await studio.wait(job_id, timeout=30)).state is JobState.SUCCEEDED
 
-    rows, thumbs, _ = await h.history("all", None, page)
-    assert [row[0] for row in rows] == watched and all(by_key.id not in caption for _, caption in thumbs)
+    rows, thumbs, _, ids = await h.history("all", None, page)
+    assert ids == watched and [row[0] for row in rows] == [i[:8] for i in watched] and all(by_key.id not in caption for _, caption in thumbs)
     assert [j["job_id"] for j in await h.api_jobs(request=page)] == watched
-    for call in (h.job_detail, h.cancel_job, h.move_to_front, h.reuse_settings, h.send_to_img2img):
+    detail = await h.job_detail(by_key.id, page)
+    assert "No job with id" in detail[0] and "secret project" not in str(detail)
+    for call in (h.cancel_job, h.move_to_front, h.reuse_settings, h.send_to_img2img):
         with pytest.raises(gr.Error, match="No job with id"):
             await call(by_key.id, page)
     with pytest.raises(gr.Error, match="No job with id"):
         await h.api_cancel(by_key.id, page)
     assert await h.restore_jobs([by_key.id, *watched], page) == watched
     # Its own images go to Gradio as copies in a folder named after the job (which ui.files gates).
-    _summary, _settings, images = await h.job_detail(watched[0], page)
-    [(shown, _caption)] = images
+    _summary, _text, _settings, images, *_buttons = await h.job_detail(watched[0], page)
+    [(shown, _caption)] = images["value"]
     assert Path(shown).parent == PageCopies(tmp_path / "gradio-cache", "secret").folder(watched[0])
     assert Path(shown).read_bytes() == Path((await studio.image_urls(watched[0]))[0]).read_bytes()
 
     everyone = Handlers(studio)  # nothing set at all: one shared workspace, as before
-    assert {row[0] for row in (await everyone.history("all", None, page))[0]} == {by_key.id, watched[0]}
+    assert set((await everyone.history("all", None, page))[3]) == {by_key.id, watched[0]}
 
 
 async def test_another_users_job_id_is_no_warning_in_the_log(studio: Studio, caplog: pytest.LogCaptureFixture) -> None:
     h = Handlers(studio, auth_on=True)
     watched, _ = await h.generate("txt2img", None, *[FORM[n] for n in FORM_FIELDS], request=request("ann"))
     caplog.set_level(logging.INFO)
-    for call in (h.job_detail, h.cancel_job, h.move_to_front):
+    for call in (h.cancel_job, h.move_to_front):
         with pytest.raises(gr.Error, match="No job with id"):
             await call(watched[0], request("bob"))
         with pytest.raises(gr.Error, match="No job with id"):

@@ -8,24 +8,25 @@ unexpected is logged with its trace and shown as one plain sentence.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import functools
 import io
 import logging
+import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
-from comfy import ComfyError, GenerationParams, Job, JobEvent, JobNotFound, JobState, Studio, WorkflowError
+from comfy import BackendState, BackendStatus, ComfyError, GenerationParams, Job, JobEvent, JobNotFound, JobState, Studio, WorkflowError
 from comfy import graph as workflows
 from comfy.graph.pnginfo import read_png_info
 from ui import render
+from ui.endpoints import NamedEndpoints
+from ui.errors import _owner, friendly
 from ui.files import PageCopies
 
 __all__ = ["Handlers", "FORM_FIELDS", "friendly", "storable_form"]
@@ -37,66 +38,12 @@ FORM_FIELDS = ["prompt", "negative_prompt", "checkpoint", "sampler", "scheduler"
                "height", "batch_size", "batch_count", "denoise"]
 WATCH_LIMIT = 64  # jobs one page follows at once
 GALLERY_LIMIT = 48  # newest results shown under the preview; the history pages through the rest
-WATCHED_SESSIONS = 4096  # pages whose followed jobs are kept; the least recently active is forgotten first
+WATCHED_SESSIONS = 4096
+HISTORY_IMAGES = 100  # images of one history page in its gallery (25 jobs; a batch of 100 pages through)
+STATUS_COUNTS_TTL = 1.0  # seconds the header's queue counts are reused across pages  # pages whose followed jobs are kept; the least recently active is forgotten first
 
 
-def _to_gr_error(exc: Exception) -> gr.Error:
-    if isinstance(exc, ComfyError):
-        # An ordinary error is one line in the log; Gradio would print the whole chained traceback. A job
-        # id that is not there (or another user's) is a caller's guess: not worth a line at all.
-        user = isinstance(exc, (WorkflowError, JobNotFound))
-        level = logging.DEBUG if isinstance(exc, JobNotFound) else logging.INFO if user else logging.WARNING
-        logger.log(level, "%s: %s", "Refused" if user else "Backend problem", exc)
-        return gr.Error(str(exc), title="Cannot do that" if user else "Backend problem", print_exception=False)
-    logger.exception("Unexpected error in a UI handler")
-    return gr.Error(f"Something went wrong ({type(exc).__name__}); the details are in the server log.")
-
-
-def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn engine errors into readable ``gr.Error`` modals, for plain and async handlers."""
-    if asyncio.iscoroutinefunction(fn):
-        @functools.wraps(fn)
-        async def run_async(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as exc:  # noqa: BLE001 - shown as a sentence, logged with its trace
-                raise _to_gr_error(exc) from exc
-        return run_async
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise _to_gr_error(exc) from exc
-    return run
-
-
-def _owner(request: gr.Request | None, auth_on: bool) -> str | None:
-    """With logins on, each user has their own jobs; without, the studio is one shared workspace."""
-    if not auth_on:
-        return None
-    username = getattr(request, "username", None)
-    if not username:  # Gradio lets no one in without a login; refuse rather than fall back to "shared"
-        raise gr.Error("Log in first: this studio has logins.")
-    return username
-
-
-def _decode_data_url(value: str) -> bytes:
-    if value.startswith("data:"):
-        value = value.split(",", 1)[-1]
-    try:
-        return base64.b64decode(value, validate=True)
-    except ValueError:
-        raise WorkflowError("init_image must be a base64 string (or a data: URL) of a PNG or JPEG.",
-                            field="init_image") from None
-
-
-class Handlers:
+class Handlers(NamedEndpoints):
     """The UI's behaviour, bound to one :class:`Studio` (shared by every browser session)."""
 
     def __init__(self, studio: Studio, *, auth_on: bool = False, keys_on: bool = False,
@@ -111,6 +58,9 @@ class Handlers:
         #: (user, session hash) -> job ids that page follows (the newest batch and what is still running).
         #: The user is part of the key: a session hash comes from the browser, anyone can send another's.
         self._watched: OrderedDict[tuple[str | None, str], list[str]] = OrderedDict()
+        self._counts: dict[JobState, int] = {}  # the queue's counts for the header, read at most once a second
+        self._counts_at = self._asked_at = -1e9
+        self._asked: list[BackendStatus] = []  # the backends' own answers, while the pool has not checked them yet
 
     # -- models and status ------------------------------------------------------------------------
 
@@ -140,8 +90,44 @@ class Handlers:
         return [dropdowns.get(name) or gr.update(value=values[name]) for name in FORM_FIELDS]
 
     async def status(self) -> str:
+        """The header, asking each backend (on page load)."""
         statuses = await self.studio.backends_status()
         return render.status_html(statuses, await self.studio.counts())
+
+    async def live_status(self) -> str:
+        """The header from what the engine already knows: the pool's last checks and the queue's counts.
+
+        No request to any backend, so every page can read it each second and see a change within one.
+        """
+        now = time.monotonic()
+        if now - self._counts_at >= STATUS_COUNTS_TTL:
+            self._counts, self._counts_at = await self.studio.counts(), now
+        views = self.studio.pool.views()
+        if any(v.state is BackendState.UP and v.health is None for v in views):  # not checked yet: ask, once for all
+            if now - self._asked_at >= STATUS_COUNTS_TTL:
+                self._asked, self._asked_at = await self.studio.backends_status(), now
+            return render.status_html(self._asked, self._counts)
+        statuses = []
+        for view in views:
+            health, backend = view.health, view.backend
+            known = {"name": backend.name, "kind": backend.kind, "load": view.load, "in_flight": view.in_flight,
+                     "max_in_flight": backend.max_in_flight, "state": view.state.value,
+                     "down_for_s": round(now - view.down_since) if view.down_since is not None else None}
+            if view.state is not BackendState.UP or health is None:
+                statuses.append(BackendStatus(backend.url, False, error=view.error, **known))
+                continue
+            statuses.append(BackendStatus(
+                backend.url, True, gpu=health.gpu, vram_total=health.vram_total, vram_free=health.vram_free,
+                device_type=health.device_type, queue_remaining=health.queue_remaining,
+                comfyui_version=health.version, workers_idle=health.workers_idle,
+                workers_running=health.workers_running, jobs_in_queue=health.jobs_in_queue,
+                jobs_in_progress=health.jobs_in_progress, **known))
+        return render.status_html(statuses, self._counts)
+
+    async def status_tick(self, shown: str | None) -> tuple[Any, Any]:
+        """Each second: the header again, sent only when it changed."""
+        html_now = await self.live_status()
+        return (gr.skip(), gr.skip()) if html_now == shown else (html_now, html_now)
 
     # -- generating -------------------------------------------------------------------------------
 
@@ -273,12 +259,16 @@ class Handlers:
                             preview: Any) -> tuple[str, Any, list[Any]]:
         positions = {job.id: await self.studio.position(job.id) for job in jobs if job.state is JobState.QUEUED}
         shown = [j for j in jobs if not j.state.is_final] or jobs[-4:]
-        gallery = [(url, f"seed {job.params.get('seed', '-')}") for job in reversed(jobs)
-                   for url in await self.images(job)][:GALLERY_LIMIT]
+        gallery = []
+        for job in reversed(jobs):
+            urls = await self.images(job)
+            gallery += [(url, render.image_caption(job, i, len(urls))) for i, url in enumerate(urls)]
+        gallery = gallery[:GALLERY_LIMIT]
         if gallery and all(job.state.is_final for job in jobs):
             preview = gallery[0][0]  # done: the latent preview gives way to the newest image
         several = len(self.studio.pool.backends) > 1
-        return render.progress_html(shown, live, positions, show_backend=several), preview, gallery
+        down = self.studio.pool.down_reason()
+        return render.progress_html(shown, live, positions, show_backend=several, down=down), preview, gallery
 
     async def images(self, job: Job) -> list[str]:
         """A job's images as the page can show them: presigned URLs once in S3, else the local files."""
@@ -298,13 +288,31 @@ class Handlers:
 
     @friendly
     async def history(self, state: str, cursor: int | None,
-                      request: gr.Request) -> tuple[list[list[Any]], list[Any], int | None]:
+                      request: gr.Request) -> tuple[list[list[Any]], list[Any], int | None, list[str]]:
+        """One page of the table: rows (short ids), a thumbnail per job, the next cursor, and the rows' full ids."""
         states = None if state in ("", "all", None) else [JobState(state)]
         page = await self.studio.jobs(states=states, **self._whose(request), limit=25, cursor=cursor)
         positions = {job.id: await self.studio.position(job.id) for job in page.jobs if job.state is JobState.QUEUED}
-        thumbs = [(images[0], f"{job.id} · {render.job_caption(job)}") for job in page.jobs
-                  if (images := await self.images(job))]
-        return render.job_rows(page.jobs, positions), thumbs, page.next_cursor
+        thumbs = []  # every image of the page, for the lightbox: "<job id> · 2 of 4 · state · prompt"
+        for job in page.jobs:
+            images = await self.images(job)
+            thumbs += [(url, f"{job.id} · {i + 1} of {len(images)} · {render.job_caption(job)}")
+                       for i, url in enumerate(images)]
+        thumbs = thumbs[:HISTORY_IMAGES]
+        rows = render.job_rows(page.jobs, positions, self.studio.pool.down_reason())
+        return rows, thumbs, page.next_cursor, [job.id for job in page.jobs]
+
+    async def _resolve(self, job_id: str, request: gr.Request | None) -> Job:
+        """The job named by its id or by the short id the table shows (the first characters)."""
+        job_id = job_id.strip()
+        if len(job_id) >= 16:
+            return await self._own(job_id, request)
+        if len(job_id) >= 4:
+            page = await self.studio.jobs(**self._whose(request), limit=200)
+            matches = [job for job in page.jobs if job.id.startswith(job_id)]
+            if len(matches) == 1:
+                return matches[0]
+        raise JobNotFound(job_id)
 
     async def _own(self, job_id: str, request: gr.Request | None) -> Job:
         """The job if the caller may see it; another user's job is "not found", as on the REST API."""
@@ -320,31 +328,45 @@ class Handlers:
         return {"owner": owner, "unowned": self.scoped and owner is None}
 
     @friendly
-    async def job_detail(self, job_id: str | None, request: gr.Request) -> tuple[str, dict[str, Any], list[Any]]:
-        if not job_id:
-            return "Select a job in the table.", {}, []
-        job = await self._own(job_id, request)
-        images = [(url, f"image {i + 1}") for i, url in enumerate(await self.images(job))]
+    async def job_detail(self, job_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """The detail panel: summary, settings as text and as JSON, images, and which buttons apply.
+
+        An id that names no job (of this user) clears the panel and says so, rather than keeping the last one.
+        """
+        buttons = (gr.update(visible=False), gr.update(visible=False))
+        if not job_id or not job_id.strip():
+            return "Select a job in the table.", "", {}, [], *buttons
+        try:
+            job = await self._resolve(job_id, request)
+        except ComfyError as exc:  # another user's job is "not found" too, and shows nothing of it
+            return str(exc), "", {}, [], *buttons
+        urls = await self.images(job)
+        images = [(url, render.image_caption(job, i, len(urls))) for i, url in enumerate(urls)]
         settings = {k: v for k, v in job.params.items() if k != "images"}
-        return render.job_summary(job, await self.studio.position(job.id)), settings, images
+        position = await self.studio.position(job.id)
+        buttons = (gr.update(visible=not job.state.is_final), gr.update(visible=job.state is JobState.QUEUED))
+        return (render.job_summary(job, position), render.settings_text(settings), settings,
+                gr.update(value=images, visible=bool(images)), *buttons)
 
     @friendly
     async def cancel_job(self, job_id: str | None, request: gr.Request) -> None:
         if not job_id:
             raise WorkflowError("Select a job first.", field="job")
-        job = await self._own(job_id, request)
+        job = await self._resolve(job_id, request)
         if job.state.is_final:
-            gr.Info(f"Job {job_id} has already {job.state.value}.")
+            gr.Info(f"Job {job.id[:8]} has already {job.state.value}.")
             return
-        await self.studio.cancel(job_id)
+        await self.studio.cancel(job.id)
         gr.Info("Cancelled." if job.state is JobState.QUEUED else "Stopping it on the backend.")
 
     @friendly
     async def move_to_front(self, job_id: str | None, request: gr.Request) -> None:
         if not job_id:
             raise WorkflowError("Select a queued job first.", field="job")
-        await self._own(job_id, request)
-        await self.studio.move_to_front(job_id)
+        job = await self._resolve(job_id, request)
+        if job.state is not JobState.QUEUED:
+            raise WorkflowError(f"Job {job.id[:8]} is {job.state.value}; only a queued job can move.", field="job")
+        await self.studio.move_to_front(job.id)
         gr.Info("It runs next.")
 
     @friendly
@@ -352,7 +374,7 @@ class Handlers:
         """The form values of a finished job ("use these settings")."""
         if not job_id:
             raise WorkflowError("Select a job first.", field="job")
-        job = await self._own(job_id, request)
+        job = await self._resolve(job_id, request)
         if job.kind != "generate":
             raise WorkflowError("That job ran a loaded workflow; reopen it in the Workflow tab.", field="job")
         return await self.form_values(job.params)
@@ -378,7 +400,7 @@ class Handlers:
     async def send_to_img2img(self, job_id: str | None, request: gr.Request) -> str:
         if not job_id:
             raise WorkflowError("Select a finished job first.", field="job")
-        job = await self._own(job_id, request)
+        job = await self._resolve(job_id, request)
         if not job.outputs:
             raise WorkflowError("That job has no image yet.", field="job")
         images = await self.images(job)
@@ -392,7 +414,11 @@ class Handlers:
     def png_info(self, path: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
         if not path:
             return "Drop a PNG to read its settings.", {}, {}
-        info = read_png_info(Path(path).read_bytes())
+        try:
+            info = read_png_info(Path(path).read_bytes())
+        except WorkflowError as exc:  # a toast that says so; a raised error would also mark the outputs "Error"
+            gr.Warning(str(exc))
+            return f"_{exc}_", {}, {}
         source = {"comfyui_studio": "ComfyUI Studio", "a1111": "AUTOMATIC1111-style parameters",
                   "comfyui": "a ComfyUI workflow", "none": "nothing: this PNG carries no generation settings"}
         return f"Settings read from **{source[info.source]}**.", info.params, info.texts
@@ -440,98 +466,44 @@ class Handlers:
         return gr.update(choices=self.studio.library.names(owner), value=saved)
 
     @friendly
-    async def run_workflow(self, loaded: dict[str, Any] | None, values: list[Any], request: gr.Request) -> list[str]:
-        """Queue the loaded workflow with the values of its widgets (in the order of ``loaded["inputs"]``)."""
+    async def run_workflow(self, loaded: dict[str, Any] | None, values: list[Any], request: gr.Request,
+                           random_seeds: set[int] | frozenset[int] = frozenset()) -> list[str]:
+        """Queue the loaded workflow with the values of its widgets (in the order of ``loaded["inputs"]``).
+
+        ``random_seeds``: the indexes of seed inputs to draw afresh. The job's history shows the workflow's
+        prompt text and name (``params``), not just "workflow".
+        """
         if not loaded:
             raise WorkflowError("Load a workflow first.", field="workflow")
         inputs: dict[tuple[str, str], Any] = {}
         images: dict[str, bytes] = {}
-        for spec, value in zip(loaded["inputs"], values):
+        shown: dict[str, Any] = {"workflow_name": loaded["name"]}
+        for index, (spec, value) in enumerate(zip(loaded["inputs"], values)):
             if spec["kind"] == "image":
                 if value:
                     images[spec["node_id"]] = Path(value).read_bytes()
-            elif value is not None:
-                inputs[(spec["node_id"], spec["input_name"])] = _coerce(spec, value)
+                continue
+            if index in random_seeds:
+                high = int(spec.get("max") or 2**32 - 1)
+                value = secrets.randbelow(min(high, 2**53) + 1)  # a seed JSON and the page carry exactly
+            if value is None:
+                continue
+            value = _coerce(spec, value)
+            inputs[(spec["node_id"], spec["input_name"])] = value
+            param = spec.get("param")
+            if param and param not in shown and param in _SHOWN_PARAMS:
+                shown[param] = value
         job = await self.studio.submit_workflow(loaded["graph"], inputs=inputs, images=images,
-                                                owner=_owner(request, self.auth_on))
+                                                owner=_owner(request, self.auth_on), params=shown)
         await self._watch(request, [job.id])
-        gr.Info(f"Queued workflow {loaded['name']!r}.")
+        seed = f", seed {shown['seed']}" if "seed" in shown else ""
+        gr.Info(f"Queued workflow {loaded['name']!r}{seed}.")
         return self.watched(request)
 
-    # -- the Gradio API (named endpoints for gradio_client) ------------------------------------------
 
-    async def api_generate(self, prompt: str, negative_prompt: str = "", checkpoint: str = "",
-                           sampler: str = "euler", scheduler: str = "normal", steps: int = 20, cfg: float = 7.0,
-                           seed: int = -1, width: int = 512, height: int = 512, batch_size: int = 1,
-                           batch_count: int = 1, denoise: float = 1.0, init_image: str = "",
-                           loras: list[dict] | None = None, vae: str = "", hires: dict | None = None,
-                           mask: str = "", mask_blur: int = 4, mask_grow: int = 0, inpaint_full_res: bool = False,
-                           inpaint_padding: int = 32, outpaint: dict | None = None, styles: list[str] | None = None,
-                           family: str = "", guidance: float | None = None,
-                           request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]
-        """Queue a generation; returns {"job_ids": [...], "seeds": [...]} at once. init_image, mask: base64 PNG/JPEG.
-
-        The toolbox fields are the REST API's (POST /api/v1/jobs): loras, vae, hires, mask..., styles, family.
-        """
-        try:
-            params = GenerationParams(prompt=prompt, negative_prompt=negative_prompt, checkpoint=checkpoint or None,
-                                      sampler=sampler, scheduler=scheduler, steps=int(steps), cfg=float(cfg),
-                                      seed=int(seed), width=int(width), height=int(height),
-                                      batch_size=int(batch_size), denoise=float(denoise), loras=loras or None,
-                                      vae=vae or None, hires=hires or None, mask_blur=int(mask_blur),
-                                      mask_grow=int(mask_grow), inpaint_full_res=bool(inpaint_full_res),
-                                      inpaint_padding=int(inpaint_padding), outpaint=outpaint or None,
-                                      styles=styles or None, family=family or None,
-                                      guidance=None if guidance is None else float(guidance))
-            image = _decode_data_url(init_image) if init_image else None
-            mask_png = _decode_data_url(mask) if mask else None
-            jobs = await self.studio.submit(params, count=int(batch_count), image=image, mask=mask_png,
-                                            owner=_owner(request, self.auth_on))
-        except ComfyError as exc:
-            raise _to_gr_error(exc) from exc
-        return {"job_ids": [j.id for j in jobs], "seeds": [j.params["seed"] for j in jobs]}
-
-    async def api_job_status(self, job_id: str, request: gr.Request = None) -> AsyncIterator[dict[str, Any]]:  # type: ignore[assignment]
-        """Follow a job: yields its state on every change (queued place, progress, node), ending when done."""
-        try:
-            await self._own(job_id, request)
-            async for event in self.studio.follow(job_id):
-                if event.kind == "preview":
-                    continue
-                yield await self._status_dict(job_id, event)
-                if event.final:
-                    return
-        except ComfyError as exc:
-            raise _to_gr_error(exc) from exc
-
-    async def _status_dict(self, job_id: str, event: JobEvent) -> dict[str, Any]:
-        job = await self.studio.job(job_id)
-        return {
-            "job_id": job_id, "state": job.state.value, "event": event.kind,
-            "progress": event.progress if event.progress is not None else job.progress,
-            "node": event.node or job.node, "step": event.step, "steps": event.steps,
-            "position": await self.studio.position(job_id), "seed": job.params.get("seed"),
-            "images": await self.images(job), "error": job.error, "at": event.at, "sent": time.time(),
-        }
-
-    async def api_cancel(self, job_id: str, request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]
-        """Cancel a job (a running one is interrupted on ComfyUI too); returns its state."""
-        try:
-            await self._own(job_id, request)
-            job = await self.studio.cancel(job_id)
-        except ComfyError as exc:
-            raise _to_gr_error(exc) from exc
-        return {"job_id": job.id, "state": job.state.value, "cancel_requested": job.cancel_requested}
-
-    async def api_jobs(self, state: str = "", limit: int = 20, request: gr.Request = None) -> list[dict[str, Any]]:  # type: ignore[assignment]
-        """The newest jobs (optionally of one state: queued, running, succeeded, failed, cancelled)."""
-        try:
-            states = [JobState(state)] if state else None
-        except ValueError:
-            raise gr.Error(f"state must be one of: {', '.join(s.value for s in JobState)}.") from None
-        page = await self.studio.jobs(states=states, **self._whose(request), limit=max(1, min(int(limit), 200)))
-        return [{"job_id": j.id, "state": j.state.value, "prompt": j.params.get("prompt"), "progress": j.progress,
-                 "images": await self.images(j), "error": j.error} for j in page.jobs]
+#: The studio parameters a workflow job records for its history row, settings text and PNG metadata.
+_SHOWN_PARAMS = ("prompt", "negative_prompt", "checkpoint", "sampler", "scheduler", "steps", "cfg", "seed", "width",
+                 "height", "batch_size", "denoise")
 
 
 def _whole(name: str, value: Any) -> int:
@@ -563,7 +535,7 @@ def _input_dict(item: workflows.EditableInput) -> dict[str, Any]:
         "node_id": item.node_id, "input_name": item.input_name, "label": item.label, "kind": item.kind,
         "value": item.value, "min": item.min, "max": item.max, "step": item.step,
         "choices": list(item.choices) if item.choices else None, "multiline": item.multiline,
-        "node_title": item.node_title, "class_type": item.class_type,
+        "node_title": item.node_title, "class_type": item.class_type, "param": item.param,
     }
 
 

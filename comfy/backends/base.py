@@ -70,6 +70,8 @@ class BackendHealth:
     gpu: str | None = None
     vram_total: int | None = None
     vram_free: int | None = None
+    #: ComfyUI's device type (``cuda``, ``mps``, ``cpu``...): on ``cpu`` its "VRAM" is the machine's RAM.
+    device_type: str | None = None
     #: Work waiting or running there, ours included (ComfyUI's queue; RunPod's jobs in queue + in progress).
     queue_remaining: int | None = None
     version: str | None = None

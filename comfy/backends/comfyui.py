@@ -115,7 +115,8 @@ class ComfyBackend:
         device = (stats.get("devices") or [{}])[0]
         return BackendHealth(
             gpu=device.get("name"), vram_total=device.get("vram_total"), vram_free=device.get("vram_free"),
-            queue_remaining=remaining, version=(stats.get("system") or {}).get("comfyui_version"),
+            device_type=device.get("type"), queue_remaining=remaining,
+            version=(stats.get("system") or {}).get("comfyui_version"),
         )
 
     async def refresh_models(self) -> None:
