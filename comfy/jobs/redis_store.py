@@ -329,3 +329,17 @@ class RedisStore:
             deleted += int(reply[1])
             if int(reply[2]) < max(batch, 1):
                 return deleted
+
+    async def prune_records(self, *, older_than: float, skip: Collection[str] = (),
+                            batch: int = 256) -> list[dict[str, Any]]:
+        """Like :meth:`prune`, keeping the ids in ``skip``; the deleted jobs as ``{"id": ...}`` (their files
+        are the caller's). Read from the index of finished jobs, each record checked again as it goes."""
+        with map_redis_errors():
+            ids = await self.client.zrangebyscore(self.key("finished"), "-inf", f"({float(older_than)!r}")
+        kept = set(skip)
+        wanted = [job_id for job_id in ids if job_id not in kept]
+        deleted: list[dict[str, Any]] = []
+        for at in range(0, len(wanted), max(batch, 1)):
+            reply = await self._run("prune_ids", _enc(float(older_than)), *wanted[at:at + max(batch, 1)])
+            deleted += [{"id": job_id} for job_id in reply[1:]]
+        return deleted
