@@ -34,7 +34,7 @@ def studio_env(redis_url: str, prefix: str, comfy_url: str, data_dir: Path, **ex
             if not name.startswith(("STUDIO_", "REDIS_", "S3_", "AUTH_", "API_", "COMFYUI_", "RUNPOD_"))}
     return {**keep, "REDIS_URL": redis_url, "REDIS_PREFIX": prefix, "COMFYUI_URL": comfy_url,
             "STUDIO_DATA_DIR": str(data_dir), "STUDIO_SHARED_DATA": "1", "STUDIO_LEASE_SECONDS": "3",
-            "GRADIO_ANALYTICS_ENABLED": "False", **extra}
+            "GRADIO_ANALYTICS_ENABLED": "False", "STUDIO_RATE_LIMIT_PER_MINUTE": "0", **extra}
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
