@@ -16,6 +16,7 @@
     │   ├── RunUnconfirmed          /run answered 5xx or not at all: it may run at RunPod; in comfy.backends.runpod_client
     │   └── ProtocolError           a frame or body we did not expect            [retryable]
     ├── QueueError                  the job queue refused an operation
+    │   ├── QueueUnavailable        the queue's Redis cannot be reached (a restart, a blip)  [retryable]
     │   ├── JobNotFound             no job with that id
     │   └── IdempotencyConflict     the same idempotency key came with a different request
     └── StorageError                an output could not be written or read        [retryable]
@@ -43,6 +44,7 @@ __all__ = [
     "PromptLost",
     "ProtocolError",
     "QueueError",
+    "QueueUnavailable",
     "JobNotFound",
     "IdempotencyConflict",
     "StorageError",
@@ -200,6 +202,13 @@ class QueueError(ComfyError):
     """Raised when the job queue refuses an operation."""
 
     code = "queue_error"
+
+
+class QueueUnavailable(QueueError):
+    """Raised when the job queue's Redis cannot be reached; the same call may work once it is back."""
+
+    code = "queue_unavailable"
+    retryable = True
 
 
 class JobNotFound(QueueError):

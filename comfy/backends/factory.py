@@ -6,12 +6,16 @@ The studio builds its pool from :func:`pool_backends`; the client of the first C
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import httpx
 
 from comfy.backends.base import Backend
 from comfy.backends.client import ComfyClient
 from comfy.backends.comfyui import ComfyBackend
-from comfy.settings import Settings
+
+if TYPE_CHECKING:
+    from comfy.settings import Settings
 
 __all__ = ["comfy_client", "pool_backends"]
 

@@ -27,7 +27,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from comfy.errors import IdempotencyConflict, JobNotFound, QueueError
+from comfy.errors import IdempotencyConflict, JobNotFound, QueueError, QueueUnavailable
 from comfy.jobs.leases import held_elsewhere
 from comfy.jobs.queue import _request, _Request  # one definition of a valid request and its fingerprint
 from comfy.jobs.records import RUNNING, TAKEN_OVER_NOTE, UPDATABLE_FIELDS, Job, JobPage, JobState
@@ -45,7 +45,7 @@ def map_redis_errors() -> Iterator[None]:
     try:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise QueueError(f"The job queue's Redis (REDIS_URL) could not be reached; check that it runs: {exc}") from exc
+        raise QueueUnavailable(f"The job queue's Redis (REDIS_URL) could not be reached; check that it runs: {exc}") from exc
     except redis.exceptions.RedisError as exc:
         raise QueueError(f"The job queue's Redis refused an operation: {exc}") from exc
 

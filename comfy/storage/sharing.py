@@ -7,7 +7,10 @@ data folder every process mounts (``STUDIO_DATA_DIR`` on a shared volume, said w
 
 from __future__ import annotations
 
-from comfy.settings import Settings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from comfy.settings import Settings
 
 __all__ = ["outputs_sharing"]
 
@@ -15,6 +18,7 @@ __all__ = ["outputs_sharing"]
 def outputs_sharing(settings: Settings) -> tuple[bool, str]:
     """(fine, the sentence to print at start-up) for how outputs reach every replica.
 
+    >>> from comfy.settings import Settings
     >>> outputs_sharing(Settings(_env_file=None))[0]
     True
     """
