@@ -349,6 +349,9 @@ class Worker:
                 await self._finish_cancelled(job.id)
             else:
                 await self._fail(job.id, exc, retry=False)
+        except QueueError as exc:  # the queue (not the backend) failed: the run may go on; never resubmit it
+            logger.warning("Job %s could not be recorded (%s); it is re-attached to its run once its lease runs out",
+                           job.id, exc)
         except ComfyError as exc:
             await self._on_error(job, backend, exc)
         except Exception as exc:  # a bug must fail one job, not kill the worker
