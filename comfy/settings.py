@@ -147,8 +147,8 @@ class Settings(BaseSettings):
     )
     shared_data: bool = Field(
         False, validation_alias=_env("STUDIO_SHARED_DATA", "shared_data"),
-        description="Say that STUDIO_DATA_DIR is one folder every replica and worker sees (a shared volume), so "
-                    "any of them serves any job's images without S3.",
+        description="Say that the outputs folder (STUDIO_OUTPUTS_DIR, by default in STUDIO_DATA_DIR) is one every "
+                    "replica and worker mounts (a shared volume), so any of them serves any job's images without S3.",
     )
 
     @property

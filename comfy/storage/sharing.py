@@ -2,7 +2,8 @@
 
 With ``REDIS_URL`` set, a job may run on a worker on another machine than the replica a page asks. Its images
 are then readable there only from S3 (``S3_BUCKET``: the replica redirects to a presigned URL) or from one
-data folder every process mounts (``STUDIO_DATA_DIR`` on a shared volume, said with ``STUDIO_SHARED_DATA=1``).
+outputs folder every process mounts (``STUDIO_OUTPUTS_DIR`` or ``STUDIO_DATA_DIR`` on a shared volume, said with
+``STUDIO_SHARED_DATA=1``: a folder's path cannot tell whether another machine sees the same one).
 """
 
 from __future__ import annotations
@@ -31,5 +32,5 @@ def outputs_sharing(settings: Settings) -> tuple[bool, str]:
                       "(STUDIO_SHARED_DATA=1).")
     return False, ("REDIS_URL is set but neither S3_BUCKET nor a shared data folder is: a job's images stay on the "
                    f"machine of the worker that made them ({settings.outputs_dir}), and replicas elsewhere answer "
-                   "404 for them. Set S3_BUCKET, or mount one STUDIO_DATA_DIR on every replica and worker and set "
-                   "STUDIO_SHARED_DATA=1.")
+                   "404 for them. Set S3_BUCKET, or mount one STUDIO_OUTPUTS_DIR (or STUDIO_DATA_DIR) on every replica "
+                   "and worker and set STUDIO_SHARED_DATA=1.")
