@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import engine_bench, queue_bench  # noqa: E402
+from bench.usage import no_arguments  # noqa: E402
 
 ROWS = [
     ("(a) 20 jobs straight to ComfyUI (minimal script), median s", "a_straight_s", None),
@@ -41,4 +42,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    no_arguments("bench", __doc__)
     main()

@@ -42,6 +42,7 @@ from comfy.jobs.queue import JobQueue  # noqa: E402
 from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402
 from tests.fakes.comfyui import FakeComfy  # noqa: E402
+from bench.usage import no_arguments  # noqa: E402
 
 STEPS = 4
 STEP_TIME = 0.02  # 4 steps x 20 ms: ~80 ms of "GPU" per job
@@ -222,4 +223,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    no_arguments("api_bench", __doc__)
     main()

@@ -32,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.usage import parser_for  # noqa: E402
 from comfy.graph.params import GenerationParams  # noqa: E402
 from comfy.jobs.queue import JobQueue  # noqa: E402
 from comfy.jobs.records import Job, JobState  # noqa: E402
@@ -296,7 +297,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(names: list[str]) -> int:
+def main(argv: list[str]) -> int:
+    parser = parser_for("drills", __doc__)
+    parser.add_argument("names", nargs="*", metavar="DRILL",
+                        help=f"which drills to run (default: all): {', '.join(DRILLS)}")
+    names = parser.parse_args(argv).names
+    if unknown := [name for name in names if name not in DRILLS]:
+        parser.error(f"no drill named {', '.join(unknown)}; choose from {', '.join(DRILLS)}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names or list(DRILLS):

@@ -30,6 +30,7 @@ from comfy.jobs.records import JobState  # noqa: E402
 from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402
 from tests.fakes.comfyui import FakeComfy  # noqa: E402
+from bench.usage import no_arguments  # noqa: E402
 
 STEPS = 4
 STEP_TIME = 0.05  # 4 steps x 50 ms + small nodes: ~0.2 s of "GPU" per job
@@ -133,4 +134,5 @@ async def run(*, jobs: int = 20, rounds: int = 3) -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    no_arguments("engine_bench", __doc__)
     print(json.dumps(asyncio.run(run())))

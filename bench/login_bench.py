@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from bench.usage import parser_for  # noqa: E402
 from comfy.auth import hash_password  # noqa: E402
 from tests.fakes.comfyui import FakeComfy  # noqa: E402
 from tests.ui_support import running_app  # noqa: E402
@@ -100,8 +101,11 @@ async def flood(url: str, size: int) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    logins = int(argv[0]) if argv else 10
-    size = int(argv[1]) if len(argv) > 1 else 40
+    parser = parser_for("login_bench", __doc__)
+    parser.add_argument("logins", nargs="?", type=int, default=10, help="wrong logins sent at once (default 10)")
+    parser.add_argument("flood", nargs="?", type=int, default=40, help="wrong logins in the flood (default 40)")
+    args = parser.parse_args(argv)
+    logins, size = args.logins, args.flood
     users = ",".join(f"{name}:{hash_password(password)}" for name, password in (("ann", "pw1"), ("carol", "pw3")))
     with tempfile.TemporaryDirectory() as tmp, FakeComfy() as comfy, \
             running_app(comfy.url, Path(tmp) / "data", AUTH_USERS=users) as url:

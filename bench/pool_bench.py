@@ -32,6 +32,7 @@ from comfy.jobs.records import JobState  # noqa: E402
 from comfy.service import Studio  # noqa: E402
 from comfy.settings import Settings  # noqa: E402
 from tests.fakes.comfyui import FakeComfy  # noqa: E402
+from bench.usage import no_arguments  # noqa: E402
 
 JOBS = 40
 STEPS = 5
@@ -193,4 +194,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    no_arguments("pool_bench", __doc__)
     main()

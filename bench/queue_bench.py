@@ -1,6 +1,6 @@
 """Throughput of the job queue (enqueue → claim → finish) and the time to list one page of 10,000 jobs.
 
-    python bench/queue_bench.py        # prints {"jobs_per_s": ..., "list_page_ms": ..., ...}, then
+    python -m bench.queue_bench        # prints {"jobs_per_s": ..., "list_page_ms": ..., ...}, then
                                        # bench/store_bench.py's table (Redis, events across replicas)
 
 ``jobs_per_s`` is the best of three rounds of 2,000 jobs (enqueue them all, then claim and finish each),
@@ -9,7 +9,7 @@ backlog (enqueue, claim, finish one job at a time) are reported too. ``list_page
 three listings (all jobs, one state, one owner's jobs in one state), each the median of 20 pages.
 ``counts_ms`` is ``counts()`` on that queue (the status line asks it every 5 s per open page), against
 ``counts_scan_ms``, the scan of every index bucket it replaced (which grows with the jobs ever queued);
-``python bench/queue_bench.py --listed 200000`` shows the gap at a larger queue.
+``python -m bench.queue_bench --listed 200000`` shows the gap at a larger queue.
 ``list_page_ms_small_owner`` is the first page (and total) of an owner with 60 jobs, the oldest in that
 queue: it reads that owner's list and the one index bucket its jobs are in, not the whole index.
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.usage import parser_for  # noqa: E402
 from comfy.jobs.queue import JobQueue  # noqa: E402
 from comfy.jobs.records import JobState
 
@@ -127,8 +128,11 @@ def run(tmpdir: str | Path, *, jobs: int = 2000, listed: int = 10_000, rounds: i
     }
 
 
-def main() -> None:
-    listed = int(sys.argv[sys.argv.index("--listed") + 1]) if "--listed" in sys.argv else 10_000
+def main(argv: list[str] | None = None) -> None:
+    parser = parser_for("queue_bench", __doc__)
+    parser.add_argument("--listed", type=int, default=10_000, metavar="JOBS",
+                        help="jobs in the queue the listing and counts figures are taken on (default 10,000)")
+    listed = parser.parse_args(argv).listed
     with tempfile.TemporaryDirectory() as tmpdir:
         print(json.dumps(run(tmpdir, listed=listed)))
     from bench import store_bench  # then Redis against diskcache, and events across replicas

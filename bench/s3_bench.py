@@ -39,6 +39,7 @@ from comfy.storage.local import LocalStore  # noqa: E402
 from comfy.storage.s3 import S3Store, make_s3_client  # noqa: E402
 from comfy.storage.uploader import Uploader  # noqa: E402
 from tests.fakes.comfyui import FakeComfy  # noqa: E402
+from bench.usage import no_arguments  # noqa: E402
 
 BUCKET = "bench"
 IMAGES = 100
@@ -229,4 +230,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    no_arguments("s3_bench", __doc__)
     main()

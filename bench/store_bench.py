@@ -38,6 +38,7 @@ from comfy.jobs.redis_events import EventBridge  # noqa: E402
 from comfy.jobs.redis_store import RedisStore  # noqa: E402
 from comfy.jobs.store import DiskStore, JobStore  # noqa: E402
 from tests.redis_support import start_redis, stop_redis  # noqa: E402
+from bench.usage import no_arguments  # noqa: E402
 
 PARAMS = {"prompt": "a watercolour fox in the snow", "negative": "blurry", "width": 1024, "height": 1024,
           "steps": 28, "cfg": 6.5, "seed": 1234, "sampler": "euler", "scheduler": "normal"}
@@ -222,4 +223,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    no_arguments("store_bench", __doc__)
     main()

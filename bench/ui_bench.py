@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from gradio_client import Client  # noqa: E402
 
+from bench.usage import no_arguments  # noqa: E402
 from tests.fakes.comfyui import FakeComfy  # noqa: E402
 from tests.ui_support import app_process  # noqa: E402
 
@@ -146,4 +147,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    no_arguments("ui_bench", __doc__)
     main()
