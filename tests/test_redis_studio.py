@@ -30,8 +30,8 @@ def redis_settings(tmp_path: Path, url: str, server: Any, prefix: str, name: str
     return make_settings(tmp_path / name, url, redis_url=server.url, redis_prefix=prefix, **more)
 
 
-async def test_redis_url_opens_the_redis_store_and_joins_the_others(tmp_path, fake_comfy: FakeComfy,  # noqa: F811
-                                                                    redis_server, redis_prefix) -> None:
+async def test_redis_url_opens_the_redis_store_and_joins_the_others(
+        tmp_path, fake_comfy: FakeComfy, redis_server, redis_prefix) -> None:  # noqa: F811
     async with Studio(redis_settings(tmp_path, fake_comfy.url, redis_server, redis_prefix)) as studio:
         assert isinstance(studio.store, RedisStore) and studio.link is not None
         assert not (tmp_path / "a" / "data" / "queue").exists()  # nothing of the queue on this disk
@@ -78,8 +78,8 @@ async def test_a_cancel_on_one_studio_stops_the_job_another_runs(tmp_path, redis
             await runner.aclose()
 
 
-async def test_s3_uploads_are_noted_in_redis_and_another_replica_signs_them(  # noqa: F811
-        tmp_path, moto, admin, bucket, fake_comfy: FakeComfy, redis_server, redis_prefix) -> None:
+async def test_s3_uploads_are_noted_in_redis_and_another_replica_signs_them(
+        tmp_path, moto, admin, bucket, fake_comfy: FakeComfy, redis_server, redis_prefix) -> None:  # noqa: F811
     s3 = {"s3_bucket": BUCKET, "s3_endpoint_url": moto.url, "s3_region": REGION, "s3_access_key_id": KEY_ID,
           "s3_secret_access_key": SECRET, "s3_keep_local": False}
     settings_a = redis_settings(tmp_path, fake_comfy.url, redis_server, redis_prefix, "a", **s3)
@@ -104,8 +104,8 @@ async def test_s3_uploads_are_noted_in_redis_and_another_replica_signs_them(  # 
             assert (await http.get(url)).content[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-async def test_retention_on_redis_removes_old_records_and_their_files(tmp_path, fake_comfy: FakeComfy,  # noqa: F811
-                                                                     redis_server, redis_prefix) -> None:
+async def test_retention_on_redis_removes_old_records_and_their_files(
+        tmp_path, fake_comfy: FakeComfy, redis_server, redis_prefix) -> None:  # noqa: F811
     async with Studio(redis_settings(tmp_path, fake_comfy.url, redis_server, redis_prefix)) as studio:
         studio.worker.poll_interval = 0.02
         await studio.start()

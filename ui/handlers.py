@@ -22,7 +22,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from comfy import ComfyError, GenerationParams, Job, JobEvent, JobNotFound, JobState, Studio, WorkflowError
+from comfy import ComfyError, GenerationParams, Job, JobEvent, JobNotFound, JobState, QueueError, Studio, WorkflowError
 from comfy import graph as workflows
 from comfy.graph.pnginfo import read_png_info
 from ui import render
@@ -141,7 +141,11 @@ class Handlers:
 
     async def status(self) -> str:
         statuses = await self.studio.backends_status()
-        return render.status_html(statuses, await self.studio.counts())
+        try:
+            counts = await self.studio.counts()
+        except QueueError as exc:  # the queue's Redis is away: say so while it lasts
+            return render.status_html(statuses, {}, queue_error=str(exc))
+        return render.status_html(statuses, counts)
 
     # -- generating -------------------------------------------------------------------------------
 
