@@ -131,3 +131,13 @@ def test_start_up_says_how_images_reach_every_replica(tmp_path, extra: dict[str,
     settings = make_settings(tmp_path, "http://127.0.0.1:9", redis_url="redis://127.0.0.1:6379/0", **extra)
     ok, sentence = outputs_sharing(settings)
     assert ok is fine and words in sentence
+
+
+async def test_the_page_says_the_queue_is_unavailable_while_redis_is_away(tmp_path, fake_comfy: FakeComfy) -> None:
+    from tests.replica_support import free_port
+    from ui.handlers import Handlers
+
+    settings = make_settings(tmp_path, fake_comfy.url, redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nobody there
+    async with Studio(settings) as studio:
+        line = await Handlers(studio).status()
+    assert "Job queue unavailable" in line and "REDIS_URL" in line and "Running jobs keep running" in line
