@@ -141,3 +141,18 @@ async def test_the_page_says_the_queue_is_unavailable_while_redis_is_away(tmp_pa
     async with Studio(settings) as studio:
         line = await Handlers(studio).status()
     assert "Job queue unavailable" in line and "REDIS_URL" in line and "Running jobs keep running" in line
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6380/0", "unix:///tmp/redis.sock"])
+def test_hiredis_packing_sends_the_same_bytes_on_every_kind_of_connection(url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from comfy.jobs.redis_wire import use_hiredis_packing
+
+    plain = aioredis.Redis.from_url(url).connection_pool.make_connection()
+    fast_pool = use_hiredis_packing(aioredis.Redis.from_url(url)).connection_pool
+    fast = fast_pool.make_connection()
+    assert isinstance(fast, type(plain)) and type(fast) is not type(plain)
+    for command in (("EVALSHA", "ab12", 0, "studio", "\u00e9t\u00e9", "null", b"\x00bytes"), ("CLIENT SETINFO", "LIB-NAME", "x"),
+                    ("SET", "k", "v", "PX", 10000)):
+        assert b"".join(fast.pack_command(*command)) == b"".join(plain.pack_command(*command))

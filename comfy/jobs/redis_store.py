@@ -33,6 +33,7 @@ from comfy.jobs.queue import _request, _Request  # one definition of a valid req
 from comfy.jobs.records import RUNNING, TAKEN_OVER_NOTE, UPDATABLE_FIELDS, Job, JobPage, JobState
 from comfy.jobs.redis_batch import ScriptBatcher
 from comfy.jobs.redis_scripts import KEYS, SCRIPTS
+from comfy.jobs.redis_wire import use_hiredis_packing
 
 __all__ = ["RedisStore", "map_redis_errors"]
 
@@ -97,7 +98,7 @@ class RedisStore:
         # A blip (a failover, a dropped socket) is retried for about a second; an outage is said at once.
         client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_connect_timeout=5,
                                          retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3))
-        return cls(client, **kwargs)
+        return cls(use_hiredis_packing(client), **kwargs)
 
     def key(self, name: str, *parts: str) -> str:
         """A key or channel of :data:`KEYS` under this prefix: ``key("job", id)``."""
