@@ -174,3 +174,6 @@ def test_kill_9_of_replica_a_mid_batch_ends_every_job_once(cluster: Cluster) -> 
     assert cluster.runs(seeds) == {seed: 1 for seed in seeds}
     gone = until(lambda: len(_health(cluster.b)["store"]["replicas"]) == 1, 30, "A's heartbeat expired")
     assert gone
+    worker = cluster.processes["w"]
+    assert stop(worker) == 0  # SIGTERM: a clean stop
+    assert "worker stopping" in output(worker) and "Traceback" not in output(worker)
