@@ -155,6 +155,19 @@ def test_a_cancel_on_b_stops_the_job_where_it_runs(cluster: Cluster) -> None:
     assert len(cluster.fake.interrupts) > interrupts  # the worker, in another process, told ComfyUI
 
 
+def test_the_page_api_on_b_queues_and_lists_jobs_on_the_shared_queue(cluster: Cluster) -> None:
+    from gradio_client import Client
+
+    page = Client(cluster.b, verbose=False)
+    queued = page.predict(prompt="a lighthouse", steps=3, seed=5000, width=64, height=64,
+                          checkpoint=CHECKPOINT, api_name="/generate")
+    [job_id] = queued["job_ids"]
+    jobs = until(lambda: cluster.finished(cluster.a, [job_id]), 60, "the page's job finished, seen through A")
+    assert jobs[0]["status"] == "succeeded"
+    listed = page.predict(state="succeeded", limit=50, api_name="/jobs")
+    assert job_id in {job["job_id"] for job in listed}
+
+
 def test_kill_9_of_replica_a_mid_batch_ends_every_job_once(cluster: Cluster) -> None:
     health = _health(cluster.a)["store"]
     a_id = health["this"]
