@@ -77,3 +77,42 @@ def _all_ended(base: str, ids: list[str]) -> list[dict] | None:
     jobs = {job["job_id"]: job for job in answer.json()["jobs"]}
     found = [jobs.get(job_id) for job_id in ids]
     return found if all(job and job["status"] in ("succeeded", "failed", "cancelled") for job in found) else None
+
+
+async def test_events_cross_replicas_again_after_a_redis_restart(tmp_path) -> None:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from comfy.jobs.events import EventBus, JobEvent
+    from comfy.jobs.redis_events import EventBridge
+
+    server = start_redis(str(tmp_path))
+    clients = [aioredis.Redis.from_url(server.url, decode_responses=True) for _ in range(2)]
+    bus_a, bus_b = EventBus(), EventBus()
+    a, b = EventBridge(bus_a, clients[0], prefix="restart"), EventBridge(bus_b, clients[1], prefix="restart")
+    try:
+        await a.start()
+        await b.start()
+        seen = bus_b.subscribe("job-1")
+        stop_redis(server)
+        await asyncio.sleep(0.5)  # both bridges notice the outage
+        server = start_redis(str(tmp_path), port=server.port)
+        got = None
+        for attempt in range(100):  # until B's listener is subscribed again, each try a new event
+            bus_a.publish(JobEvent("job-1", "progress", step=attempt))
+            try:
+                got = await seen.get(timeout=0.2)
+                break
+            except TimeoutError:
+                continue
+        assert got is not None and got.kind == "progress"
+        cancels = b.cancel_requests()
+        await a.request_cancel("job-1")
+        assert await cancels.get(timeout=5) == "job-1"
+    finally:
+        await a.aclose()
+        await b.aclose()
+        for client in clients:
+            await client.aclose()
+        stop_redis(server)
