@@ -3,7 +3,7 @@
 ``app.py`` mounts the Gradio UI onto this app at ``/``; every route here lives elsewhere:
 
     GET  /healthz  /readyz  /health  /metrics              open (no key): liveness, readiness, status, Prometheus
-    GET  /models                                           checkpoints, samplers, schedulers
+    GET  /models                                           checkpoints, samplers, schedulers, loras, vaes, upscale_models
     POST /api/v1/generate/            /generate/batch      generate and wait (202 past STUDIO_SYNC_WAIT_SECONDS)
     POST /api/v1/jobs                 /workflows/jobs      queue (202); Idempotency-Key honoured
     GET  /api/v1/jobs                 /jobs/{id}           list (cursor), one job; DELETE cancels
@@ -32,6 +32,7 @@ from api.errors import ApiError, Scrubber, error_response, install_error_handler
 from api.guard import ApiContext, BodyLimitMiddleware, Caller, Guard
 from api.health import probe_dir, queue_counts, queue_writable, store_health
 from api.jobs import jobs_router
+from api.toolbox import toolbox_router
 from api.metrics import CONTENT_TYPE, HttpMetricsMiddleware, StudioMetrics
 from api.models import API_PREFIX, BackendOut, ErrorResponse, HealthOut, ModelsOut, ReadyOut, StorageOut, WorkerOut
 from api.stream import stream_router
@@ -99,7 +100,7 @@ def create_api(studio: Studio, settings: Settings, *, manage_studio: bool = True
     install_error_handlers(app, scrub)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics, prefixes=("/api/", "/models", "/ws/", *_OPEN))
-    routers = [_health_router(ctx, metrics), jobs_router(ctx), stream_router(ctx)]
+    routers = [_health_router(ctx, metrics), jobs_router(ctx), toolbox_router(ctx), stream_router(ctx)]
     for router in routers:
         app.include_router(router)
     _add_api_not_found(app, routers)
@@ -168,7 +169,8 @@ def _health_router(ctx: ApiContext, metrics: StudioMetrics) -> APIRouter:
                      caller: Caller = Depends(ctx.caller)) -> ModelsOut:
         """What the backend offers (its ``object_info``); the last list seen while it is unreachable."""
         found = await studio.models(refresh=refresh)
-        return ModelsOut(checkpoints=found.checkpoints, samplers=found.samplers, schedulers=found.schedulers)
+        return ModelsOut(checkpoints=found.checkpoints, samplers=found.samplers, schedulers=found.schedulers,
+                         loras=found.loras, vaes=found.vaes, upscale_models=found.upscale_models)
 
     @router.get("/metrics", response_class=Response, summary="Prometheus metrics",
                 responses={200: {"content": {CONTENT_TYPE: {}}}})

@@ -29,6 +29,7 @@ from api.models import (
     ErrorResponse,
     GenerateRequest,
     GenerateResult,
+    GridAccepted,
     JobAccepted,
     JobList,
     JobOut,
@@ -91,12 +92,31 @@ def _prefixed(index: int, exc: WorkflowError) -> ApiError:
     return ApiError(400, exc.code, f"Item {index}: {exc}", field=f"[{index}].{field}" if field else f"[{index}]")
 
 
-async def _submit(ctx: ApiContext, req: GenerateRequest, caller: Caller, key: str | None) -> Job:
+async def _images(req: GenerateRequest) -> tuple[bytes | None, bytes | None]:
     # Up to STUDIO_MAX_REQUEST_BYTES of base64: decoded in a thread, so other requests keep being served.
     image = await asyncio.to_thread(decode_image, req.init_image, "init_image") if req.init_image else None
-    [job] = await ctx.studio.submit(_engine_params(req, caller.owner, key), image=image, idempotency_key=key,
-                                    owner=caller.owner)
+    mask = await asyncio.to_thread(decode_image, req.mask, "mask") if req.mask else None
+    return image, mask
+
+
+async def _submit(ctx: ApiContext, req: GenerateRequest, caller: Caller, key: str | None) -> Job:
+    if req.grid is not None:
+        raise ApiError(400, "invalid_request", "A grid is one job per cell: send it alone to POST /api/v1/jobs or "
+                       "POST /api/v1/generate/, not in a batch.", field="grid")
+    image, mask = await _images(req)
+    [job] = await ctx.studio.submit(_engine_params(req, caller.owner, key), image=image, mask=mask,
+                                    idempotency_key=key, owner=caller.owner)
     return job
+
+
+async def _submit_grid(ctx: ApiContext, req: GenerateRequest, caller: Caller, request: Request) -> Response:
+    """202 {grid_id, job_ids, location} for a request with a ``grid``."""
+    image, mask = await _images(req)
+    record = await ctx.studio.submit_grid(req.engine_params(), req.grid or {}, confirmed=req.grid_confirmed,
+                                          image=image, mask=mask, owner=caller.owner)
+    location = f"{root_of(request)}{API_PREFIX}/grids/{record['grid_id']}"
+    body = GridAccepted(grid_id=record["grid_id"], job_ids=record["job_ids"], location=location)
+    return JSONResponse(body.model_dump(), status_code=202, headers={"Location": location})
 
 
 async def _wait(ctx: ApiContext, job_id: str, deadline: float) -> tuple[Job | None, dict[str, float] | None, str]:
@@ -153,6 +173,8 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
     async def generate(request: Request, body: GenerateRequest, idempotency_key: IdempotencyKey = None,
                        caller: Caller = caller_dep) -> Response:
         await _check_backend(ctx)
+        if body.grid is not None:  # one job per cell: answered at once, followed at the grid's URL
+            return await _submit_grid(ctx, body, caller, request)
         job = await _submit(ctx, body, caller, idempotency_key)
         loop = asyncio.get_running_loop()
         done, timings, outcome = await _wait(ctx, job.id, loop.time() + ctx.settings.sync_wait_seconds)
@@ -224,7 +246,11 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
                  summary="Queue a job")
     async def create_job(request: Request, body: GenerateRequest, idempotency_key: IdempotencyKey = None,
                          caller: Caller = caller_dep) -> Response:
-        """Queues a job with the studio's parameters and answers at once; follow it at ``location``."""
+        """Queues a job with the studio's parameters and answers at once; follow it at ``location``.
+
+        With ``grid`` (an X/Y/Z plot) one job per cell is queued: 202 ``{grid_id, job_ids, location}``."""
+        if body.grid is not None:
+            return await _submit_grid(ctx, body, caller, request)
         job = await _submit(ctx, body, caller, idempotency_key)
         return _accepted_response(job, request)
 

@@ -23,7 +23,7 @@ from comfy.jobs.records import Job
 
 __all__ = [
     "API_PREFIX", "Artifact", "BackendOut", "BatchAccepted", "BatchResult", "ErrorBody", "ErrorResponse",
-    "FieldProblem", "GenerateRequest", "GenerateResult", "HealthOut", "ImageOut", "JobAccepted", "JobError",
+    "FieldProblem", "GenerateRequest", "GridAccepted", "GridOut", "StyleOut", "StylesOut", "GenerateResult", "HealthOut", "ImageOut", "JobAccepted", "JobError",
     "JobList", "JobOut", "JobStatus", "ModelsOut", "ReadyOut", "StorageOut", "WorkerOut", "WorkflowJobRequest",
     "accepted", "artifacts", "decode_image", "job_out", "job_url", "result_of",
 ]
@@ -81,11 +81,59 @@ class GenerateRequest(BaseModel):
         "width and height are then the size that runs); over 64 megapixels is refused."
     )
 
+    # -- the artist's toolbox -------------------------------------------------------------------------
+    loras: list[LoraIn] | None = Field(None, description="LoRAs from GET /models \"loras\", chained after the "
+                                       "checkpoint (LoraLoader). A1111's <lora:name:0.8> in the prompt works too.")
+    vae: str | None = Field(None, description="A VAE from GET /models \"vaes\"; null for the checkpoint's own.")
+    hires: HiresIn | None = Field(None, description="Hires fix: a second pass on the upscaled result, scale x the size.")
+    mask: str | None = Field(None, description="Inpainting: a PNG the size of init_image as base64, white = repaint.")
+    mask_blur: int = Field(4, description="Pixels of blur on the mask's edge.")
+    mask_grow: int = Field(0, description="Pixels the mask grows (negative: shrinks) before the blur.")
+    inpaint_full_res: bool = Field(False, description="\"Only masked\": repaint the masked area at full size.")
+    inpaint_padding: int = Field(32, description="Pixels around the masked area, with inpaint_full_res.")
+    outpaint: OutpaintIn | None = Field(None, description="Pixels (multiples of 8) added around init_image.")
+    styles: list[str] | None = Field(None, description="Style names from GET /api/v1/styles, applied in order.")
+    family: str | None = Field(None, description="sd15, sdxl or flux; null recognises it from the checkpoint.")
+    guidance: float | None = Field(None, description="Flux guidance (FluxGuidance); null for the family's default.")
+    grid: dict[str, Any] | None = Field(
+        None, description='X/Y/Z plot: {"x": {"param": "steps", "values": [10, 20]}, "y": ..., "z": ...}, one job '
+        "per cell; values may be A1111's text (\"1-5\", \"1-10 (+2)\"). Answers 202 with the grid's URL.")
+    grid_confirmed: bool = Field(False, description="Run a grid of more than 64 cells.")
+
     def engine_params(self) -> dict[str, Any]:
-        """The engine's :class:`GenerationParams` fields (``cfg_scale`` is ``cfg`` there), without the image."""
-        values = self.model_dump(exclude={"init_image", "cfg_scale"})
+        """The engine's :class:`GenerationParams` fields (``cfg_scale`` is ``cfg`` there), without the images."""
+        values = self.model_dump(exclude={"init_image", "mask", "cfg_scale", "grid", "grid_confirmed"})
         values["cfg"] = self.cfg_scale
         return values
+
+
+class LoraIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, description="A file from GET /models \"loras\" (the extension may be left out).")
+    strength: float = Field(1.0, description="Strength on the model.")
+    strength_clip: float | None = Field(None, description="Strength on the text encoder; null: the same.")
+
+
+class HiresIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    scale: float = Field(2.0, description="1.0 to 4.0: the output is scale x width x height.")
+    denoise: float = Field(0.5, description="How much the second pass repaints.")
+    steps: int | None = Field(None, description="Steps of the second pass; null: the same as steps.")
+    upscaler: str = Field("latent", description="\"latent\", or a file from GET /models \"upscale_models\".")
+
+
+class OutpaintIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    left: int = Field(0, ge=0)
+    top: int = Field(0, ge=0)
+    right: int = Field(0, ge=0)
+    bottom: int = Field(0, ge=0)
+
+
+GenerateRequest.model_rebuild()
 
 
 class WorkflowJobRequest(BaseModel):
@@ -194,6 +242,34 @@ class ModelsOut(BaseModel):
     checkpoints: list[str]
     samplers: list[str]
     schedulers: list[str]
+    loras: list[str] = Field(default_factory=list)
+    vaes: list[str] = Field(default_factory=list)
+    upscale_models: list[str] = Field(default_factory=list)
+
+
+class StyleOut(BaseModel):
+    name: str
+    prompt: str = Field(description="The style's prompt; {prompt} is where the artist's prompt goes.")
+    negative_prompt: str
+
+
+class StylesOut(BaseModel):
+    styles: list[StyleOut]
+
+
+class GridAccepted(BaseModel):
+    grid_id: str
+    job_ids: list[str] = Field(description="One job per cell, row-major (x fastest, then y, then z).")
+    location: str = Field(description="Root-relative URL of the grid: GET it for its status and image.")
+
+
+class GridOut(BaseModel):
+    grid_id: str
+    status: Literal["queued", "running", "succeeded", "partial", "failed"] = Field(
+        description="partial: every cell ended, some without an image; failed: none has one.")
+    job_ids: list[str]
+    image: str | None = Field(description="Root-relative URL of the labelled grid PNG once every cell ended.")
+    plan: dict[str, Any] = Field(description="The axes, their values, the shape [x, y, z] and each cell's label.")
 
 
 class BackendOut(BaseModel):
@@ -284,8 +360,9 @@ def _public_params(job: Job) -> dict[str, Any]:
     params = dict(job.params)
     if "cfg" in params:
         params["cfg_scale"] = params.pop("cfg")
-    if params.get("init_image"):
-        params["init_image"] = True  # the kept copy's path is the server's business
+    for name in ("init_image", "mask"):
+        if params.get(name):
+            params[name] = True  # the kept copy's path is the server's business
     if isinstance(params.get("images"), dict):
         params["images"] = sorted(params["images"])  # node ids that received an image
     return params

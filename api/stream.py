@@ -197,7 +197,11 @@ def stream_router(ctx: ApiContext, slots: StreamSlots | None = None) -> APIRoute
         except ComfyError as exc:
             await _deny(websocket, 404, exc.code, str(exc), {})
             return
-        await websocket.accept()
+        try:
+            await websocket.accept()
+        except BaseException:  # the client left during the handshake: its slot is given back all the same
+            release()
+            raise
         gone = asyncio.Event()
         watcher = asyncio.create_task(_watch_client(websocket, gone))
         root = str(websocket.scope.get("root_path", "")).rstrip("/")

@@ -75,7 +75,8 @@ def params(seed: int, steps: int = 3) -> GenerationParams:
 
 
 def runs_by_seed(fake: FakeComfy, seeds: list[int]) -> dict[int, int]:
-    posted = Counter(int(body["prompt"]["3"]["inputs"]["seed"]) for body in fake.prompts)
+    posted = Counter(int(node["inputs"]["seed"]) for body in fake.prompts for node in body["prompt"].values()
+                     if node["class_type"] == "KSampler")
     return {seed: posted.get(seed, 0) for seed in seeds}
 
 

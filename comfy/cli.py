@@ -69,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--denoise", type=float, help="img2img strength, 0..1 (with --image)")
     gen.add_argument("--image", type=Path, help="init image for img2img")
     gen.add_argument("--workflow", type=Path, help="an API-format workflow JSON (or a ComfyUI PNG) to run instead")
+    gen.add_argument("--lora", action="append", metavar="NAME[:STRENGTH]",
+                     help="a LoRA from 'models' (\"loras\"), strength 1 by default; repeat for more")
+    gen.add_argument("--vae", help="a VAE from 'models' (\"vaes\"), instead of the checkpoint's own")
+    gen.add_argument("--hires", type=float, metavar="SCALE", help="hires fix: a second pass at SCALE x the size")
+    gen.add_argument("--mask", type=Path, help="inpainting: a PNG the size of --image, white = repaint")
+    gen.add_argument("--style", action="append", metavar="NAME", help="a style (see the styles CSV); repeatable")
+    gen.add_argument("--family", choices=["sd15", "sdxl", "flux"], help="the checkpoint's family (default: "
+                     "recognised from its name)")
+    for axis in ("x", "y", "z"):
+        gen.add_argument(f"--{axis}", metavar="PARAM=V1,V2", help=f"X/Y/Z plot: the {axis} axis, one job per "
+                         "value (A1111's syntax: steps=10-30 (+10), cfg=5,7)")
+    gen.add_argument("--confirm-grid", action="store_true", help="run a plot of more than 64 images")
     gen.add_argument("--count", type=int, default=1, help="how many jobs; seeds count up from the first")
     gen.add_argument("--idempotency-key", help="the same key returns the same job instead of a new one")
     gen.add_argument("--no-wait", action="store_true", help="queue and return; a worker runs the jobs")
@@ -94,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "over by another once their lease runs out.")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
 
-    sub.add_parser("models", help="checkpoints, samplers and schedulers on the server")
+    sub.add_parser("models", help="checkpoints, samplers, schedulers, LoRAs, VAEs and upscale models on the server")
+    sub.add_parser("styles", help="the styles (shipped, and the CSV files in STUDIO_DATA_DIR/styles)")
     sub.add_parser("hash-password", help="print a password hash to use in AUTH_USERS (reads the password)")
     sub.add_parser("status", help="each backend (a JSON list): whether it answers, its GPU, load and queue")
     prune = sub.add_parser("prune", help="remove finished jobs older than DAYS, with their images and inputs")
@@ -108,8 +121,36 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     mapping = {"prompt": args.prompt, "negative_prompt": args.negative, "checkpoint": args.checkpoint,
                "sampler": args.sampler, "scheduler": args.scheduler, "steps": args.steps, "cfg": args.cfg,
                "seed": args.seed, "width": args.width, "height": args.height, "batch_size": args.batch_size,
-               "denoise": args.denoise}
+               "denoise": args.denoise, "vae": getattr(args, "vae", None), "family": getattr(args, "family", None),
+               "styles": getattr(args, "style", None)}
+    if getattr(args, "lora", None):
+        mapping["loras"] = [_lora(text) for text in args.lora]
+    if getattr(args, "hires", None) is not None:
+        mapping["hires"] = {"scale": args.hires}
     return {k: v for k, v in mapping.items() if v is not None}
+
+
+def _lora(text: str) -> dict[str, Any]:
+    """``NAME[:STRENGTH]``: ``detail:0.8`` is strength 0.8; a name may hold colons only before a number."""
+    name, _, strength = text.rpartition(":")
+    try:
+        return {"name": name, "strength": float(strength)} if name else {"name": text}
+    except ValueError:
+        return {"name": text}
+
+
+def _grid(args: argparse.Namespace) -> dict[str, Any] | None:
+    grid = {}
+    for axis in ("x", "y", "z"):
+        text = getattr(args, axis, None)
+        if text is None:
+            continue
+        param, sep, values = text.partition("=")
+        if not sep or not param.strip() or not values.strip():
+            raise WorkflowError(f"--{axis} must be PARAM=V1,V2 (e.g. steps=10,20 or cfg=4-8 (+2)), not {text!r}.",
+                                field=axis)
+        grid[axis] = {"param": param.strip(), "values": values}
+    return grid or None
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -123,6 +164,13 @@ async def _generate(studio: Studio, args: argparse.Namespace) -> int:
     params = _params(args)
     if args.denoise is not None and args.image is None and args.workflow is None:
         raise WorkflowError("--denoise needs --image (it is the img2img strength).", field="denoise")
+    if args.mask is not None and args.image is None:
+        raise WorkflowError("--mask needs --image (the picture the mask was drawn on).", field="mask")
+    grid = _grid(args)
+    if args.workflow is not None and (grid or args.mask is not None):
+        raise WorkflowError("--x/--y/--z and --mask work on the studio's own graph, not with --workflow.",
+                            field="workflow")
+    record = None
     if args.workflow is not None:
         jobs = await studio.submit_params_to_workflow(
             _read(args.workflow, "workflow"), params, count=args.count, idempotency_key=args.idempotency_key)
@@ -130,8 +178,15 @@ async def _generate(studio: Studio, args: argparse.Namespace) -> int:
         if args.image is not None and args.denoise is None:
             params["denoise"] = 0.6
         image = _read(args.image, "image") if args.image is not None else None
-        jobs = await studio.submit(GenerationParams.from_dict(params), count=args.count, image=image,
-                                   idempotency_key=args.idempotency_key)
+        mask = _read(args.mask, "mask") if args.mask is not None else None
+        if grid is not None:
+            record = await studio.submit_grid(GenerationParams.from_dict(params), grid, confirmed=args.confirm_grid,
+                                              image=image, mask=mask)
+            jobs = [await studio.job(job_id) for job_id in record["job_ids"]]
+            print(f"queued grid {record['grid_id']}: {len(jobs)} image(s)", file=sys.stderr)
+        else:
+            jobs = await studio.submit(GenerationParams.from_dict(params), count=args.count, image=image, mask=mask,
+                                       idempotency_key=args.idempotency_key)
     for job in jobs:
         print(f"queued job {job.id} (seed {job.params.get('seed', '-')})", file=sys.stderr)
     if args.no_wait:
@@ -148,6 +203,9 @@ async def _generate(studio: Studio, args: argparse.Namespace) -> int:
         print(f"error: gave up waiting after {args.timeout:g} s; job(s) {', '.join(waiting)} stay in the queue "
               f"(a worker runs them later; follow with 'python -m comfy show ID').", file=sys.stderr)
         return EXIT_FAILED
+    if record is not None:
+        path = studio.grid_image_path(await studio.grid(record["grid_id"]))
+        print(f"grid {record['grid_id']}: {path}")
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -278,6 +336,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "models":
             models = await studio.models()
             print(json.dumps(dataclasses.asdict(models), indent=2))
+            return EXIT_OK
+        if args.command == "styles":
+            print(json.dumps([style.to_dict() for style in studio.styles()], indent=2))
             return EXIT_OK
         if args.command == "status":
             print(json.dumps([status.to_dict() for status in await studio.backends_status()], indent=2))

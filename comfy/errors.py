@@ -12,12 +12,14 @@
     │   ├── ExecutionFailed         execution_error; .node_id, .node_type, ...   [not retryable]
     │   ├── ExecutionInterrupted    execution_interrupted (a cancel or someone else's interrupt)
     │   ├── PromptLost              the server no longer knows a prompt (it restarted)  [retryable]
+    │   ├── PromptUnconfirmed       POST /prompt's answer was lost or garbled and the prompt did not show up [retryable]
     │   ├── RunExpired              RunPod Serverless forgot the run (404); in comfy.backends.runpod_client  [retryable]
     │   ├── RunUnconfirmed          /run answered 5xx or not at all: it may run at RunPod; in comfy.backends.runpod_client
     │   └── ProtocolError           a frame or body we did not expect            [retryable]
     ├── QueueError                  the job queue refused an operation
     │   ├── QueueUnavailable        the queue's Redis cannot be reached (a restart, a blip)  [retryable]
     │   ├── JobNotFound             no job with that id
+    │   │   └── GridNotFound        no X/Y/Z plot with that id
     │   └── IdempotencyConflict     the same idempotency key came with a different request
     └── StorageError                an output could not be written or read        [retryable]
 
@@ -42,10 +44,12 @@ __all__ = [
     "ExecutionFailed",
     "ExecutionInterrupted",
     "PromptLost",
+    "PromptUnconfirmed",
     "ProtocolError",
     "QueueError",
     "QueueUnavailable",
     "JobNotFound",
+    "GridNotFound",
     "IdempotencyConflict",
     "StorageError",
     "NodeProblem",
@@ -191,6 +195,25 @@ class PromptLost(ServerError):
         self.prompt_id = prompt_id
 
 
+class PromptUnconfirmed(ServerError):
+    """Raised when the answer to ``POST /prompt`` was lost or unreadable (a timeout, a reset, a proxy's 502 or
+    504 page) and the prompt did not appear in the server's queue or history while we looked.
+
+    It may still arrive (ComfyUI validates before it queues, and finishes a request whose client left), so the
+    job is sent again under a new id and :attr:`prompt_id` is to be stopped should it ever appear.
+    """
+
+    retryable = True
+    code = "prompt_unconfirmed"
+
+    def __init__(self, prompt_id: str, reason: str, looked_for: float) -> None:
+        super().__init__(
+            f"The answer to submitting prompt {prompt_id} was lost ({reason}) and ComfyUI did not show it in its "
+            f"queue or history for {looked_for:.0f} s; it is sent again, and stopped if it ever shows up."
+        )
+        self.prompt_id = prompt_id
+
+
 class ProtocolError(ServerError):
     """Raised when the server sent something this client does not understand."""
 
@@ -219,6 +242,14 @@ class JobNotFound(QueueError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"No job with id {job_id!r}.")
         self.job_id = job_id
+
+
+class GridNotFound(JobNotFound):
+    """Raised when no X/Y/Z plot has the given id (or the caller may not see it)."""
+
+    def __init__(self, grid_id: str) -> None:
+        QueueError.__init__(self, f"No grid with id {grid_id!r}.")
+        self.job_id = self.grid_id = grid_id
 
 
 class IdempotencyConflict(QueueError):

@@ -18,16 +18,14 @@ from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from comfy import graph as workflows
 from comfy.backends.base import Backend, redact_url
 from comfy.backends.client import ComfyClient
 from comfy.backends.comfyui import ComfyBackend
 from comfy.backends.factory import comfy_client, pool_backends
 from comfy.backends.pool import BackendState, Pool, merge_object_info
-from comfy.errors import ComfyError, ServerError, WorkflowError
+from comfy.errors import ComfyError, ServerError
 from comfy.graph.object_info import STOCK_SAMPLERS, STOCK_SCHEDULERS, ObjectInfo
-from comfy.graph.images import FittedImage, fit_image
-from comfy.graph.params import GenerationParams, Limits
+from comfy.graph.params import Limits
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.queue import JobQueue
 from comfy.jobs.records import Job, JobPage, JobState
@@ -39,6 +37,9 @@ from comfy.storage.library import WorkflowLibrary
 from comfy.storage.local import LocalStore
 from comfy.storage.mounts import refuse_network_queue
 from comfy.storage.retention import DAY, PruneReport, prune
+from comfy.submission import Submission
+from comfy.grids import Grids
+from comfy.graph.toolbox import Toolbox
 
 if TYPE_CHECKING:
     from comfy.jobs.cluster import RedisLink
@@ -55,6 +56,9 @@ class Models:
     checkpoints: list[str]
     samplers: list[str]
     schedulers: list[str]
+    loras: list[str] = dataclasses.field(default_factory=list)
+    vaes: list[str] = dataclasses.field(default_factory=list)
+    upscale_models: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ class BackendStatus:
         return dataclasses.asdict(self)
 
 
-class Studio:
+class Studio(Submission, Grids):
     """Queue, worker, client and storage, put together from :class:`Settings`."""
 
     def __init__(
@@ -143,6 +147,7 @@ class Studio:
         self.worker = Worker(
             self.store, self.pool, self.files, bus=self.bus, max_in_flight=settings.max_in_flight,
             lease_seconds=settings.lease_seconds, job_timeout=settings.job_timeout, uploader=self.uploader,
+            toolbox=Toolbox.in_data_dir(settings.data_dir),
         )
         #: With Redis: events, cancels and a heartbeat shared with the other replicas and workers.
         self.link: RedisLink | None = None
@@ -334,7 +339,8 @@ class Studio:
             return Models(self.settings.runpod_checkpoint_list or [], list(STOCK_SAMPLERS), list(STOCK_SCHEDULERS))
         if info is None:
             return Models([], [], [])
-        return Models(list(info.checkpoints), list(info.samplers), list(info.schedulers))
+        return Models(list(info.checkpoints), list(info.samplers), list(info.schedulers), list(info.loras),
+                      list(info.vaes), list(info.upscale_models))
 
     async def backend_status(self) -> BackendStatus:
         """The first backend: reachable or not, GPU and VRAM, its queue length; never raises."""
@@ -360,136 +366,6 @@ class Studio:
             workers_idle=health.workers_idle, workers_running=health.workers_running,
             jobs_in_queue=health.jobs_in_queue, jobs_in_progress=health.jobs_in_progress, **known,
         )
-
-    # -- submitting -------------------------------------------------------------------------------
-
-    async def submit(
-        self,
-        params: GenerationParams | dict[str, Any],
-        *,
-        count: int = 1,
-        image: bytes | None = None,
-        idempotency_key: str | None = None,
-        owner: str | None = None,
-    ) -> list[Job]:
-        """Queue ``count`` jobs (seeds counting up from the first). Raises :class:`WorkflowError` first if anything is wrong."""
-        if isinstance(params, dict):
-            params = GenerationParams.from_dict(params)
-        if not 1 <= count <= 100:
-            raise WorkflowError(f"count is {count}; it must be between 1 and 100.", field="count")
-        # Under an idempotency key a random seed is drawn from the request, so a retry is the same job.
-        params = params.check(self.limits).resolve_seed(*((owner, idempotency_key) if idempotency_key else ()))
-        note = None
-        if image is not None:
-            name, fitted = await asyncio.to_thread(self._keep_image, image, multiple=8)
-            if min(fitted.width, fitted.height) < 64:
-                raise WorkflowError(f"The init image is {fitted.width}×{fitted.height}; it must be at least 64 "
-                                    "pixels on each side.", field="image")
-            # img2img runs at the image's own size (fitted to the limits), and records that size.
-            params = dataclasses.replace(params, init_image=name, width=fitted.width, height=fitted.height)
-            note = fitted.note
-        checked = await self._check_against_server(params)
-        # Under a key the default checkpoint is left to the worker (it fills it in when the job runs): a retry is
-        # then the same request whether or not the server answered the first time (it may not have: a 503).
-        params = dataclasses.replace(checked, checkpoint=params.checkpoint) if idempotency_key else checked
-        jobs = []
-        for index in range(count):
-            one = params.with_seed((params.seed + index) % 2**64) if count > 1 else params
-            key = f"{idempotency_key}#{index}" if idempotency_key and count > 1 else idempotency_key
-            job, _created = await self.store.enqueue(one.to_dict(), kind="generate", idempotency_key=key,
-                                                     owner=owner, note=note)
-            jobs.append(job)
-            self.bus.publish(JobEvent(job.id, "queued", job=job.to_dict()))
-        self.worker.wake()
-        return jobs
-
-    async def _check_against_server(self, params: GenerationParams) -> GenerationParams:
-        info = await self.object_info()
-        if info is None:  # never seen the server: the worker checks when it is back
-            return params
-        if params.checkpoint is None:
-            params = dataclasses.replace(params, checkpoint=workflows.default_checkpoint(info))
-        template = workflows.load_template("img2img" if params.init_image else "txt2img")
-        probe = dataclasses.replace(params, init_image=_UPLOAD_PLACEHOLDER if params.init_image else None)
-        workflows.validate(workflows.bind(template, probe), info, pending_uploads=True)
-        return params
-
-    async def submit_workflow(
-        self,
-        workflow: dict[str, Any] | str | bytes,
-        *,
-        inputs: dict[tuple[str, str], Any] | None = None,
-        images: dict[str, bytes] | None = None,
-        idempotency_key: str | None = None,
-        owner: str | None = None,
-        params: dict[str, Any] | None = None,
-    ) -> Job:
-        """Queue any API-format workflow, with ``inputs`` set and ``images`` (node id → PNG) for LoadImage nodes.
-
-        ``params`` records the studio parameters that were bound onto it, for history and metadata.
-        """
-        graph = workflows.parse_workflow(workflow)
-        if inputs:
-            graph = workflows.apply_inputs(graph, inputs)
-        kept: dict[str, str] = {}
-        notes = []
-        for node_id, data in (images or {}).items():
-            if node_id not in graph:
-                raise WorkflowError(f"The workflow has no node {node_id} to take an image.", field=f"node {node_id}")
-            kept[node_id], fitted = await asyncio.to_thread(self._keep_image, data, field=f"node {node_id}")
-            if fitted.note:
-                notes.append(f"Node {node_id}: {fitted.note}")
-        info = await self.object_info()
-        if info is not None:
-            workflows.validate(graph, info, pending_uploads=True)
-        job, _created = await self.store.enqueue({**(params or {}), "images": kept}, kind="workflow", workflow=graph,
-                                                 idempotency_key=idempotency_key, owner=owner,
-                                                 note=" ".join(notes) or None)
-        self.bus.publish(JobEvent(job.id, "queued", job=job.to_dict()))
-        self.worker.wake()
-        return job
-
-    async def submit_params_to_workflow(
-        self,
-        workflow: dict[str, Any] | str | bytes,
-        values: dict[str, Any],
-        *,
-        count: int = 1,
-        idempotency_key: str | None = None,
-        owner: str | None = None,
-    ) -> list[Job]:
-        """Queue a user's workflow with some studio parameters (prompt, steps, ...) bound onto it.
-
-        Only the parameters given are written; the workflow keeps its own values for the rest. With
-        ``count`` > 1 the seeds count up from the given one (or from a random one).
-        """
-        if isinstance(workflow, bytes) and workflow[:8] == b"\x89PNG\r\n\x1a\n":
-            graph = workflows.workflow_from_png(workflow)
-        else:
-            graph = workflows.parse_workflow(workflow)
-        if not 1 <= count <= 100:
-            raise WorkflowError(f"count is {count}; it must be between 1 and 100.", field="count")
-        base = GenerationParams.from_dict({"prompt": values.get("prompt", "-"), **values})
-        base.check(self.limits)
-        if count > 1 or values.get("seed") == -1:
-            retry_material = (owner, idempotency_key, graph) if idempotency_key else ()
-            values = {**values, "seed": base.resolve_seed(*retry_material).seed}
-        jobs = []
-        for index in range(count):
-            one = {**values, "seed": (values["seed"] + index) % 2**64} if "seed" in values else values
-            key = f"{idempotency_key}#{index}" if idempotency_key and count > 1 else idempotency_key
-            jobs.append(await self.submit_workflow(workflows.bind_values(graph, one), idempotency_key=key,
-                                                   owner=owner, params=one))
-        return jobs
-
-    def _keep_image(self, data: bytes, *, multiple: int = 1, field: str = "image") -> tuple[str, FittedImage]:
-        """Check an upload, fit it to the size limits and keep it; the kept file's name (never a server path).
-
-        Decoding is CPU work: call it in a thread.
-        """
-        fitted = fit_image(data, max_width=self.limits.max_width, max_height=self.limits.max_height,
-                           max_bytes=self.settings.max_upload_bytes, multiple=multiple, field=field)
-        return self.files.save_input(fitted.data).name, fitted
 
     # -- jobs -------------------------------------------------------------------------------------
 
@@ -574,8 +450,6 @@ class Studio:
             raise TimeoutError(f"Job {job_id} did not finish in {timeout} s.") from None
         return await self.store.get(job_id)
 
-
-_UPLOAD_PLACEHOLDER = "studio-upload.png"
 
 
 def _kind(job: Job) -> str:

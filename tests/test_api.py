@@ -24,6 +24,7 @@ from tests.api_support import (  # noqa: F401
 from tests.conftest import job_where
 from tests.fakes.comfyui import FakeComfy
 from tests.fixtures_util import image, workflow
+from tests.toolbox_support import inputs_of
 
 # -- health, models, metrics ------------------------------------------------------------------------
 
@@ -269,7 +270,7 @@ async def test_cancel_a_queued_job(api: Api, fake_comfy: FakeComfy) -> None:
     assert fake_comfy.deleted == [(await api.studio.job(ids[1])).prompt_id]
     fake_comfy.hold = False
     assert (await events_of(api.http, ids[0]))[-1]["type"] == "succeeded"
-    assert {p["prompt"]["3"]["inputs"]["seed"] for p in fake_comfy.prompts} == {1, 2}
+    assert {inputs_of(p["prompt"], "KSampler")["seed"] for p in fake_comfy.prompts} == {1, 2}
     finished = await api.http.delete(f"/api/v1/jobs/{ids[0]}")
     assert finished.status_code == 409 and error_of(finished)["code"] == "already_finished"
 

@@ -13,6 +13,7 @@ import pytest
 from comfy.graph import pngmeta
 from tests.fakes.comfyui import FakeComfy
 from tests.fixtures_util import COMFY
+from tests.toolbox_support import inputs_of
 
 ROOT = Path(__file__).parent.parent
 
@@ -45,7 +46,7 @@ def test_img2img_and_workflow_files(tmp_path: Path, fake_comfy: FakeComfy) -> No
     result = run_cli(tmp_path, fake_comfy.url, "generate", "oil painting", "--image", str(image), "--denoise", "0.4",
                      "--steps", "2")
     assert result.returncode == 0, result.stderr
-    assert fake_comfy.prompts[-1]["prompt"]["3"]["inputs"]["denoise"] == 0.4
+    assert inputs_of(fake_comfy.prompts[-1]["prompt"], "KSampler")["denoise"] == 0.4
     flow = COMFY / "workflows" / "no_weights_api.json"
     result = run_cli(tmp_path, fake_comfy.url, "generate", "unused", "--workflow", str(flow))
     assert result.returncode == 2 and "no place for the prompt" in result.stderr

@@ -120,6 +120,19 @@ async def test_cancel_removes_a_pending_prompt(client: ComfyClient, fake_comfy: 
     fake_comfy.hold = False
 
 
+async def test_cancel_never_interrupts_while_its_prompt_is_still_pending(client: ComfyClient, fake_comfy: FakeComfy) -> None:
+    fake_comfy.hold = True
+    fake_comfy.ignore_deletes = True  # the delete does not take
+    queued = await client.queue_prompt(workflow("txt2img_api"), client_id="c1")
+    assert await client.cancel(queued.prompt_id) is False
+    # An interrupt now would stop whatever runs on a ComfyUI without targeted interrupts: someone else's.
+    assert fake_comfy.interrupts == []
+    fake_comfy.ignore_deletes = False
+    await client.cancel(queued.prompt_id)
+    assert (await client.queue())[1] == []
+    fake_comfy.hold = False
+
+
 async def test_dropped_socket_reconnects_and_reconciles(client: ComfyClient, fake_comfy: FakeComfy) -> None:
     fake_comfy.drop_sockets_after = 8
     result = await client.run(workflow("txt2img_api"))

@@ -46,6 +46,38 @@ async def test_a_post_prompt_that_times_out_after_comfyui_queued_it_is_followed_
     assert len(fake_comfy.prompts) == 1 and done.prompt_id == fake_comfy.prompts[0]["prompt_id"]
 
 
+# 502/504: a proxy gave up waiting; 200: a proxy's own page. ComfyUI, still validating, queues it 0.3 s later.
+@pytest.mark.parametrize("status", [502, 504, 200])
+async def test_a_proxy_answer_before_comfyui_queued_the_prompt_is_followed_not_resent(
+        studio: Studio, fake_comfy: FakeComfy, status: int) -> None:
+    fake_comfy.gateway_next = (status, 0.3)
+    [job] = await studio.submit(SMALL)
+    done = await finished(studio, job.id)
+    assert done.state is JobState.SUCCEEDED and done.attempts == 1 and len(done.outputs) == 1
+    assert fake_comfy.late_prompts == [done.prompt_id]  # the late one is the one followed...
+    assert len(fake_comfy.prompts) == 1  # ...and nothing else was sent
+
+
+async def test_a_prompt_that_shows_up_after_it_was_sent_again_is_stopped(
+        studio: Studio, fake_comfy: FakeComfy, monkeypatch) -> None:
+    from comfy.backends import comfyui
+
+    monkeypatch.setattr(comfyui, "LATE_PROMPT_LOOKS", (0.0, 0.1))  # give up looking before it arrives
+    studio.pool.refresh_interval = 0.1
+    fake_comfy.step_time = 0.1
+    fake_comfy.gateway_next = (504, 0.6)
+    [job] = await studio.submit(GenerationParams(prompt="a lighthouse", steps=12, seed=4, width=64, height=64))
+    done = await finished(studio, job.id)
+    assert done.state is JobState.SUCCEEDED and done.attempts == 2 and len(done.outputs) == 1
+    [late] = fake_comfy.late_prompts
+    assert late != done.prompt_id
+    # The late one was deleted from ComfyUI's queue (or interrupted) rather than run to its end.
+    await wait_for(lambda: late in fake_comfy.deleted or any(
+        (body or {}).get("prompt_id") == late for body in fake_comfy.interrupts))
+    history = await studio.client.history(late)
+    assert history is None or history.status != "success"
+
+
 async def test_a_prompt_id_is_stored_on_the_job_before_it_is_submitted(studio: Studio, fake_comfy: FakeComfy) -> None:
     fake_comfy.hold = True
     [job] = await studio.submit(SMALL)
@@ -121,7 +153,8 @@ def runpod_settings(tmp_path, fake: FakeRunPod, **overrides: object):
     return settings_for(tmp_path, fake, **overrides)
 
 
-@pytest.mark.parametrize("status", [500, 502, 504])
+# 200 and 302: a proxy's page or redirect in front of RunPod, the job already taken, no id we can read.
+@pytest.mark.parametrize("status", [500, 502, 504, 200, 302])
 async def test_a_run_answered_5xx_after_runpod_took_it_is_never_sent_twice(tmp_path, runpod: FakeRunPod,
                                                                            status: int) -> None:
     runpod.lose_run_reply_next = status

@@ -112,3 +112,32 @@ def test_a_huge_ztxt_chunk_on_the_png_info_path_is_not_inflated() -> None:
     assert len(data) < 1_000_000
     info = read_png_info(data)  # the page's PNG-info reader; the huge chunk is skipped, not inflated
     assert "parameters" not in info.texts and info.source == "none"
+
+
+def test_decodes_wait_while_their_pixels_do_not_fit_the_budget_together() -> None:
+    import threading
+
+    from comfy.graph.images import _PixelBudget
+
+    budget = _PixelBudget(100)
+    inside: list[str] = []
+    big_entered, small_done = threading.Event(), threading.Event()
+
+    def decode(name: str, pixels: int, entered: threading.Event | None = None) -> None:
+        with budget.take(pixels):
+            inside.append(name)
+            if entered is not None:
+                entered.set()
+
+    with budget.take(80):  # one large decode under way
+        second = threading.Thread(target=decode, args=("second large", 80, big_entered))
+        second.start()
+        small = threading.Thread(target=decode, args=("small", 20, small_done))
+        small.start()
+        assert small_done.wait(5)  # 80 + 20 fit: it went ahead
+        assert not big_entered.wait(0.2) and inside == ["small"]  # 80 + 80 do not: it waits
+    assert big_entered.wait(5)  # the first one done: its turn
+    second.join(5)
+    small.join(5)
+    with budget.take(500):  # alone, a decode may take more than the budget (up to the bomb limit)
+        pass

@@ -18,7 +18,8 @@ from tests.conftest import make_settings, quick
 from tests.fakes.comfyui import FakeComfy
 from tests.ui_support import call_page
 
-GENERATE = ["a private lighthouse", "", "", "euler", "normal", 2, 7.0, 42, 64, 64, 1, 1, 1.0, ""]  # api_generate
+GENERATE = ["a private lighthouse", "", "", "euler", "normal", 2, 7.0, 42, 64, 64, 1, 1, 1.0, "",  # api_generate
+            None, "", None, "", 4, 0, False, 32, None, None, "", None]  # and its toolbox fields
 
 
 @contextlib.asynccontextmanager

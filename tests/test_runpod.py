@@ -31,6 +31,7 @@ from tests.fakes.comfyui import FakeComfy
 from tests.fakes.runpod_server import FakeRunPod, fixture
 from tests.fixtures_util import image
 from tests.test_errors import _instance, _subclasses
+from tests.toolbox_support import inputs_of
 
 PARAMS = GenerationParams(prompt="a lighthouse at dawn", steps=3, seed=42, width=64, height=64,
                           checkpoint="random-sd15.safetensors")
@@ -111,7 +112,7 @@ async def test_a_job_runs_on_runpod_and_saves_the_png_with_our_metadata(tmp_path
     assert done.state is JobState.SUCCEEDED and done.attempts == 1 and done.note is None
     assert done.backend == "runpod:fakeendpoint01" and runpod.status_of(done.prompt_id) == "COMPLETED"
     [run] = runpod.runs
-    assert run["input"]["workflow"]["6"]["inputs"]["text"] == "a lighthouse at dawn"
+    assert inputs_of(run["input"]["workflow"], "CLIPTextEncode")["text"] == "a lighthouse at dawn"
     assert run["policy"] == {"executionTimeout": 3_600_000, "ttl": 86_400_000}
     assert runpod.requests and all(seen.authorized for seen in runpod.requests)
     [output] = done.outputs
@@ -434,7 +435,7 @@ async def test_the_endpoint_runs_the_workflow_on_comfyui(tmp_path, fake_comfy: F
     loader = next(n for n in fake_comfy.prompts[0]["prompt"].values() if n["class_type"] == "LoadImage")
     assert loader["inputs"]["image"].startswith("studio_")
     texts = pngmeta.read_text_chunks(Path(img2img.outputs[0]["path"]).read_bytes())
-    assert json.loads(texts["prompt"])["3"]["inputs"]["seed"] == 7 and METADATA_KEY in texts
+    assert inputs_of(json.loads(texts["prompt"]), "KSampler")["seed"] == 7 and METADATA_KEY in texts
     assert missing.state is JobState.FAILED and missing.error["code"] == "prompt_rejected"
     assert "refused the workflow" in missing.error["message"] and "missing.safetensors" in missing.error["message"]
     assert broken.state is JobState.FAILED and broken.error["code"] == "execution_failed"

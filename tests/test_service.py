@@ -19,6 +19,7 @@ from comfy.storage.local import METADATA_KEY
 from tests.conftest import make_settings
 from tests.fakes.comfyui import FakeComfy
 from tests.fixtures_util import image, workflow
+from tests.toolbox_support import inputs_of
 
 LIGHTHOUSE = GenerationParams(prompt="a lighthouse at dawn", steps=3, seed=42, width=64, height=64)
 
@@ -48,7 +49,7 @@ async def test_generate_saves_the_comfy_png_with_settings(settings: Settings) ->
     texts = pngmeta.read_text_chunks(data)
     meta = json.loads(texts[METADATA_KEY])
     assert meta["params"]["seed"] == 42 and meta["params"]["checkpoint"] == "random-sd15.safetensors"
-    assert json.loads(texts["prompt"])["3"]["inputs"]["seed"] == 42  # ComfyUI's own chunk is kept
+    assert inputs_of(json.loads(texts["prompt"]), "KSampler")["seed"] == 42  # ComfyUI's own chunk is kept
     assert "Seed: 42" in texts["parameters"]
     assert Image.open(io.BytesIO(data)).size == (64, 64)
 
@@ -134,7 +135,7 @@ async def test_cancel_a_queued_job_never_runs(studio: Studio, fake_comfy: FakeCo
     fake_comfy.hold = False
     for job in jobs[:2]:
         await studio.wait(job.id, timeout=30)
-    seeds = [body["prompt"]["3"]["inputs"]["seed"] for body in fake_comfy.prompts]
+    seeds = [inputs_of(body["prompt"], "KSampler")["seed"] for body in fake_comfy.prompts]
     assert 44 not in seeds and (await studio.job(jobs[2].id)).state is JobState.CANCELLED
 
 

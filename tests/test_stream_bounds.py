@@ -77,3 +77,24 @@ async def test_a_caller_holds_a_limited_number_of_streams(make_api) -> None:
         await asyncio.sleep(0.3)  # closed: the slots are free again
         async with api.http.stream("GET", f"/api/v1/jobs/{job.id}/events") as response:
             assert response.status_code == 200
+
+
+async def test_websocket_handshakes_dropped_by_the_client_give_their_slots_back(make_api) -> None:
+    async with make_api(comfyui_url=NOWHERE) as api:
+        job, _ = await api.studio.store.enqueue({"prompt": "a lighthouse"})
+        host = urlsplit(api.url)
+        for _ in range(12):  # more than the 8 a caller may hold
+            reader, writer = await asyncio.open_connection(host.hostname, host.port)
+            writer.write((f"GET /ws/jobs/{job.id} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                          "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                          "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            await writer.drain()
+            writer.transport.abort()  # gone before the server's answer to the upgrade
+        statuses = []
+        for _ in range(100):  # the server notices each drop when it answers the handshake
+            async with api.http.stream("GET", f"/api/v1/jobs/{job.id}/events") as response:
+                statuses.append(response.status_code)
+            if statuses[-1] == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert statuses[-1] == 200, f"the caller's stream slots stayed taken: {statuses[-3:]}"

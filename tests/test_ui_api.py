@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -56,6 +57,19 @@ def test_generate_and_follow_a_job(app_url: str, fake_comfy: FakeComfy) -> None:
     assert _follow(client, queued["job_ids"][1])[-1]["state"] == "succeeded"
     listed = client.predict(state="succeeded", limit=50, api_name="/jobs")
     assert set(queued["job_ids"]) <= {j["job_id"] for j in listed}
+    client.close()
+
+
+def test_generate_takes_the_toolbox_fields(app_url: str, fake_comfy: FakeComfy) -> None:
+    client = Client(app_url, verbose=False)
+    queued = client.predict(prompt="a fox", steps=2, seed=7, width=64, height=64, styles=["Cinematic"],
+                            hires={"scale": 2, "denoise": 0.4}, api_name="/generate")
+    final = _follow(client, queued["job_ids"][0])[-1]
+    assert final["state"] == "succeeded"
+    meta = json.loads(pngmeta.read_text_chunks(Path(final["images"][0]).read_bytes())["comfyui_studio"])
+    assert meta["toolbox"]["styles"] == ["Cinematic"] and meta["toolbox"]["hires"]["size"] == [128, 128]
+    with pytest.raises(Exception, match="There is no style 'Nope'"):
+        client.predict(prompt="a fox", styles=["Nope"], api_name="/generate")
     client.close()
 
 

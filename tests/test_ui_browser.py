@@ -13,6 +13,7 @@ import pytest
 
 from tests.fakes.comfyui import FakeComfy
 from tests.ui_support import running_app
+from tests.toolbox_support import inputs_of
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).parent / "screenshots"
@@ -112,7 +113,7 @@ def test_load_a_workflow_edit_an_input_and_run_it(browser, tmp_path: Path) -> No
         _shot(page, "05-workflow")
         page.locator("#run-workflow").click()
         expect(page.locator("#gallery img").first).to_be_visible(timeout=60_000)
-        assert fake.prompts[-1]["prompt"]["6"]["inputs"]["text"] == "a paper boat on a pond"
+        assert inputs_of(fake.prompts[-1]["prompt"], "CLIPTextEncode")["text"] == "a paper boat on a pond"
 
 
 @pytest.mark.slow

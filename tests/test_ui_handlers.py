@@ -15,6 +15,7 @@ from comfy.graph import pngmeta
 from comfy.graph.pnginfo import parse_a1111, read_png_info
 from tests.fakes.comfyui import FakeComfy
 from tests.fixtures_util import COMFY, image
+from tests.toolbox_support import inputs_of
 from ui import render
 from ui.handlers import FORM_FIELDS, Handlers
 
@@ -197,7 +198,7 @@ async def test_workflow_load_discover_and_run(studio: Studio, fake_comfy: FakeCo
     watched = await h.run_workflow(loaded, values, request())
     job = await studio.wait(watched[-1], timeout=30)
     assert job.state is JobState.SUCCEEDED
-    assert fake_comfy.prompts[-1]["prompt"]["6"]["inputs"]["text"] == "a fox in snow"
+    assert inputs_of(fake_comfy.prompts[-1]["prompt"], "CLIPTextEncode")["text"] == "a fox in snow"
     h.save_workflow(loaded, "my txt2img")
     assert studio.library.names() == ["my txt2img"]
     again = await h.load_workflow(None, None, "my txt2img")

@@ -8,8 +8,11 @@ as a server with those files would list them; nothing else is changed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +78,41 @@ def strict_problems(graph: dict[str, Any], info: ObjectInfo) -> list[str]:
             elif spec.type == "INT" and not isinstance(value, int):
                 problems.append(f"{node_id} {cls}.{name}: {value!r} is not an int")
     return problems
+
+
+def inputs_of(graph: dict[str, Any], class_type: str, nth: int = 0) -> dict[str, Any]:
+    """The inputs of the ``nth`` node of a class, in id order (a built graph's prompt is its first CLIPTextEncode)."""
+    found = [graph[n] for n in sorted(graph, key=int) if graph[n]["class_type"] == class_type]
+    return found[nth]["inputs"]
+
+
+def write_toolbox_info(folder: Path) -> Path:
+    """:func:`toolbox_info` as a file, for ``FakeComfy(object_info_path=...)``: a server with those model files."""
+    path = Path(folder) / "object_info.json"
+    path.write_text(json.dumps(toolbox_info().raw), encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def toolbox_comfy(folder: Path) -> Iterator[Any]:
+    """The fake ComfyUI serving :func:`toolbox_info` (LoRAs, VAEs, upscale models), for a ``fake_comfy`` fixture."""
+    from tests.fakes.comfyui import FakeComfy
+
+    server = FakeComfy(step_time=0.002, object_info_path=write_toolbox_info(folder))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def png_bytes(width: int, height: int, color: Any = (90, 120, 200), box: tuple[int, int, int, int] | None = None) -> bytes:
+    """A plain PNG, with a white ``box`` painted when given (with color black: a mask)."""
+    from PIL import Image
+
+    picture = Image.new("RGB", (width, height), color)
+    if box is not None:
+        picture.paste((255, 255, 255), box)
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    return out.getvalue()

@@ -468,15 +468,28 @@ class Handlers:
                            sampler: str = "euler", scheduler: str = "normal", steps: int = 20, cfg: float = 7.0,
                            seed: int = -1, width: int = 512, height: int = 512, batch_size: int = 1,
                            batch_count: int = 1, denoise: float = 1.0, init_image: str = "",
+                           loras: list[dict] | None = None, vae: str = "", hires: dict | None = None,
+                           mask: str = "", mask_blur: int = 4, mask_grow: int = 0, inpaint_full_res: bool = False,
+                           inpaint_padding: int = 32, outpaint: dict | None = None, styles: list[str] | None = None,
+                           family: str = "", guidance: float | None = None,
                            request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]
-        """Queue a generation; returns {"job_ids": [...], "seeds": [...]} at once. init_image: base64 PNG/JPEG."""
+        """Queue a generation; returns {"job_ids": [...], "seeds": [...]} at once. init_image, mask: base64 PNG/JPEG.
+
+        The toolbox fields are the REST API's (POST /api/v1/jobs): loras, vae, hires, mask..., styles, family.
+        """
         try:
             params = GenerationParams(prompt=prompt, negative_prompt=negative_prompt, checkpoint=checkpoint or None,
                                       sampler=sampler, scheduler=scheduler, steps=int(steps), cfg=float(cfg),
                                       seed=int(seed), width=int(width), height=int(height),
-                                      batch_size=int(batch_size), denoise=float(denoise))
+                                      batch_size=int(batch_size), denoise=float(denoise), loras=loras or None,
+                                      vae=vae or None, hires=hires or None, mask_blur=int(mask_blur),
+                                      mask_grow=int(mask_grow), inpaint_full_res=bool(inpaint_full_res),
+                                      inpaint_padding=int(inpaint_padding), outpaint=outpaint or None,
+                                      styles=styles or None, family=family or None,
+                                      guidance=None if guidance is None else float(guidance))
             image = _decode_data_url(init_image) if init_image else None
-            jobs = await self.studio.submit(params, count=int(batch_count), image=image,
+            mask_png = _decode_data_url(mask) if mask else None
+            jobs = await self.studio.submit(params, count=int(batch_count), image=image, mask=mask_png,
                                             owner=_owner(request, self.auth_on))
         except ComfyError as exc:
             raise _to_gr_error(exc) from exc

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from comfy.jobs.records import Job
 from comfy.storage.local import LocalStore
+
+if TYPE_CHECKING:
+    from comfy.graph.toolbox import Toolbox
 
 __all__ = ["Backend", "BackendHealth", "Outcome", "Output", "RunContext", "redact_url", "required_checkpoints"]
 
@@ -94,6 +97,8 @@ class Outcome:
     outputs: tuple[Output, ...]
     execution_ms: int | None = None
     notes: tuple[str, ...] = ()
+    #: What the PNGs record of the toolbox (:meth:`comfy.graph.Prepared.record`); None: the worker works it out.
+    record: dict[str, Any] | None = None
 
 
 class RunContext(Protocol):
@@ -102,6 +107,8 @@ class RunContext(Protocol):
     job: Job
     files: LocalStore
     job_timeout: float
+    #: Where a generate job's styles and wildcards are read from.
+    toolbox: Toolbox
 
     async def record(self, **fields: Any) -> Job:
         """Store run details on the job (handle, backend, workflow, note); raises if the lease is lost."""

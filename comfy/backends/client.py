@@ -155,6 +155,7 @@ class ComfyClient:
         self.preview_method = preview_method
         self._object_info: ObjectInfo | None = None
         self._object_info_lock = asyncio.Lock()
+        self._checkpoint_metadata: dict[str, dict[str, Any] | None] = {}
         self._closed = False
         #: The socket the next prompt will use, opening or open (see :meth:`prepare_events`).
         self._spare: Spare | None = None
@@ -190,7 +191,7 @@ class ComfyClient:
         if response.status_code in (401, 403):
             raise ServerUnavailable(
                 f"ComfyUI (or a proxy in front of it) refused {what} with HTTP {response.status_code}; "
-                "check COMFYUI_URL and COMFYUI_HEADERS."
+                "check COMFYUI_URL and COMFYUI_HEADERS.", status=response.status_code,
             )
         return response
 
@@ -213,6 +214,19 @@ class ComfyClient:
             if self._object_info is None or refresh:
                 self._object_info = ObjectInfo(await self._json("GET", "/object_info", "object_info"))
             return self._object_info
+
+    async def checkpoint_metadata(self, filename: str) -> dict[str, Any] | None:
+        """``GET /view_metadata/checkpoints?filename=...``: the safetensors header's ``__metadata__`` (for the
+        model family), cached per file; None when the file has none (404) or the server cannot say."""
+        if filename not in self._checkpoint_metadata:
+            try:
+                response = await self._request("GET", "/view_metadata/checkpoints", "view_metadata",
+                                               params={"filename": filename})
+                body = response.json() if response.status_code == 200 else None
+            except (ServerError, ValueError):
+                return None  # not cached: asked again next time
+            self._checkpoint_metadata[filename] = body if isinstance(body, dict) else None
+        return self._checkpoint_metadata[filename]
 
     async def checkpoints(self) -> list[str]:
         return (await self.object_info()).checkpoints
@@ -313,9 +327,12 @@ class ComfyClient:
             running, pending = await self.queue()
             if prompt_id not in running and prompt_id not in pending:
                 return True
-        if prompt_id in running or prompt_id in pending:
-            # It started between the two looks (or the delete did not take): interrupt it.
+        if prompt_id in running:
+            # It started between the two looks: interrupt it. Only then: a ComfyUI older than targeted
+            # interrupts stops whatever runs, which may be someone else's prompt.
             await self.interrupt(prompt_id)
+        elif prompt_id in pending:
+            await self.delete_from_queue([prompt_id])  # the delete did not take: once more
         return False
 
     async def locate(self, prompt_id: str) -> str | None:

@@ -14,17 +14,27 @@ import time
 import uuid
 from typing import Any
 
+import httpx
+
 from comfy import graph as workflows
 from comfy.backends import protocol
 from comfy.backends.base import BackendHealth, Outcome, Output, RunContext, redact_url
 from comfy.backends.client import ComfyClient
 from comfy.backends.event_socket import EventStream
 from comfy.backends.progress import ProgressTracker
-from comfy.errors import ComfyError, JobTimedOut, ServerError, ServerTimeout, ServerUnavailable
+from comfy.errors import (
+    ComfyError,
+    JobTimedOut,
+    PromptRejected,
+    PromptUnconfirmed,
+    ServerError,
+    ServerTimeout,
+    ServerUnavailable,
+)
 from comfy.graph.object_info import ObjectInfo
-from comfy.graph.params import GenerationParams
 from comfy.jobs.records import Job
 from comfy.storage.local import LocalStore
+from comfy.graph.toolbox import Toolbox, prepare_job
 
 __all__ = ["WAITING_ON_BACKEND", "ComfyBackend", "build_prompt"]
 
@@ -32,14 +42,19 @@ logger = logging.getLogger(__name__)
 
 #: The note of a job whose prompt waits in ComfyUI's own queue (behind another prompt), not running yet.
 WAITING_ON_BACKEND = "waiting on the backend: queued on ComfyUI behind another prompt"
-#: After a timed-out POST /prompt found nothing, how long to wait before the second (last) look.
-LATE_PROMPT_WAIT = 1.0
+#: After an answer to POST /prompt that may have come after ComfyUI took the prompt (a timeout, a reset, a
+#: proxy's 5xx or page), the waits between looks for it in /queue and /history before it is sent again.
+#: ComfyUI validates a prompt before it queues it, and finishes a request whose client has gone.
+LATE_PROMPT_LOOKS = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
-async def build_prompt(job: Job, client: ComfyClient, store: LocalStore) -> dict[str, Any]:
-    """The API graph to submit for ``job``: template or workflow, parameters bound, images uploaded.
+async def build_prompt(job: Job, client: ComfyClient, store: LocalStore,
+                       toolbox: Toolbox | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The API graph to submit for ``job`` and what its PNGs record of the toolbox (None for a workflow job).
 
-    Raises :class:`WorkflowError` when it cannot run on this server (checked against ``object_info``).
+    A generate job's graph is built by :func:`comfy.graph.toolbox.prepare_job` (LoRAs, VAE, hires, inpainting,
+    outpainting, styles, wildcards, family), its images uploaded; a workflow job's images are uploaded
+    into it. Raises :class:`WorkflowError` when it cannot run on this server (checked against ``object_info``).
     """
     info = await client.object_info()
     if job.kind == "workflow":
@@ -48,16 +63,12 @@ async def build_prompt(job: Job, client: ComfyClient, store: LocalStore) -> dict
         if images:
             names = {node_id: await _upload(client, store, path) for node_id, path in images.items()}
             graph = workflows.apply_inputs(graph, {(node_id, "image"): name for node_id, name in names.items()})
-    else:
-        params = GenerationParams.from_dict(job.params)
-        graph = workflows.load_template("img2img" if params.init_image else "txt2img")
-        if params.init_image:
-            params = dataclasses.replace(params, init_image=await _upload(client, store, params.init_image))
-        if params.checkpoint is None:
-            params = dataclasses.replace(params, checkpoint=workflows.default_checkpoint(info))
-        graph = workflows.bind(graph, params)
-    workflows.validate(graph, info)
-    return graph
+        workflows.validate(graph, info)
+        return graph, None
+    ready, graph = await prepare_job(job.params, toolbox or Toolbox(), info, read_input=store.read_input,
+                                     upload=lambda path: _upload(client, store, path),
+                                     metadata_of=client.checkpoint_metadata)
+    return graph, ready.record()
 
 
 async def _upload(client: ComfyClient, store: LocalStore, path: str) -> str:
@@ -143,7 +154,7 @@ class ComfyBackend:
             return await self._follow(ctx, job, job.workflow or {}, None, waiting=False)
         async with contextlib.AsyncExitStack() as stack:
             async with self._submit_lock():  # FIFO: prompts reach ComfyUI in the order their jobs were claimed
-                graph = await build_prompt(job, self.client, ctx.files)
+                graph, record = await build_prompt(job, self.client, ctx.files, getattr(ctx, "toolbox", None))
                 # The socket comes first (usually opened ahead): its client id is stored with the prompt id
                 # before anything is submitted.
                 stream = await stack.enter_async_context(self.client.new_events())
@@ -155,7 +166,8 @@ class ComfyBackend:
                 waiting = bool(self._in_flight)
                 self._in_flight.append(job.prompt_id or "")
             self.client.prepare_events()  # the next job's socket, opened while this one runs
-            return await self._follow(ctx, job, graph, stream, waiting=waiting)
+            outcome = await self._follow(ctx, job, graph, stream, waiting=waiting)
+            return dataclasses.replace(outcome, record=record)
 
     def _submit_lock(self) -> asyncio.Lock:
         """Held from building a prompt to its POST; fair (FIFO). One per event loop (a backend may outlive one)."""
@@ -221,25 +233,39 @@ class ComfyBackend:
             raise JobTimedOut(ctx.job_timeout) from exc
 
     async def _submit(self, ctx: RunContext, job: Job, graph: dict[str, Any]) -> None:
-        """``POST /prompt``; on an answer lost on the way, find out whether ComfyUI queued it anyway."""
+        """``POST /prompt``; on an answer lost on the way, find out whether ComfyUI queued it anyway.
+
+        Raises :class:`PromptUnconfirmed` when the prompt may be there but did not show up: the job is sent
+        again under a new id, and the worker stops this one should it appear later.
+        """
         assert job.prompt_id and job.client_id
         try:
             await self.client.queue_prompt(graph, client_id=job.client_id, prompt_id=job.prompt_id)
-        except (ServerTimeout, ServerUnavailable) as lost:
+        except PromptRejected:
+            raise
+        except ServerError as lost:
+            if not _may_have_arrived(lost):
+                raise  # nothing reached ComfyUI (refused, or refused by a proxy): sending it again is safe
             try:
-                where = await self.client.locate(job.prompt_id)
-                if where is None and isinstance(lost, ServerTimeout):
-                    await asyncio.sleep(LATE_PROMPT_WAIT)  # a slow server may still be taking it in
-                    where = await self.client.locate(job.prompt_id)
+                where = await self._look_for(job.prompt_id)
             except ServerError as unknown:
                 # Queued or not, nobody can tell now: the job keeps its handle and looks again later.
                 ctx.submitted()
                 raise unknown from lost
             if where is None:
-                raise  # provably not there: nothing reached ComfyUI, so sending it again is safe
+                raise PromptUnconfirmed(job.prompt_id, str(lost), sum(LATE_PROMPT_LOOKS)) from lost
             logger.info("The answer to POST /prompt for %s was lost (%s), but ComfyUI has it (%s): following it",
                         job.prompt_id, lost, where)
         ctx.submitted()
+
+    async def _look_for(self, prompt_id: str) -> str | None:
+        """Where ComfyUI has ``prompt_id``, looking again with growing waits; None if it never showed up."""
+        for wait in LATE_PROMPT_LOOKS:
+            await asyncio.sleep(wait)
+            where = await self.client.locate(prompt_id)
+            if where is not None:
+                return where
+        return None
 
     async def _fetch(self, ref: protocol.OutputRef, prefetched: Prefetch) -> bytes:
         task = prefetched.get(ref)
@@ -249,3 +275,12 @@ class ComfyBackend:
             except ComfyError:
                 pass  # fetch it again below
         return await self.client.download(ref)
+
+
+def _may_have_arrived(error: ServerError) -> bool:
+    """Whether a failed ``POST /prompt`` may have reached ComfyUI: all but a connection never made and a
+    proxy's refusal of our credentials (those sent nothing on)."""
+    cause = error.__cause__
+    if isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return False
+    return not (isinstance(error, ServerUnavailable) and error.status in (401, 403))

@@ -26,6 +26,7 @@ from comfy.backends.base import BackendHealth, Outcome, Output, RunContext
 from comfy.errors import ExecutionInterrupted
 from comfy.graph.object_info import ObjectInfo
 from comfy.graph.params import GenerationParams
+from comfy.graph.toolbox import split_job_params
 from comfy.jobs.records import Job
 
 __all__ = ["DEMO_CHECKPOINTS", "DemoBackend", "demo_image"]
@@ -166,7 +167,7 @@ class DemoBackend:
 
 def _params_of(job: Job) -> GenerationParams:
     if job.kind == "generate":
-        return GenerationParams.from_dict(job.params)
+        return split_job_params(job.params)[0]
     # A workflow job: draw from what the studio bound onto it, with the defaults for the rest.
     known = {f.name for f in dataclasses.fields(GenerationParams)}
     values = {k: v for k, v in job.params.items() if k in known and k != "init_image"}

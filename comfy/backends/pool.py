@@ -67,7 +67,7 @@ class _Entry:
     next_check: float = 0.0
     down_since: float | None = None
     models_known: bool = False
-    orphans: set[str] = field(default_factory=set)
+    orphans: dict[str, float] = field(default_factory=dict)  # run handle -> stopped again until then
     check: asyncio.Task[None] | None = None
     up_since: float | None = None  # when a probe last found it back
     last_backoff: float = 0.0  # the backoff it had then, resumed if it fails again soon
@@ -193,9 +193,14 @@ class Pool:
         """A job found the backend unreachable: stop sending it work and probe it."""
         self._down(self._entry(backend), reason)
 
-    def add_orphan(self, backend: Backend, handle: str) -> None:
-        """A run left on a backend that could not be told to stop: stop it when the backend answers again."""
-        self._entry(backend).orphans.add(handle)
+    def add_orphan(self, backend: Backend, handle: str, *, linger: float = 0.0) -> None:
+        """A run left on a backend that could not be told to stop: stop it when the backend answers again.
+
+        With ``linger``, it is stopped again at every check for that many seconds: a run that may still
+        arrive (a submission whose answer was lost) is stopped when it shows up.
+        """
+        orphans = self._entry(backend).orphans
+        orphans[handle] = max(orphans.get(handle, 0.0), self._clock() + linger)
 
     def tick(self, on_change: Callable[[], None]) -> None:
         """Start the checks that are due, in the background; ``on_change`` is called when one comes back."""
@@ -255,10 +260,12 @@ class Pool:
             entry.checked = True
 
     async def _forget_orphans(self, entry: _Entry) -> None:
-        for handle in list(entry.orphans):
+        for handle, until in list(entry.orphans.items()):
             await entry.backend.forget(handle)  # a ComfyError keeps it down: the run may still be there
-            entry.orphans.discard(handle)
-            logger.info("Stopped run %s left on %s by a job that moved to another backend", handle, entry.backend.name)
+            if until > self._clock():
+                continue  # it may still arrive: looked for again at the next check
+            del entry.orphans[handle]
+            logger.info("Stopped run %s left on %s by a job that moved on", handle, entry.backend.name)
 
     def _up(self, entry: _Entry, health: BackendHealth, *, came_back: bool) -> None:
         if came_back and entry.down_since is not None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -55,9 +54,9 @@ from comfy.errors import (
     ServerTimeout,
     ServerUnavailable,
 )
-from comfy.graph.params import GenerationParams
 from comfy.jobs.records import Job
 from comfy.storage.local import LocalStore
+from comfy.graph.toolbox import Toolbox, prepare_job
 
 __all__ = ["WAITING_FOR_WORKER", "RunPodBackend", "describe_failure", "parse_progress"]
 
@@ -210,13 +209,14 @@ class RunPodBackend:
     async def run(self, ctx: RunContext, *, attach: bool) -> Outcome:
         job = ctx.job
         notes: list[str] = []
+        record = None
         if job.prompt_id and (attach or job.backend == self.name):
             # Its run here, after a restart or an outage it waited out; RunExpired if RunPod forgot it.
             ctx.submitted()
             ctx.started(message="re-attached after a restart" if attach else "re-attached: the backend is back")
             run_id = job.prompt_id
         else:
-            graph, images = self._graph(job, ctx.files)
+            graph, images, record = await self._graph(job, ctx.files, getattr(ctx, "toolbox", None) or Toolbox())
             body, graph, notes = build_run_body(graph, images, self._policy(ctx.job_timeout),
                                                 limit=self.max_request_bytes)
             job = await ctx.record(prompt_id=None, client_id=uuid.uuid4().hex, backend=self.name,
@@ -228,10 +228,12 @@ class RunPodBackend:
             await ctx.record(prompt_id=run_id)
             logger.info("Job %s is RunPod job %s", job.id, run_id)
         outcome = await self._follow(ctx, run_id)
-        return Outcome(outcome.handle, outcome.outputs, outcome.execution_ms, (*notes, *outcome.notes))
+        return Outcome(outcome.handle, outcome.outputs, outcome.execution_ms, (*notes, *outcome.notes), record)
 
-    def _graph(self, job: Job, store: LocalStore) -> tuple[dict[str, Any], dict[str, bytes]]:
-        """The graph and its input images, named by content (worker-comfyui uploads them before queueing)."""
+    async def _graph(self, job: Job, store: LocalStore,
+                     toolbox: Toolbox) -> tuple[dict[str, Any], dict[str, bytes], dict[str, Any] | None]:
+        """The graph, its input images named by content (worker-comfyui uploads them before queueing), and
+        what the PNGs record of the toolbox. Serverless has no ``object_info``: names are sent as given."""
         images: dict[str, bytes] = {}
 
         def keep(path: str) -> str:
@@ -245,14 +247,15 @@ class RunPodBackend:
             kept = dict(job.params.get("images") or {})
             if kept:
                 graph = workflows.apply_inputs(graph, {(node_id, "image"): keep(path) for node_id, path in kept.items()})
-            return graph, images
-        params = GenerationParams.from_dict(job.params)
-        graph = workflows.load_template("img2img" if params.init_image else "txt2img")
-        if params.init_image:
-            params = dataclasses.replace(params, init_image=keep(params.init_image))
-        if params.checkpoint is None and self.checkpoints:
-            params = dataclasses.replace(params, checkpoint=self.checkpoints[0])
-        return workflows.bind(graph, params), images
+            return graph, images, None
+
+        async def upload(path: str) -> str:
+            return keep(path)
+
+        ready, graph = await prepare_job(job.params, toolbox, None, read_input=store.read_input, upload=upload,
+                                         default_checkpoint=self.checkpoints[0] if self.checkpoints else
+                                         _template_checkpoint())
+        return graph, images, ready.record()
 
     def _policy(self, job_timeout: float) -> dict[str, Any]:
         week = 7 * 86_400_000
@@ -340,6 +343,12 @@ class RunPodBackend:
         if not outputs:
             notes.append("The workflow ran but saved no images (only previews, or outputs that are not images).")
         return Outcome(run_id, tuple(outputs), _int(body.get("executionTime")), tuple(notes))
+
+
+def _template_checkpoint() -> str:
+    """Without a configured list, the shipped txt2img template's checkpoint (what the endpoint runs by default)."""
+    graph = workflows.load_template("txt2img")
+    return next(str(n["inputs"]["ckpt_name"]) for n in graph.values() if n["class_type"] == "CheckpointLoaderSimple")
 
 
 async def _decoded(data: str) -> bytes:

@@ -160,9 +160,14 @@ class RunPodClient:
         if 400 <= response.status_code < 500:
             raise PromptRejected(f"RunPod refused the job with HTTP {response.status_code}: "
                                  f"{short(_json_or_text(response))}", body=_json_or_text(response))
-        answer = self._json(response, "submitting a job")
-        if not isinstance(answer.get("id"), str):
-            raise ProtocolError(f"RunPod's answer to /run has no job id: {short(answer)}")
+        # Any other answer came after the request reached RunPod: one we cannot read (a proxy's page, a cut
+        # body, an unknown shape) may still have queued the job, so it is unconfirmed, never retried.
+        try:
+            answer = self._json(response, "submitting a job")
+        except ServerError:  # not 200, or not a JSON object
+            raise RunUnconfirmed(f"answered HTTP {response.status_code} with no job id we could read") from None
+        if not isinstance(answer.get("id"), str) or not answer["id"]:
+            raise RunUnconfirmed(f"answered HTTP {response.status_code} without a job id ({short(answer)})")
         return answer
 
     async def status(self, job_id: str) -> dict[str, Any]:

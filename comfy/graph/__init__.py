@@ -11,8 +11,9 @@ outpainting, LoRAs, VAE, hires fix, per model family), ``families`` (SD 1.5 / SD
 a checkpoint's metadata or name, with their defaults), ``features`` (the LoRA, hires and outpaint fields),
 ``lora_syntax`` (A1111's ``<lora:name:0.8>``), ``masks`` (mask checks, the "only masked" area),
 ``styles`` (A1111's styles.csv), ``wildcards`` (``__name__`` and ``{a|b}``, drawn from the seed),
-``recipe`` (all of it applied, in order, plus what the PNG records) and ``plot`` (X/Y/Z grids, in
-A1111's axis syntax, and the labelled grid image).
+``recipe`` (all of it applied, in order, plus what the PNG records), ``plot`` (X/Y/Z grids, in
+A1111's axis syntax, and the labelled grid image) and ``toolbox`` (the style and wildcard folders of a
+studio, and a generate job's graph from its stored params, as both submission and the worker build it).
 
 Pure functions over dicts and bytes: this package imports only ``comfy.errors``, no network; the disk
 is read only for the shipped templates, styles and wildcards, and the folders a caller names.

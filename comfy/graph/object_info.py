@@ -79,6 +79,8 @@ class InputSpec:
     multiline: bool = False
     #: LoadImage-style input: the value is the name of a file uploaded to the server's input folder.
     image_upload: bool = False
+    #: For an input naming a file on the server (an image, audio or video upload): the folder it is read from.
+    file_folder: str | None = None
     required: bool = True
     multiselect: bool = False
     tooltip: str | None = None
@@ -115,6 +117,8 @@ def _parse_input(name: str, raw: Any, *, required: bool) -> InputSpec | None:
         choices=choices,
         multiline=bool(options.get("multiline", False)),
         image_upload=bool(options.get("image_upload", False)),
+        file_folder=(options.get("image_folder") or "input") if any(
+            options.get(flag) for flag in ("image_upload", "audio_upload", "video_upload")) else None,
         required=required,
         multiselect=bool(options.get("multiselect", False)),
         tooltip=options.get("tooltip") if isinstance(options.get("tooltip"), str) else None,

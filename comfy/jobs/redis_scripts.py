@@ -32,6 +32,7 @@ KEYS = {
     "events": ":events",  # the pub/sub channel of job events (comfy.jobs.redis_events)
     "cancel": ":cancel",  # the pub/sub channel of cancel requests
     "presence": ":presence:",  # + replica or worker id: its heartbeat, a JSON record with a TTL (comfy.jobs.presence)
+    "grid": ":grid:",  # + id: an X/Y/Z plot's record, JSON text (comfy.jobs.grid_records)
 }
 
 # -- shared helpers, prepended to every script ------------------------------------------------------------

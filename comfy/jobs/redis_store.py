@@ -28,6 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from comfy.errors import IdempotencyConflict, JobNotFound, QueueError, QueueUnavailable
+from comfy.jobs import grid_records
 from comfy.jobs.leases import held_elsewhere
 from comfy.jobs.queue import _request, _Request  # one definition of a valid request and its fingerprint
 from comfy.jobs.records import RUNNING, TAKEN_OVER_NOTE, UPDATABLE_FIELDS, Job, JobPage, JobState
@@ -103,6 +104,12 @@ class RedisStore:
     def key(self, name: str, *parts: str) -> str:
         """A key or channel of :data:`KEYS` under this prefix: ``key("job", id)``."""
         return self.prefix + KEYS[name] + ":".join(parts)
+
+    async def save_grid(self, record: dict[str, Any]) -> None:
+        await grid_records.redis_save(self, record)
+
+    async def get_grid(self, grid_id: str) -> dict[str, Any]:
+        return await grid_records.redis_get(self, grid_id)
 
     async def close(self) -> None:
         await self._batcher.aclose()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from comfy.jobs import grid_records
 from comfy.jobs.queue import JobQueue
 from comfy.jobs.records import Job, JobPage, JobState
 
@@ -85,6 +86,10 @@ class JobStore(Protocol):
                         force: bool = False) -> Job | None: ...
 
     async def prune(self, *, older_than: float, batch: int = 256) -> int: ...
+
+    async def save_grid(self, record: dict[str, Any]) -> None: ...
+
+    async def get_grid(self, grid_id: str) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...
 
@@ -182,6 +187,14 @@ class DiskStore:
 
     async def prune(self, *, older_than: float, batch: int = 256) -> int:
         return await asyncio.to_thread(self.queue.prune, older_than=older_than, batch=batch)
+
+    async def save_grid(self, record: dict[str, Any]) -> None:
+        """Store an X/Y/Z plot's record (see :mod:`comfy.grids`); raises :class:`QueueError`."""
+        await asyncio.to_thread(grid_records.disk_save, self.queue, record)
+
+    async def get_grid(self, grid_id: str) -> dict[str, Any]:
+        """A plot's record; :class:`GridNotFound` if there is none."""
+        return await asyncio.to_thread(grid_records.disk_get, self.queue, grid_id)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.queue.close)

@@ -36,8 +36,17 @@ from typing import TYPE_CHECKING, Any
 from comfy.backends.base import Backend, Outcome
 from comfy.backends.client import ComfyClient
 from comfy.backends.comfyui import ComfyBackend, build_prompt
+from comfy.graph.toolbox import Toolbox, split_job_params
 from comfy.backends.pool import Pool
-from comfy.errors import ComfyError, ExecutionInterrupted, QueueError, QueueUnavailable, ServerTimeout, ServerUnavailable
+from comfy.errors import (
+    ComfyError,
+    ExecutionInterrupted,
+    PromptUnconfirmed,
+    QueueError,
+    QueueUnavailable,
+    ServerTimeout,
+    ServerUnavailable,
+)
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.leases import owner_alive
 from comfy.jobs.leases import worker_id as new_worker_id
@@ -61,6 +70,9 @@ NOTE_INTERVAL = 1.0
 NOTE_SCAN = 20
 #: How long telling a failing backend to drop a job's run may take before it is left as an orphan.
 FORGET_TIMEOUT = 2.0
+#: How long a submission whose answer was lost, and that did not show up, is watched for and stopped if it
+#: does (the pool looks every few seconds while it has such runs).
+LATE_RUN_LINGER = 600.0
 #: Errors after which the backend has no run left to stop (it restarted, or RunPod expired it).
 _GONE = frozenset({"prompt_lost", "run_expired"})
 
@@ -72,6 +84,7 @@ class _Context:
         self.job = job
         self.files = worker.files
         self.job_timeout = worker.job_timeout
+        self.toolbox = worker.toolbox
         self._worker = worker
         self._last_write = 0.0
         self._writing: asyncio.Future[Any] | None = None
@@ -131,8 +144,11 @@ class Worker:
         poll_interval: float = 0.25,
         worker_id: str | None = None,
         uploader: Uploader | None = None,
+        toolbox: Toolbox | None = None,
     ) -> None:
         self.store = store
+        #: Where generate jobs' styles and wildcards are read from (the shipped ones by default).
+        self.toolbox = toolbox or Toolbox()
         #: Uploads succeeded jobs' outputs to S3 in the background (None: local files only).
         self.uploader = uploader
         self.pool = _as_pool(backends, max_in_flight)
@@ -359,6 +375,8 @@ class Worker:
             await self._fail(job.id, exc, retry=False)
 
     async def _on_error(self, job: Job, backend: Backend, exc: ComfyError) -> None:
+        if isinstance(exc, PromptUnconfirmed):  # it may arrive after all: stop it if it does
+            self.pool.add_orphan(backend, exc.prompt_id, linger=LATE_RUN_LINGER)
         if await self._cancel_requested(job.id):
             await self._finish_cancelled(job.id)
             return
@@ -455,12 +473,26 @@ class Worker:
             "job_id": job.id, "kind": job.kind, "params": current.params, "prompt_id": outcome.handle,
             "backend": backend.name, "execution_ms": outcome.execution_ms,
         }
+        record = outcome.record if outcome.record is not None else self._record(current)
+        if record:
+            metadata["toolbox"] = record
         blobs = await asyncio.gather(*(output.fetch() for output in outcome.outputs))
         return [
             self.files.save_output(job.id, index, data, metadata=metadata, node_id=output.node_id,
                                    source=output.filename)
             for index, (output, data) in enumerate(zip(outcome.outputs, blobs))
         ]
+
+    def _record(self, job: Job) -> dict[str, Any] | None:
+        """What the PNGs record of the toolbox when the backend did not say (a run re-attached after a restart)."""
+        if job.kind != "generate":
+            return None
+        try:
+            params, cell = split_job_params(job.params)
+            mask = self.files.read_input(params.mask) if params.mask and params.inpaint_full_res else None
+            return self.toolbox.prepare(params, mask_png=mask, grid_cell=cell).record()
+        except (ComfyError, ValueError):
+            return None
 
     # -- bookkeeping --------------------------------------------------------------------------------
 

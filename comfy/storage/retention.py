@@ -75,7 +75,8 @@ def prune(queue: JobQueue, store: LocalStore, *, older_than: float, backlog: Upl
 def _prune_inputs(queue: JobQueue, store: LocalStore, older_than: float) -> tuple[int, int]:
     live = [job for state in (JobState.QUEUED, JobState.RUNNING)
             for job in queue.list(states=[state], limit=100_000).jobs]
-    used = {Path(str(job.params["init_image"])).name for job in live if job.params.get("init_image")}
+    used = {Path(str(job.params[name])).name for job in live for name in ("init_image", "mask")
+            if job.params.get(name)}
     used |= {Path(str(path)).name for job in live for path in (job.params.get("images") or {}).values()}
     removed = freed = 0
     for path in _children(store.inputs_dir):

@@ -13,9 +13,11 @@ the rest of the package.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
+from starlette.responses import Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 logger = logging.getLogger(__name__)
@@ -66,3 +68,16 @@ class _Faults:
         await self._stop_server()  # type: ignore[attr-defined]
         await asyncio.sleep(seconds)
         await self._start_server()  # type: ignore[attr-defined]
+
+    def _gateway_answer(self, body: dict[str, Any]) -> Response:
+        """``gateway_next``: a proxy's page now, the prompt queued by ComfyUI later (see ``_Knobs``)."""
+        (status, queue_after), self.gateway_next = self.gateway_next, None  # type: ignore[has-type]
+        asyncio.get_running_loop().create_task(self._take_late(body, queue_after))
+        return Response(f"<html><body><h1>{status} Bad Gateway</h1></body></html>", status_code=status,
+                        media_type="text/html")
+
+    async def _take_late(self, body: dict[str, Any], queue_after: float) -> None:
+        await asyncio.sleep(queue_after)
+        answer = await self._take_prompt(body, None)  # type: ignore[attr-defined]
+        if answer.status_code == 200:
+            self.late_prompts.append(json.loads(answer.body)["prompt_id"])  # type: ignore[attr-defined]

@@ -30,6 +30,11 @@ class _Knobs:
       connection is reset before the answer: a reply lost on the way, as a proxy or a network cut does.
       ``lost_replies`` lists the prompt ids whose reply was lost.
     * ``prompt_answer_delay`` seconds an accepted POST /prompt waits, already queued, before it answers.
+    * ``gateway_next = (status, queue_after)``: a proxy in front answers the next POST /prompt at once with
+      ``status`` and an HTML page (502, 504, or even 200), while ComfyUI, still validating, queues the prompt
+      ``queue_after`` seconds later (it runs). ``late_prompts`` lists the prompt ids queued that way.
+    * ``ignore_deletes``: ``POST /queue {"delete": [...]}`` is answered 200 but removes nothing (a delete that
+      raced the executor, as seen from the client).
     * ``refuse_websocket``: every WebSocket upgrade is refused with HTTP 403 (a proxy that passes only HTTP).
 
     Observations: ``prompts`` (accepted POST /prompt bodies, as sent), ``interrupts`` (POST /interrupt
@@ -56,6 +61,9 @@ class _Knobs:
         self.lost_replies: list[str] = []
         self.refuse_websocket = False
         self.prompt_answer_delay = 0.0
+        self.gateway_next: tuple[int, float] | None = None
+        self.ignore_deletes = False
+        self.late_prompts: list[str] = []
         self._hold = False
 
     @property

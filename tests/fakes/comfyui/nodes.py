@@ -78,6 +78,9 @@ class _Nodes:
             width, height = inputs["width"], inputs["height"]
         elif isinstance(inputs.get("scale_by"), (int, float)):
             width, height = max(1, round(width * inputs["scale_by"])), max(1, round(height * inputs["scale_by"]))
+        elif node["class_type"] == "ImagePadForOutpaint":  # nodes_images: the canvas grows on each side
+            width += int(inputs.get("left", 0)) + int(inputs.get("right", 0))
+            height += int(inputs.get("top", 0)) + int(inputs.get("bottom", 0))
         if isinstance(inputs.get("batch_size"), int) and inputs["batch_size"] > 0:
             batch = inputs["batch_size"]
         return width, height, batch

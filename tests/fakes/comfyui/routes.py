@@ -358,6 +358,11 @@ class FakeComfy(_Knobs, _Faults, _Executor, _Nodes):
 
     async def _post_prompt(self, request: Request) -> Response:
         body = json.loads(await request.body())
+        if self.gateway_next is not None:
+            return self._gateway_answer(body)
+        return await self._take_prompt(body, request)
+
+    async def _take_prompt(self, body: dict[str, Any], request: Request | None) -> Response:
         number = self._claim_number(body)
         if self.reject_next is not None:
             name, self.reject_next = self.reject_next, None
@@ -382,7 +387,7 @@ class FakeComfy(_Knobs, _Faults, _Executor, _Nodes):
         self.prompts.append(original)
         if self.prompt_answer_delay > 0:  # queued (it runs) and the answer is late: past a client's read timeout
             await asyncio.sleep(self.prompt_answer_delay)
-        if self._lose_this_reply(prompt_id) and cut_connection(request.scope):
+        if request is not None and self._lose_this_reply(prompt_id) and cut_connection(request.scope):
             return Response(status_code=200)  # goes nowhere: the connection is gone, the prompt is queued
         return _json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
 
@@ -403,7 +408,7 @@ class FakeComfy(_Knobs, _Faults, _Executor, _Nodes):
         body = json.loads(await request.body())
         if "clear" in body and body["clear"]:
             self._wipe_queue()
-        if "delete" in body:
+        if "delete" in body and not self.ignore_deletes:
             for prompt_id in body["delete"]:
                 self._delete_pending(prompt_id)
         return Response(status_code=200)

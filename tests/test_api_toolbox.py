@@ -1,0 +1,147 @@
+"""The toolbox over REST: every field on POST /api/v1/jobs and /generate/, grids, styles, the models lists,
+and a sentence naming the field for each bad input. On the fake ComfyUI with LoRAs, VAEs and upscale models."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from comfy.graph import pngmeta
+from comfy.graph.params import GenerationParams
+from comfy.graph.plot import compose_grid, plan_grid
+from comfy.storage.local import METADATA_KEY
+from tests.api_support import ALPHA, BETA, SMALL, Api, error_of
+from tests.fakes.comfyui import FakeComfy
+from tests.toolbox_support import LORAS, UPSCALERS, VAES, classes, png_bytes, toolbox_comfy
+
+
+@pytest.fixture
+def fake_comfy(tmp_path: Path) -> Iterator[FakeComfy]:
+    """The fake ComfyUI with model files listed (make_api and api use this one in this module)."""
+    with toolbox_comfy(tmp_path) as server:
+        yield server
+
+
+def b64png(*args: Any) -> str:
+    return base64.b64encode(png_bytes(*args)).decode()
+
+
+async def job_done(api: Api, job_id: str) -> dict[str, Any]:
+    async with asyncio.timeout(30):
+        while True:
+            body = (await api.http.get(f"/api/v1/jobs/{job_id}")).json()
+            if body["status"] in ("succeeded", "failed", "cancelled"):
+                return body
+            await asyncio.sleep(0.02)
+
+
+async def metadata_of(api: Api, job: dict[str, Any]) -> dict[str, Any]:
+    data = (await api.http.get(job["images"][0]["url"])).content
+    return json.loads(pngmeta.read_text_chunks(data)[METADATA_KEY])
+
+
+async def test_models_lists_loras_vaes_and_upscale_models(api: Api) -> None:
+    body = (await api.http.get("/models")).json()
+    assert body["loras"] == LORAS and VAES[0] in body["vaes"] and body["upscale_models"] == UPSCALERS
+
+
+async def test_styles_are_listed(api: Api) -> None:
+    styles = (await api.http.get("/api/v1/styles")).json()["styles"]
+    cinematic = next(s for s in styles if s["name"] == "Cinematic")
+    assert "{prompt}" in cinematic["prompt"] and set(cinematic) == {"name", "prompt", "negative_prompt"}
+
+
+@pytest.mark.parametrize(("fields", "recorded"), [
+    ({"loras": [{"name": "detail-tweaker", "strength": 0.6}]}, {"loras": [{"name": LORAS[0], "strength": 0.6,
+                                                                            "strength_clip": None}]}),
+    ({"vae": VAES[1]}, {"vae": VAES[1]}),
+    ({"hires": {"scale": 1.5, "denoise": 0.3}}, {"hires": {"scale": 1.5, "denoise": 0.3, "steps": None,
+                                                           "upscaler": "latent", "size": [96, 96]}}),
+    ({"styles": ["Photographic"]}, {"styles": ["Photographic"]}),
+    ({"family": "sdxl"}, {"family": "sdxl"}),
+    ({"checkpoint": "flux1-dev-fp8.safetensors", "guidance": 2.5, "cfg_scale": 1.0}, {"family": "flux"}),
+])
+async def test_each_field_runs_and_is_recorded(api: Api, fields: dict[str, Any], recorded: dict[str, Any]) -> None:
+    response = await api.http.post("/api/v1/jobs", json={**SMALL, **fields})
+    assert response.status_code == 202, response.text
+    job = await job_done(api, response.json()["job_id"])
+    assert job["status"] == "succeeded", job["error"]
+    toolbox = (await metadata_of(api, job))["toolbox"]
+    assert {k: toolbox[k] for k in recorded} == recorded
+
+
+async def test_inpainting_and_outpainting_over_rest(api: Api, fake_comfy: FakeComfy) -> None:
+    body = {**SMALL, "init_image": b64png(64, 64), "mask": b64png(64, 64, (0, 0, 0), (8, 8, 32, 32)),
+            "mask_blur": 3, "mask_grow": 2, "inpaint_full_res": True, "inpaint_padding": 8}
+    response = await api.http.post("/api/v1/generate/", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["metadata"]["mask"] is True  # not the kept copy's name
+    ran = fake_comfy.prompts[-1]["prompt"]
+    assert "LoadImageMask" in classes(ran) and "VAEEncodeForInpaint" in classes(ran)
+    response = await api.http.post("/api/v1/jobs", json={**SMALL, "init_image": b64png(64, 64),
+                                                         "outpaint": {"left": 8, "right": 8, "top": 16}})
+    job = await job_done(api, response.json()["job_id"])
+    assert (job["images"][0]["width"], job["images"][0]["height"]) == (80, 80)
+    assert (await metadata_of(api, job))["toolbox"]["outpaint"] == {"left": 8, "top": 16, "right": 8, "bottom": 0}
+
+
+@pytest.mark.parametrize(("fields", "status", "field", "words"), [
+    ({"loras": [{"name": "nope"}]}, 400, "loras[0].name", LORAS[0]),
+    ({"vae": "nope.safetensors"}, 400, "vae", VAES[0]),
+    ({"styles": ["Nope"]}, 400, "styles", "Cinematic"),
+    ({"hires": {"scale": 9}}, 400, "hires.scale", "4"),
+    ({"init_image": b64png(64, 64), "mask": b64png(32, 32, (0, 0, 0), (0, 0, 8, 8))}, 400, "mask", "64×64"),
+    ({"mask": b64png(64, 64, (0, 0, 0), (0, 0, 8, 8))}, 400, "mask", "init_image"),
+    ({"init_image": b64png(64, 64), "outpaint": {"left": 12}}, 400, "outpaint.left", "8"),
+    ({"grid": {"x": {"param": "steps", "values": "1-9"}, "y": {"param": "seed", "values": "1-8"}}}, 400, "grid",
+     "more than 64"),
+    ({"grid": {"x": {"param": "colour", "values": [1, 2]}}}, 400, "grid.x.param", "not a plot parameter"),
+    ({"loras": [{"name": "x", "weight": 1}]}, 422, None, "weight"),
+])
+async def test_bad_input_gets_a_sentence_naming_the_field(api: Api, fields: dict[str, Any], status: int,
+                                                          field: str | None, words: str) -> None:
+    for path in ("/api/v1/jobs", "/api/v1/generate/"):
+        response = await api.http.post(path, json={**SMALL, **fields})
+        error = error_of(response)
+        assert response.status_code == status, response.text
+        assert words in json.dumps(error, ensure_ascii=False)
+        if field is not None:
+            assert error["field"] == field, error
+    assert (await api.http.get("/api/v1/jobs")).json()["jobs"] == []
+
+
+async def test_a_2x2_grid_over_rest(make_api) -> None:
+    async with make_api(api_keys=f"{ALPHA},{BETA}") as api:
+        alpha, beta = {"Authorization": f"Bearer {ALPHA}"}, {"Authorization": f"Bearer {BETA}"}
+        grid = {"x": {"param": "steps", "values": "1-2"}, "y": {"param": "cfg", "values": [5, 7]}}
+        response = await api.http.post("/api/v1/jobs", json={**SMALL, "grid": grid}, headers=alpha)
+        assert response.status_code == 202, response.text
+        body = response.json()
+        assert set(body) == {"grid_id", "job_ids", "location"} and len(body["job_ids"]) == 4
+        assert body["location"] == f"/api/v1/grids/{body['grid_id']}"
+        assert (await api.http.get(body["location"], headers=beta)).status_code == 404  # not beta's
+        async with asyncio.timeout(30):
+            while (shown := (await api.http.get(body["location"], headers=alpha)).json())["image"] is None:
+                assert shown["status"] in ("queued", "running"), shown
+                await asyncio.sleep(0.05)
+        assert shown["status"] == "succeeded" and shown["job_ids"] == body["job_ids"]
+        picture = await api.http.get(shown["image"], headers=alpha)
+        assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+        cells = []
+        for job_id in body["job_ids"]:
+            job = (await api.http.get(f"/api/v1/jobs/{job_id}", headers=alpha)).json()
+            cells.append((await api.http.get(job["images"][0]["url"], headers=alpha)).content)
+        steps = [json.loads(pngmeta.read_text_chunks(c)[METADATA_KEY])["params"]["steps"] for c in cells]
+        assert steps == [1, 2, 1, 2]  # row-major: x fastest
+        params = GenerationParams(**SMALL)
+        expected = compose_grid(cells, plan_grid(params, grid))
+        assert Image.open(io.BytesIO(picture.content)).size == expected.size
+        assert (await api.http.get(shown["image"], headers=beta)).status_code == 404
