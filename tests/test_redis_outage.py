@@ -9,11 +9,11 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import httpx
 
+from bench.drills import runs_by_seed
 from tests.fakes.comfyui import FakeComfy
 from tests.redis_support import start_redis, stop_redis
 from tests.replica_support import free_port, output, start_replica, stop, studio_env, until, wait_serving
@@ -57,8 +57,7 @@ def test_a_redis_restart_loses_no_job_and_runs_none_twice() -> None:
             listed = until(lambda: _all_ended(base, ids), 90, "every job ended after Redis came back")
             assert [job["status"] for job in listed] == ["succeeded"] * 6, [j["note"] for j in listed]
             assert running_on_comfy >= 1
-            posted = Counter(int(body["prompt"]["3"]["inputs"]["seed"]) for body in fake.prompts)
-            assert {seed: posted[seed] for seed in seeds} == {seed: 1 for seed in seeds}, output(replica)[-8000:]
+            assert runs_by_seed(fake, seeds) == {seed: 1 for seed in seeds}, output(replica)[-8000:]
             until(lambda: httpx.get(f"{base}/readyz", timeout=30).status_code == 200, 30, "ready again")
             assert httpx.get(f"{base}/health", timeout=30).json()["store"]["reachable"] is True
         finally:

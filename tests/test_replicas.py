@@ -12,7 +12,6 @@ import json
 import signal
 import tempfile
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import httpx
 import pytest
 import redis
 
+from bench.drills import runs_by_seed
 from tests.fakes.comfyui import FakeComfy
 from tests.redis_support import redis_server  # noqa: F401 - the session's redis-server fixture
 from tests.replica_support import (free_port, output, start_replica, start_worker, stop, studio_env, until,
@@ -62,8 +62,7 @@ class Cluster:
 
     def runs(self, seeds: list[int]) -> dict[int, int]:
         """How many times the fake ComfyUI accepted each seed's prompt."""
-        posted = Counter(int(body["prompt"]["3"]["inputs"]["seed"]) for body in list(self.fake.prompts))
-        return {seed: posted[seed] for seed in seeds}
+        return runs_by_seed(self.fake, seeds)
 
     def lease_owner(self, job_id: str) -> str | None:
         raw = self.redis.hget(f"{self.prefix}:job:{job_id}", "lease_owner")
