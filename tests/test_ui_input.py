@@ -152,3 +152,19 @@ async def test_a_caller_holds_a_bounded_number_of_the_pages_streams(studio: Stud
     await first.aclose()
     await second.aclose()
     await h.watch(ann).__anext__()  # closed streams give their slots back
+
+
+def test_png_info_shows_a_settings_panel_not_megabytes_of_text(studio: Studio, tmp_path) -> None:
+    import json
+    import zlib
+
+    from comfy.graph import pngmeta
+
+    body = zlib.compress(b"x" * (4 * 1024 * 1024), 9)  # a few KB that inflate to 4 MB a chunk
+    png = pngmeta._tiny_png_with(b"".join(pngmeta._chunk(b"zTXt", f"k{i}".encode() + b"\0\0" + body)
+                                         for i in range(4)))
+    path = tmp_path / "swollen.png"
+    path.write_bytes(png)
+    _message, _params, texts = Handlers(studio).png_info(str(path))
+    assert len(json.dumps(texts)) < 64 * 1024  # what reaches the browser (it was 16 MB)
+    assert texts["k0"].endswith("(4,194,304 characters; not shown)")

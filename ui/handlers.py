@@ -461,7 +461,7 @@ class Handlers(NamedEndpoints):
             return f"_{exc}_", {}, {}
         source = {"comfyui_studio": "ComfyUI Studio", "a1111": "AUTOMATIC1111-style parameters",
                   "comfyui": "a ComfyUI workflow", "none": "nothing: this PNG carries no generation settings"}
-        return f"Settings read from **{source[info.source]}**.", info.params, info.texts
+        return f"Settings read from **{source[info.source]}**.", info.params, _shown_texts(info.texts)
 
     @friendly
     async def png_to_form(self, params: dict[str, Any] | None) -> list[Any]:
@@ -544,6 +544,19 @@ class Handlers(NamedEndpoints):
 #: The studio parameters a workflow job records for its history row, settings text and PNG metadata.
 _SHOWN_PARAMS = ("prompt", "negative_prompt", "checkpoint", "sampler", "scheduler", "steps", "cfg", "seed", "width",
                  "height", "batch_size", "denoise")
+
+
+#: The most of one PNG text chunk the page shows: a settings panel, not a viewer for megabytes of JSON.
+SHOWN_TEXT_CHARS = 64 * 1024
+
+
+def _shown_texts(texts: dict[str, str]) -> dict[str, str]:
+    """
+    >>> _shown_texts({"prompt": "x" * 70_000})["prompt"][-32:]
+    '… (70,000 characters; not shown)'
+    """
+    return {key: value if len(value) <= SHOWN_TEXT_CHARS
+            else f"{value[:2000]}… ({len(value):,} characters; not shown)" for key, value in texts.items()}
 
 
 def storable_form(*values: Any) -> dict[str, Any]:
