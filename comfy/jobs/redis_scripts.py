@@ -16,7 +16,9 @@ Replies are ``{status, ...}``: ``ok`` with the record as one JSON object, or ``n
 
 from __future__ import annotations
 
-__all__ = ["SCRIPTS", "KEYS"]
+import hashlib
+
+__all__ = ["LIBRARY", "LIBRARY_NAME", "BATCH_FUNCTION", "OPERATIONS", "KEYS"]
 
 #: Every key and channel under the prefix, for the Python side and the Lua side alike (``K`` in Lua).
 KEYS = {
@@ -38,8 +40,12 @@ KEYS = {
 # -- shared helpers, prepended to every script ------------------------------------------------------------
 
 _PRELUDE = "local K = {" + ", ".join(f"{name} = '{suffix}'" for name, suffix in KEYS.items()) + "}" + r"""
-local P = ARGV[1]
-local PENDING, LEASES, FINISHED = P .. K.pending, P .. K.leases, P .. K.finished
+-- The key prefix of the call being run (each call names its own): set by bind() before each body runs.
+local P, PENDING, LEASES, FINISHED
+local function bind(prefix)
+  P = prefix
+  PENDING, LEASES, FINISHED = P .. K.pending, P .. K.leases, P .. K.finished
+end
 local FINAL = {succeeded = true, failed = true, cancelled = true}
 local ENDED = {lease_owner = 'null', lease_expires = 'null'}
 
@@ -369,12 +375,52 @@ end
 return out
 """
 
-SCRIPTS: dict[str, str] = {
-    name: _PRELUDE + body
-    for name, body in {
-        "enqueue": _ENQUEUE, "claim": _CLAIM, "claim_id": _CLAIM_ID, "renew": _RENEW, "take_over": _TAKE_OVER,
-        "update": _UPDATE, "finish": _FINISH, "fail": _FAIL, "requeue": _REQUEUE, "release": _RELEASE,
-        "cancel": _CANCEL, "mark_cancelled": _MARK_CANCELLED, "annotate": _ANNOTATE, "move": _MOVE,
-        "list": _LIST, "prune": _PRUNE, "prune_ids": _PRUNE_IDS,
-    }.items()
+_BODIES = {
+    "enqueue": _ENQUEUE, "claim": _CLAIM, "claim_id": _CLAIM_ID, "renew": _RENEW, "take_over": _TAKE_OVER,
+    "update": _UPDATE, "finish": _FINISH, "fail": _FAIL, "requeue": _REQUEUE, "release": _RELEASE,
+    "cancel": _CANCEL, "mark_cancelled": _MARK_CANCELLED, "annotate": _ANNOTATE, "move": _MOVE,
+    "list": _LIST, "prune": _PRUNE, "prune_ids": _PRUNE_IDS,
 }
+
+# -- the library: every body a Lua function of its ARGV, and one Redis Function that runs a batch of calls --
+# FCALL <batch> 0  name argc arg1..argc  name argc ...   ->   one reply per call, in order: the body's reply,
+# or an error reply for that call alone. Each call is atomic (the whole batch is: Redis runs one function at
+# a time); one call's error leaves the others' replies standing.
+
+_DISPATCH = r"""
+local function run(name, argv)
+  local body = BODIES[name]
+  if not body then return {err = 'ERR no queue operation ' .. tostring(name)} end
+  bind(argv[1])
+  local done, reply = pcall(body, argv)
+  if done then return reply end
+  if type(reply) == 'table' and reply.err then return reply end
+  return {err = 'ERR ' .. tostring(reply)}
+end
+
+redis.register_function(BATCH, function(_keys, args)
+  local out, at = {}, 1
+  while at <= #args do
+    local name, argc = args[at], tonumber(args[at + 1])
+    local argv = {}
+    for i = 1, argc do argv[i] = args[at + 1 + i] end
+    out[#out + 1] = run(name, argv)
+    at = at + 2 + argc
+  end
+  return out
+end)
+"""
+
+
+def _library() -> tuple[str, str, str]:
+    bodies = "".join(f"BODIES.{name} = function(ARGV)\n{body}\nend\n" for name, body in _BODIES.items())
+    code = _PRELUDE + "local BODIES = {}\n" + bodies
+    version = hashlib.sha1((code + _DISPATCH).encode()).hexdigest()[:12]
+    name = f"studio_jobs_{version}"  # its code's hash: replicas of two versions each find their own
+    batch = f"{name}_batch"
+    return name, batch, f"#!lua name={name}\nlocal BATCH = '{batch}'\n" + code + _DISPATCH
+
+
+#: The Redis Functions library (FUNCTION LOAD), its name, and the function a batch of calls goes to (FCALL).
+LIBRARY_NAME, BATCH_FUNCTION, LIBRARY = _library()
+OPERATIONS = frozenset(_BODIES)

@@ -33,7 +33,7 @@ from comfy.jobs.leases import held_elsewhere
 from comfy.jobs.queue import _request, _Request  # one definition of a valid request and its fingerprint
 from comfy.jobs.records import RUNNING, TAKEN_OVER_NOTE, UPDATABLE_FIELDS, Job, JobPage, JobState
 from comfy.jobs.redis_batch import ScriptBatcher
-from comfy.jobs.redis_scripts import KEYS, SCRIPTS
+from comfy.jobs.redis_scripts import KEYS
 from comfy.jobs.redis_wire import use_hiredis_packing
 
 __all__ = ["RedisStore", "map_redis_errors"]
@@ -90,7 +90,6 @@ class RedisStore:
         self.max_attempts = max_attempts
         self._now = now
         self._owns_client = owns_client
-        self._scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
         self._batcher = ScriptBatcher(client)
 
     @classmethod
@@ -118,7 +117,7 @@ class RedisStore:
 
     async def _run(self, script: str, *args: str) -> list[Any]:
         with map_redis_errors():
-            return await self._batcher.call(self._scripts[script], [self.prefix, *args])
+            return await self._batcher.call(script, [self.prefix, *args])
 
     # -- enqueue ------------------------------------------------------------------------------------
 
