@@ -201,7 +201,7 @@ async def _where_the_time_goes(url: str, pid: int) -> dict[str, float]:
     finally:
         await store.close()
         await admin.aclose()
-    scripts = stats.get("cmdstat_evalsha", {})
+    scripts = stats.get("cmdstat_fcall", stats.get("cmdstat_evalsha", {}))
     return {"client_cpu_us_per_job": round((client_1 - client_0) / JOBS * 1e6),
             "redis_cpu_us_per_job": round((server_1 - server_0) / JOBS * 1e6),
             "scripts_per_job": round(scripts.get("calls", 0) / JOBS, 2),
