@@ -1,14 +1,21 @@
-"""The Lua of :mod:`comfy.jobs.redis_store`: one script per transition, each run atomically by Redis.
+"""The Lua of :mod:`comfy.jobs.redis_store`: one body per transition, each run atomically by Redis.
 
-Why Lua rather than MULTI/WATCH: a script reads the record, decides and writes the record and every index
+Why Lua rather than MULTI/WATCH: a body reads the record, decides and writes the record and every index
 in one step on the server, so a transition is one round trip and never retried; WATCH would need a read,
 then a MULTI that fails and is redone whenever another worker touched the same keys (every claim races on
-the head of the queue). redis-py sends each script once and then calls it by its SHA (EVALSHA).
+the head of the queue).
+
+The bodies and their shared helpers are one library of Redis Functions (:data:`LIBRARY`, Redis 7 or
+newer), loaded once with ``FUNCTION LOAD``: the helpers are defined once, not again on every call as a
+script's preamble would be. One function, :data:`BATCH_FUNCTION`, runs a batch of operations, each with
+its own reply (:mod:`comfy.jobs.redis_batch` sends the calls of one event-loop turn together). The
+library's name holds its code's hash, so replicas of two versions side by side each call their own.
 
 Records are hashes whose values are JSON texts written by Python (floats keep every digit); Lua only
-compares them, copies them, or reads a few plain ones (state, owner, attempts, seq). Every script checks
-everything first and writes last, so an early return leaves nothing half done. ``ARGV[1]`` is the key
-prefix; keys are built from it here, which suits one Redis (or a primary with replicas), not Redis Cluster.
+compares them, copies them, or reads a few plain ones (state, owner, attempts, seq). Every body checks
+everything first and writes last, so an early return leaves nothing half done. ``ARGV[1]`` of each
+operation is its key prefix; keys are built from it here, which suits one Redis (or a primary with
+replicas), not Redis Cluster.
 
 Replies are ``{status, ...}``: ``ok`` with the record as one JSON object, or ``notfound``,
 ``lease`` (the worker lost its lease), ``notqueued``, ``notfinal``, ``conflict``, ``changed``, ``none``.
@@ -37,7 +44,7 @@ KEYS = {
     "grid": ":grid:",  # + id: an X/Y/Z plot's record, JSON text (comfy.jobs.grid_records)
 }
 
-# -- shared helpers, prepended to every script ------------------------------------------------------------
+# -- shared helpers, defined once in the library ----------------------------------------------------------
 
 _PRELUDE = "local K = {" + ", ".join(f"{name} = '{suffix}'" for name, suffix in KEYS.items()) + "}" + r"""
 -- The key prefix of the call being run (each call names its own): set by bind() before each body runs.

@@ -2,9 +2,9 @@
 
 Same records (:class:`~comfy.jobs.records.Job`), same states and the same rules as the diskcache
 :class:`~comfy.jobs.queue.JobQueue`; tests/test_store_contract.py runs one set of promises against both.
-Every transition is one Lua script (:mod:`comfy.jobs.redis_scripts`), so two workers never claim one job
-and a crash never leaves a record and its indexes disagreeing; calls made together by several tasks share
-one round trip (:mod:`comfy.jobs.redis_batch`). The keys, all under ``REDIS_PREFIX``, are
+Every transition is one Lua function (:mod:`comfy.jobs.redis_scripts`), so two workers never claim one job
+and a crash never leaves a record and its indexes disagreeing; calls made together by several tasks go
+as one ``FCALL`` (:mod:`comfy.jobs.redis_batch`). The keys, all under ``REDIS_PREFIX``, are
 listed once in :data:`comfy.jobs.redis_scripts.KEYS`.
 
 Times come from this process's clock (``now``), as with diskcache, so the machines' clocks should agree
