@@ -99,3 +99,20 @@ async def test_functions_that_redis_forgot_are_loaded_again(redis_server: RedisS
         assert (await store.claim("host:1:w9", lease_seconds=5)).seq == 4  # and a lone call
     finally:
         await store.close()
+
+
+async def test_one_operations_error_leaves_the_others_of_its_batch_standing(redis_server: RedisServer,  # noqa: F811
+                                                                           redis_prefix: str) -> None:  # noqa: F811
+    store = RedisStore.from_url(redis_server.url, prefix=redis_prefix)
+    try:
+        jobs = await store.enqueue_many([{"params": {"i": i}} for i in range(2)])
+        await store.client.set(store.key("job", "0123456789abcdef"), "not a record")  # WRONGTYPE for HGETALL
+        broken, claimed, cancelled = await asyncio.gather(  # one FCALL: the same turn of the loop
+            store.cancel("0123456789abcdef"), store.claim("host:1:w1", lease_seconds=5), store.cancel(jobs[1].id),
+            return_exceptions=True)
+        assert isinstance(broken, QueueError) and "WRONGTYPE" in str(broken)
+        assert claimed.id == jobs[0].id and claimed.lease_owner == "host:1:w1"
+        assert cancelled.state.value == "cancelled"
+        assert (await store.get(jobs[0].id)).state.value == "running"
+    finally:
+        await store.close()

@@ -80,12 +80,17 @@ end
 
 -- The record as one JSON object: its values are JSON texts already, so this is a join, not an encoding.
 -- Fields starting with _ are the store's own (not JSON) and stay here.
+-- Pieces joined once by table.concat: no string made (and interned) per field.
 local function json(rec)
-  local parts = {}
+  local parts, n = {'{'}, 1
   for k, v in pairs(rec) do
-    if string.byte(k, 1) ~= 95 then parts[#parts + 1] = '"' .. k .. '":' .. v end
+    if string.byte(k, 1) ~= 95 then
+      parts[n + 1], parts[n + 2], parts[n + 3], parts[n + 4] = '"', k, '":', v
+      parts[n + 5], n = ',', n + 5
+    end
   end
-  return '{' .. table.concat(parts, ',') .. '}'
+  parts[n] = (n == 1) and '{}' or '}'
+  return table.concat(parts)
 end
 
 local function ok(rec) return {'ok', json(rec)} end
