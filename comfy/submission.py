@@ -20,6 +20,7 @@ from comfy import graph as workflows
 from comfy.errors import ComfyError, WorkflowError
 from comfy.graph import masks
 from comfy.graph.families import family_of
+from comfy.graph.features import check_output_size
 from comfy.graph.file_inputs import check_file_inputs
 from comfy.graph.images import FittedImage, fit_image
 from comfy.graph.object_info import ObjectInfo
@@ -119,6 +120,7 @@ class Submission:
                                     "pixels on each side.", field="image")
             # img2img runs at the image's own size (fitted to the limits), and records that size.
             params = dataclasses.replace(params, init_image=name, width=fitted.width, height=fitted.height)
+            check_output_size(params, self.limits.max_width, self.limits.max_height)
             note = fitted.note
             if mask is not None:
                 mask_name, kept = await asyncio.to_thread(self._keep_image, mask, multiple=8, field="mask")
@@ -143,8 +145,14 @@ class Submission:
         probe = dataclasses.replace(params, init_image=UPLOAD_PLACEHOLDER if params.init_image else None,
                                     mask=MASK_PLACEHOLDER if params.mask else None)
         metadata = await family_metadata(params, info, self._metadata_source())
-        self.toolbox.prepare(probe, info, mask_png=mask_png, checkpoint_metadata=metadata).graph(
-            info, pending_uploads=True)
+        ready = self.toolbox.prepare(probe, info, mask_png=mask_png, checkpoint_metadata=metadata)
+        for name in ("prompt", "negative_prompt"):
+            ran = len(getattr(ready.params, name))
+            if ran > self.limits.max_prompt_length:
+                raise WorkflowError(f"With its styles and wildcards the {name.replace('_', ' ')} is {ran} characters;"
+                                    f" the limit is {self.limits.max_prompt_length}: use fewer styles.",
+                                    field="styles" if params.styles else name)
+        ready.graph(info, pending_uploads=True)
         return params
 
     async def with_family_defaults(self, values: dict[str, Any], left_out: Collection[str], *,

@@ -105,6 +105,11 @@ async def test_inpainting_and_outpainting_over_rest(api: Api, fake_comfy: FakeCo
      "more than 64"),
     ({"grid": {"x": {"param": "colour", "values": [1, 2]}}}, 400, "grid.x.param", "not a plot parameter"),
     ({"loras": [{"name": "x", "weight": 1}]}, 422, None, "weight"),
+    ({"loras": [{"name": LORAS[0]}] * 33}, 400, "loras", "33 LoRAs is more than the 32"),
+    ({"styles": ["Cinematic"] * 17}, 400, "styles", "17 styles is more than the 16"),
+    ({"styles": ["Cinematic"] * 16, "prompt": "x" * 9_000}, 400, "styles", "use fewer styles"),
+    ({"width": 1024, "height": 1024, "hires": {"scale": 4}}, 400, "hires.scale", "4096×4096 image; the most"),
+    ({"init_image": b64png(64, 64), "outpaint": {"left": 4096}}, 400, "outpaint", "add fewer pixels"),
 ])
 async def test_bad_input_gets_a_sentence_naming_the_field(api: Api, fields: dict[str, Any], status: int,
                                                           field: str | None, words: str) -> None:
