@@ -156,3 +156,22 @@ def test_hiredis_packing_sends_the_same_bytes_on_every_kind_of_connection(url: s
     for command in (("EVALSHA", "ab12", 0, "studio", "\u00e9t\u00e9", "null", b"\x00bytes"), ("CLIENT SETINFO", "LIB-NAME", "x"),
                     ("SET", "k", "v", "PX", 10000)):
         assert b"".join(fast.pack_command(*command)) == b"".join(plain.pack_command(*command))
+
+
+async def test_an_uploaded_image_needs_a_data_folder_every_worker_shares(
+        tmp_path, fake_comfy: FakeComfy, redis_server, redis_prefix) -> None:  # noqa: F811
+    from comfy.errors import WorkflowError
+    from tests.toolbox_support import png_bytes
+
+    init = GenerationParams(prompt="paint it", steps=2, seed=3, width=64, height=64, denoise=0.5)
+    async with Studio(redis_settings(tmp_path, fake_comfy.url, redis_server, redis_prefix)) as studio:
+        with pytest.raises(WorkflowError, match="STUDIO_SHARED_DATA=1") as refused:
+            await studio.submit(init, image=png_bytes(64, 64))  # a worker elsewhere could not read it
+        assert refused.value.field == "image"
+        assert sum((await studio.store.counts()).values()) == 0
+    shared = redis_settings(tmp_path, fake_comfy.url, redis_server, redis_prefix, name="b", shared_data=True)
+    async with Studio(shared) as studio:
+        studio.worker.poll_interval = 0.02
+        await studio.start()
+        [job] = await studio.submit(init, image=png_bytes(64, 64))
+        assert (await studio.wait(job.id, timeout=30)).state is JobState.SUCCEEDED
