@@ -175,3 +175,28 @@ async def test_an_uploaded_image_needs_a_data_folder_every_worker_shares(
         await studio.start()
         [job] = await studio.submit(init, image=png_bytes(64, 64))
         assert (await studio.wait(job.id, timeout=30)).state is JobState.SUCCEEDED
+
+
+async def test_members_are_read_from_the_heartbeat_index_not_by_scanning(redis_server, redis_prefix) -> None:  # noqa: F811
+    from comfy.jobs.presence import Presence, members
+
+    store = RedisStore.from_url(redis_server.url, prefix=redis_prefix)
+    try:
+        for n in range(3):
+            await store.enqueue({"prompt": f"job {n}"})  # keys a SCAN would walk through
+        replica = Presence(store.client, prefix=redis_prefix, member_id="replica-1", role="replica")
+        worker = Presence(store.client, prefix=redis_prefix, member_id="worker-1", role="worker", ttl=0.2)
+        await replica.beat()
+        await worker.beat()
+
+        def no_scan(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("members() scanned the keyspace")
+
+        store.client.scan_iter = no_scan  # type: ignore[method-assign]
+        assert {m["id"] for m in await members(store.client, redis_prefix)} == {"replica-1", "worker-1"}
+        await asyncio.sleep(0.3)  # the worker's heartbeat expired (as after kill -9)
+        assert [m["id"] for m in await members(store.client, redis_prefix)] == ["replica-1"]
+        await replica.leave()
+        assert await members(store.client, redis_prefix) == []
+    finally:
+        await store.close()
