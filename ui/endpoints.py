@@ -16,7 +16,7 @@ import gradio as gr
 
 from comfy import ComfyError, GenerationParams, Job, JobEvent, JobState, WorkflowError
 from ui.errors import _owner, _to_gr_error
-from ui.numbers import api_number
+from ui.numbers import api_flag, api_number
 
 __all__ = ["NamedEndpoints", "named"]
 
@@ -84,7 +84,7 @@ class NamedEndpoints:
                                       seed=api_number(int, "seed", seed), width=api_number(int, "width", width), height=api_number(int, "height", height),
                                       batch_size=api_number(int, "batch_size", batch_size), denoise=api_number(float, "denoise", denoise), loras=loras or None,
                                       vae=vae or None, hires=hires or None, mask_blur=api_number(int, "mask_blur", mask_blur),
-                                      mask_grow=api_number(int, "mask_grow", mask_grow), inpaint_full_res=bool(inpaint_full_res),
+                                      mask_grow=api_number(int, "mask_grow", mask_grow), inpaint_full_res=api_flag("inpaint_full_res", inpaint_full_res),
                                       inpaint_padding=api_number(int, "inpaint_padding", inpaint_padding), outpaint=outpaint or None,
                                       styles=styles or None, family=family or None,
                                       guidance=None if guidance is None else api_number(float, "guidance", guidance))

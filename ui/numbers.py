@@ -11,7 +11,7 @@ from typing import Any
 
 from comfy import WorkflowError
 
-__all__ = ["api_number", "browser_seed", "whole"]
+__all__ = ["api_flag", "api_number", "browser_seed", "whole"]
 
 
 def browser_seed(seed: int) -> int:
@@ -54,3 +54,18 @@ def api_number(kind: type, name: str, value: Any) -> Any:
         raise WorkflowError(f"{name} must be {'a whole number' if whole else 'a number'}, not {value!r}.",
                             field=name) from None
     return number
+
+
+def api_flag(name: str, value: Any) -> bool:
+    """A yes/no from an API caller: true/false (or 1/0, "true"/"false"); anything else names the argument.
+
+    >>> api_flag("inpaint_full_res", "false"), api_flag("inpaint_full_res", 1)
+    (False, True)
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise WorkflowError(f"{name} must be true or false, not {value!r}.", field=name)
