@@ -585,11 +585,16 @@ def _input_dict(item: workflows.EditableInput) -> dict[str, Any]:
 
 
 def _coerce(spec: dict[str, Any], value: Any) -> Any:
-    if spec["kind"] == "int":
-        return int(value)
-    if spec["kind"] == "float":
-        return float(value)
-    if spec["kind"] == "bool":
-        return bool(value)
-    return value
+    """A workflow widget's value as its input takes it, or a sentence naming the widget (never its place)."""
+    if spec["kind"] not in ("int", "float"):
+        return bool(value) if spec["kind"] == "bool" else value
+    label, field = spec.get("label") or spec["input_name"], f"{spec['node_id']}.{spec['input_name']}"
+    try:
+        number: Any = whole(label, value) if spec["kind"] == "int" else float(value)
+    except (TypeError, ValueError):
+        raise WorkflowError(f"{label} must be a number, not {value!r}.", field=field) from None
+    low, high = spec.get("min"), spec.get("max")
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise WorkflowError(f"{label} is {number}; it must be between {low} and {high}.", field=field)
+    return number
 
