@@ -25,13 +25,13 @@ from starlette.routing import Mount
 
 from api.app import create_api
 from api.guard import BodyLimitMiddleware
+from api.mcp_logins import McpLogins
 from comfy import ConfigError, Settings, Studio, load_settings, redact_url
 from comfy.auth import PasswordChecker
 from comfy.storage.sharing import inputs_sharing, outputs_sharing
 from ui import CSS, HEAD, build_ui, outputs_paths
 from ui.files import OwnedFiles, PageCopies, page_user
 from ui.logins import PageLogins, page_auth
-from ui.mcp_logins import McpLogins
 
 logger = logging.getLogger("comfyui_studio")
 
@@ -93,7 +93,7 @@ def create_app(settings: Settings, *, studio: Studio | None = None,
 
 
 def mcp_on(settings: Settings) -> bool:
-    """Whether to serve the MCP tools (behind the REST API's logins and keys: see :mod:`ui.mcp_logins`)."""
+    """Whether to serve the MCP tools (behind the REST API's logins and keys: see :mod:`api.mcp_logins`)."""
     if not settings.mcp:
         return False
     try:

@@ -57,7 +57,7 @@ def _owner(request: gr.Request | None, auth_on: bool) -> str | None:
     """With logins on, each user has their own jobs; without, the studio is one shared workspace.
 
     A request with a Gradio login acts as it even without ``AUTH_USERS``: then only an MCP tool's call,
-    with an API key, has one (:mod:`ui.mcp_logins`), and acts as that key, as on the REST API.
+    with an API key, has one (:mod:`api.mcp_logins`), and acts as that key, as on the REST API.
     """
     username = getattr(request, "username", None)
     if username:
