@@ -84,9 +84,11 @@ class ToolboxHandlers:
         return extra, mask
 
     @friendly
-    async def generate_toolbox(self, mode: str, image: str | None, *values: Any,
-                               request: gr.Request) -> tuple[list[str], int]:
-        """Generate with the form and its toolbox (values: FORM_FIELDS, TOOLBOX_FIELDS, INPAINT_FIELDS)."""
+    async def generate_toolbox(self, request: gr.Request, mode: str, image: str | None,
+                               *values: Any) -> tuple[list[str], int]:
+        """Generate with the form and its toolbox (values: FORM_FIELDS, TOOLBOX_FIELDS, INPAINT_FIELDS).
+
+        The request comes first: Gradio passes it only to a parameter before ``*values``."""
         form, toolbox, inpaint = self._split(values, TOOLBOX_FIELDS, INPAINT_FIELDS)
         extra, mask = await self._toolbox_request(mode, form, toolbox, inpaint)
         return await self._queue(form, mode, image, request, toolbox=extra, mask=mask)
@@ -94,8 +96,8 @@ class ToolboxHandlers:
     # -- X/Y/Z plot -------------------------------------------------------------------------------
 
     @friendly
-    async def run_plot(self, mode: str, image: str | None, *values: Any,
-                       request: gr.Request) -> tuple[list[str], str, Any, str]:
+    async def run_plot(self, request: gr.Request, mode: str, image: str | None,
+                       *values: Any) -> tuple[list[str], str, Any, str]:
         """Queue one job per cell; (watched jobs, the grid id, an empty grid, the status line)."""
         form, toolbox, inpaint, plot = self._split(values, TOOLBOX_FIELDS, INPAINT_FIELDS, PLOT_FIELDS)
         grid = plot_grid(plot)
