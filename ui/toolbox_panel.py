@@ -45,7 +45,7 @@ def build_toolbox() -> ToolboxPanel:
     with gr.Accordion("LoRAs, VAE and styles", open=True, elem_id="toolbox"):
         names, strengths, rows, removes = [], [], [], []
         for i in range(LORA_ROWS):
-            with gr.Row(visible=False, equal_height=True, elem_classes=["lora-row"], elem_id=f"lora-row-{i}") as row:
+            with gr.Row(visible=False, equal_height=False, elem_classes=["lora-row"], elem_id=f"lora-row-{i}") as row:
                 names.append(gr.Dropdown([], value=None, label="LoRA", allow_custom_value=True, scale=4,
                                          elem_id=f"lora-{i}"))
                 strengths.append(gr.Slider(-2.0, 2.0, value=1.0, step=0.05, label="Strength", scale=3,
@@ -131,7 +131,7 @@ def wire_toolbox(panel: ToolboxPanel, inpaint: InpaintPanel, init_image: Any, ch
             gr.Warning(f"{LORA_ROWS} LoRAs is the most the rows hold; add more as <lora:name:0.8> in the prompt.")
         return [after, *(gr.Row(visible=v) for v in after)]
 
-    panel.add.click(add, panel.shown, [panel.shown, *panel.rows], **_PRIVATE)
+    panel.add.click(add, panel.shown, [panel.shown, *panel.rows], trigger_mode="multiple", **_PRIVATE)
     for i, button in enumerate(panel.removes):
         def remove(shown: list[bool], i: int = i) -> list[Any]:
             after = lora_rows_shown(shown, remove=i)
