@@ -128,6 +128,8 @@ def test_a_2x2_plot_fills_in_then_shows_the_labelled_grid(browser, tmp_path: Pat
         shot(page, "toolbox-plot-grid")
         assert "labelled" not in partial  # it was seen before the end
         assert len(fake.prompts) == 4
+        gallery = page.locator("#gallery").bounding_box()  # four bars, and the results still in their column
+        assert gallery is not None and gallery["x"] + gallery["width"] <= 1400
         steps = sorted(inputs_of(p["prompt"], "KSampler")["steps"] for p in fake.prompts)
         assert steps == [2, 2, 4, 4]
         page.close()

@@ -62,6 +62,9 @@ CSS = """
 .lora-row button { max-height: 40px; align-self: center; }
 .toolbox-note, .toolbox-note p { font-size: 0.85em !important; color: #6b7280; margin: 0 !important; }
 #plot-grid img { object-fit: contain; }
+/* A plot's many progress bars make the results column taller than its max-height: it scrolls, never wraps
+   the gallery into a second column out of sight. */
+#results-col { flex-wrap: nowrap !important; }
 """
 
 #: Ctrl/Cmd+Enter anywhere on the page presses Generate (or Run workflow on the Workflow tab).

@@ -102,7 +102,7 @@ def build_inpaint() -> InpaintPanel:
         with gr.Row():
             for side in ("left", "top", "right", "bottom"):
                 fields[f"outpaint_{side}"] = gr.Number(0, label=f"Extend {side}", step=8, precision=0, minimum=0,
-                                                       info="pixels, ×8", min_width=100, elem_id=f"outpaint-{side}")
+                                                       info="pixels, a multiple of 8", min_width=100, elem_id=f"outpaint-{side}")
     return InpaintPanel(fields)
 
 
