@@ -81,6 +81,13 @@ def test_lora_rows_and_a_brush_stroke_that_inpaints(browser, tmp_path: Path) -> 
         assert inputs_of(graph, "LoraLoader", 1)["strength_model"] == 0.5
         masks = [p for p in (tmp_path / "data").rglob("*.png") if _is_mask(p)]
         assert masks, "the stroke was kept as a mask"
+
+        # A reload keeps the toolbox: the two rows, their LoRAs and strengths.
+        page.reload()
+        expect(page.locator("#lora-2 input")).to_have_value(LORAS[1], timeout=30_000)
+        expect(page.locator("#lora-0 input")).to_have_value(LORAS[0])
+        expect(page.locator("#lora-row-1")).to_be_hidden()
+        expect(page.locator("#lora-strength-2 input[type=number]")).to_have_value("0.5")
         page.close()
 
 

@@ -252,3 +252,13 @@ async def test_use_these_settings_brings_the_toolbox_back(studio: Studio) -> Non
     restored = dict(zip(RESTORED_FIELDS, await h.toolbox_from_job(watched[-1], request())))
     assert (restored["lora_0"], restored["lora_strength_0"], restored["family"]) == (LORAS[2], 0.4, "SD1.5")
     assert restored["styles"] == ["Anime"] and restored["hires_on"] and restored["hires_upscaler"] == UPSCALERS[1]
+
+
+async def test_a_reload_restores_the_kept_toolbox(studio: Studio) -> None:
+    h = Handlers(studio)
+    kept = {"lora_0": LORAS[0], "lora_strength_0": 0.3, "styles": ["Anime", "Gone"], "hires_on": True, "junk": 1}
+    updates = dict(zip(RESTORED_FIELDS, await h.restore_toolbox(kept)))
+    assert updates["lora_0"] == LORAS[0] and updates["lora_strength_0"] == 0.3 and updates["hires_on"] is True
+    assert updates["styles"] == ["Anime"]  # a style no longer offered is left out
+    for empty in (None, {}):  # nothing kept: every field left as it is
+        assert len(await h.restore_toolbox(empty)) == len(RESTORED_FIELDS) + 1 + LORA_ROWS

@@ -23,6 +23,7 @@ from ui.inputs import uploaded_image
 from ui.style import CSS, HEAD
 from ui.workflow_tab import build_workflow_tab
 from ui.plot_tab import build_plot
+from ui.toolbox import RESTORED_FIELDS
 from ui.toolbox_panel import build_inpaint, build_toolbox, restored_outputs, wire_toolbox
 
 __all__ = ["build_ui", "CSS", "HEAD", "uploaded_image"]
@@ -39,6 +40,7 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
         form_store = gr.BrowserState({}, storage_key="comfyui-studio-form", secret=browser_secret)
         shape_store = gr.BrowserState(["1:1", 512], storage_key="comfyui-studio-shape", secret=browser_secret)
         jobs_store = gr.BrowserState([], storage_key="comfyui-studio-jobs", secret=browser_secret)
+        toolbox_store = gr.BrowserState({}, storage_key="comfyui-studio-toolbox", secret=browser_secret)
         watched = gr.State([])
         last_seed = gr.State(None)
         mode = gr.State("txt2img")
@@ -148,9 +150,12 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
         stop.click(h.stop, None, None, concurrency_limit=None, **private)
         # The toolbox: its lists, LoRA rows, the mask editor; the X/Y/Z plot fills its grid in as cells finish.
         lists = [*toolbox.names, toolbox.fields["vae"], toolbox.fields["hires_upscaler"], toolbox.fields["styles"]]
-        demo.load(h.toolbox_lists, lists, lists, **private)
         wire_toolbox(toolbox, inpaint, init_image, checkpoint)
         restored = restored_outputs(toolbox, inpaint)
+        kept = restored[:len(RESTORED_FIELDS)]  # the toolbox as this browser keeps it across reloads
+        demo.load(h.toolbox_lists, lists, lists, **private).then(h.restore_toolbox, toolbox_store, restored, **private)
+        gr.on([c.change for c in kept], lambda *v: dict(zip(RESTORED_FIELDS, v)), kept, toolbox_store,
+              trigger_mode="always_last", show_progress="hidden", **private)
         plotted = plot.run.click(h.run_plot, [mode, init_image, *form, *toolbox.inputs, *inpaint.inputs,
                                               *plot.inputs], [watched, plot.grid_id, plot.grid, plot.status],
                                  concurrency_limit=None, **private)

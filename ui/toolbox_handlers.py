@@ -179,6 +179,17 @@ class ToolboxHandlers:
         shown = [bool(values[f"lora_{i}"]) for i in range(LORA_ROWS)]
         return [*(values[name] for name in RESTORED_FIELDS), shown, *(gr.Row(visible=v) for v in shown)]
 
+    async def restore_toolbox(self, stored: dict[str, Any] | None) -> list[Any]:
+        """After a (re)load: the toolbox values this browser kept (a style no longer offered is left out)."""
+        stored = {k: v for k, v in (stored or {}).items() if k in RESTORED_FIELDS and v is not None}
+        if not stored:
+            return [gr.skip()] * (len(RESTORED_FIELDS) + 1 + LORA_ROWS)
+        offered = {style.name for style in self.studio.styles()}
+        stored["styles"] = [s for s in stored.get("styles") or [] if s in offered]
+        shown = [bool(stored.get(f"lora_{i}")) for i in range(LORA_ROWS)]
+        return [*(stored[name] if name in stored else gr.skip() for name in RESTORED_FIELDS), shown,
+                *(gr.Row(visible=v) for v in shown)]
+
     @friendly
     async def toolbox_from_png(self, params: dict[str, Any] | None) -> list[Any]:
         """PNG info's "Use these settings" for the toolbox: LoRA rows, VAE, family, hires, styles, mask settings."""
