@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from starlette.routing import Mount
 
 from api.app import create_api
+from api.guard import BodyLimitMiddleware
 from comfy import ConfigError, Settings, Studio, load_settings, redact_url
 from comfy.auth import PasswordChecker
 from ui import CSS, HEAD, build_ui, outputs_paths
@@ -61,6 +62,8 @@ def create_app(settings: Settings, *, studio: Studio | None = None,
     api = create_api(studio, settings, passwords=passwords)
     secret = browser_secret(settings)
     copies = PageCopies(gr.utils.get_upload_folder(), secret) if users or keys else None
+    if copies is not None:
+        studio.copies.append(copies)  # retention removes a job's page copies with it
     blocks = build_ui(studio, settings, auth_on=bool(users), browser_secret=secret, copies=copies)
     blocks.queue(default_concurrency_limit=8)
     # Gradio awaits an async auth function: the password hash runs in the checker's threads, off the loop.
@@ -72,6 +75,10 @@ def create_app(settings: Settings, *, studio: Studio | None = None,
         max_file_size=settings.max_upload_bytes,  # an upload past STUDIO_MAX_UPLOAD_BYTES is refused at the door
         mcp_server=mcp_on(settings),
     )
+    # The page's JSON calls carry images as base64 (a third larger than the file); its file uploads have
+    # max_file_size. Without this, a body of any size would be read whole before anything refuses it.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes * 4 // 3 + 1024 * 1024,
+                       prefix="/gradio_api/", exempt=("/gradio_api/upload",))
     if users or keys:
         page = next(route.app for route in app.routes if isinstance(route, Mount) and route.app is not api)
         app.add_middleware(OwnedFiles, studio=studio, user_of=page_user(page), logins=bool(users), copies=copies)

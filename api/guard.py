@@ -229,16 +229,18 @@ class ApiContext:
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``limit`` bytes on paths under ``prefix`` (413, JSON)."""
+    """Refuse request bodies over ``limit`` bytes on paths under ``prefix`` but ``exempt`` ones (413, JSON)."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], *, limit: int,
-                 prefix: str = "/api/") -> None:
+                 prefix: str = "/api/", exempt: tuple[str, ...] = ()) -> None:
         self.app = app
         self.limit = limit
         self.prefix = prefix
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        path = scope["path"] if scope["type"] == "http" else ""
+        if not path.startswith(self.prefix) or path.startswith(self.exempt):
             await self.app(scope, receive, send)
             return
         length = _content_length(scope)

@@ -172,10 +172,14 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
 
     async def generate(request: Request, body: GenerateRequest, idempotency_key: IdempotencyKey = None,
                        caller: Caller = caller_dep) -> Response:
-        await _check_backend(ctx)
+        if idempotency_key is None or body.grid is not None:
+            await _check_backend(ctx)
         if body.grid is not None:  # one job per cell: answered at once, followed at the grid's URL
             return await _submit_grid(ctx, body, caller, request)
         job = await _submit(ctx, body, caller, idempotency_key)
+        if idempotency_key is not None and ctx.studio.worker.backend_down:
+            # The key's job (queued now, or by an earlier try) stays queued: a retry with the key reaches it.
+            raise await _backend_down(ctx, [job.id], keyed=True)
         loop = asyncio.get_running_loop()
         done, timings, outcome = await _wait(ctx, job.id, loop.time() + ctx.settings.sync_wait_seconds)
         if outcome == "backend_down":
@@ -212,7 +216,8 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
     ) -> Response:
         """Queues every item (all are checked first), waits for all; results in the order given.
         A failed item is in the results with its ``error``; the whole answer is 202 if any is still running."""
-        await _check_backend(ctx)
+        if idempotency_key is None:
+            await _check_backend(ctx)
         for index, item in enumerate(items):
             try:
                 GenerationParams.from_dict(item.engine_params()).check(studio.limits)
@@ -224,13 +229,21 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
             try:
                 jobs.append(await _submit(ctx, item, caller, key))
             except (ComfyError, ApiError) as exc:
-                for job in jobs:  # all or nothing: withdraw the items already queued
-                    await studio.cancel(job.id)
-                if isinstance(exc, WorkflowError):
-                    raise _prefixed(index, exc) from exc
+                if idempotency_key is None:
+                    for job in jobs:  # all or nothing: withdraw the items already queued
+                        await studio.cancel(job.id)
+                error = _prefixed(index, exc) if isinstance(exc, WorkflowError) else exc
                 if isinstance(exc, ApiError) and exc.field:
                     exc.field = f"[{index}].{exc.field}"
-                raise
+                if isinstance(error, ApiError) and idempotency_key is not None and jobs:
+                    # Under a key they stay (cancelled, a retry with the key would meet 409 for each of them).
+                    error.message += (f" Items before {index} stay queued under the Idempotency-Key; fix item "
+                                      f"{index} and send the batch again with the same key.")
+                if error is exc:
+                    raise
+                raise error from exc
+        if idempotency_key is not None and studio.worker.backend_down:
+            raise await _backend_down(ctx, [job.id for job in jobs], keyed=True)
         deadline = asyncio.get_running_loop().time() + ctx.settings.sync_wait_seconds
         waited = await asyncio.gather(*(_wait(ctx, job.id, deadline) for job in jobs))
         if any(outcome == "backend_down" for _, _, outcome in waited):

@@ -10,6 +10,9 @@ The same logins guard the page (Gradio's login form) and the REST API (HTTP Basi
    user name (``STUDIO_RATE_LIMIT_PER_MINUTE`` each) *before* anything is compared, and given back when the
    login was right. An empty bucket refuses the attempt unchecked, right or wrong, so the limit is no
    oracle (were it charged after the check, a limited guess would say 429 when wrong and 200 when right).
+   A login that succeeded before *from the same address* skips the user name's bucket (it still pays the
+   address's): someone guessing a user's password elsewhere cannot lock out her remembered REST client or
+   her browser, and the skip tells a guesser nothing (it needs the right password from that address first).
 2. **Remembered logins** (an HMAC of name and password under a per-process secret) succeed at once, so a
    REST client sending Basic on every request pays the hash once.
 3. **Bounded work.** A hash costs ~0.3 s of CPU and never runs on the event loop: it runs in a small pool
@@ -176,14 +179,29 @@ class PasswordChecker:
                     self._remembered.popitem(last=False)
         return ok
 
+    def _known_at(self, username: str, password: str, address: str) -> bool:
+        fingerprint = self._fingerprint(f"{username}\0{address}", password)
+        with self._lock:
+            return self._remembered.get(fingerprint) == username
+
+    def _remember_at(self, username: str, password: str, address: str) -> None:
+        fingerprint = self._fingerprint(f"{username}\0{address}", password)
+        with self._lock:
+            self._remembered[fingerprint] = username
+            while len(self._remembered) > _REMEMBERED:
+                self._remembered.popitem(last=False)
+
     async def attempt(self, username: str, password: str, *, address: str | None = None) -> Attempt:
         """Settle one login attempt without blocking the event loop (the order is the module docstring's)."""
-        buckets = [f"user:{username}"] + ([f"ip:{address}"] if address else [])
+        known_here = address is not None and self._known_at(username, password, address)
+        buckets = ([] if known_here else [f"user:{username}"]) + ([f"ip:{address}"] if address else [])
         wait = self._take(buckets)
         if wait:
             return Attempt("limited", wait)
         if self.remembered(username, password):
             self._give_back(buckets)
+            if address is not None and not known_here:
+                self._remember_at(username, password, address)
             return Attempt("ok")
         if not self._enter():
             self._give_back(buckets)  # nothing was checked: it was no guess
@@ -196,6 +214,8 @@ class PasswordChecker:
             self._leave()
         if ok:
             self._give_back(buckets)
+            if address is not None:
+                self._remember_at(username, password, address)
         return Attempt("ok" if ok else "wrong")
 
     async def check(self, username: str, password: str) -> bool:

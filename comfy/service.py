@@ -36,7 +36,7 @@ from comfy.settings import Settings
 from comfy.storage.library import WorkflowLibrary
 from comfy.storage.local import LocalStore
 from comfy.storage.mounts import refuse_network_queue
-from comfy.storage.retention import DAY, PruneReport, prune
+from comfy.storage.retention import DAY, Copies, PruneReport, prune
 from comfy.submission import Submission
 from comfy.grids import Grids
 from comfy.graph.toolbox import Toolbox
@@ -133,6 +133,8 @@ class Studio(Submission, Grids):
         self.files = files or LocalStore(settings.outputs_dir, settings.inputs_dir)  #: outputs, kept inputs
         self.bus = bus or EventBus()
         self.library = WorkflowLibrary(settings.data_dir / "workflows")
+        #: Copies of outputs kept elsewhere (the page's), removed with their jobs by retention.
+        self.copies: list[Copies] = []
         #: Copies outputs to S3 in the background when S3_BUCKET is set (boto3 is imported only then).
         self.uploader: Uploader | None = None
         if settings.s3_bucket:
@@ -237,7 +239,8 @@ class Studio(Submission, Grids):
         """Remove finished jobs older than this many days with their files (never a queued or running job)."""
         backlog = self.uploader.backlog if self.uploader is not None else None
         return await asyncio.to_thread(prune, self._disk_queue(), self.files,
-                                       older_than=time.time() - older_than_days * DAY, backlog=backlog)
+                                       older_than=time.time() - older_than_days * DAY, backlog=backlog,
+                                       copies=self.copies)
 
     async def _keep_pruning(self, interval: float = 3600.0) -> None:
         """STUDIO_RETENTION_DAYS: prune at start and every hour, in a thread (it reads the index, files)."""

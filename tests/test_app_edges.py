@@ -17,6 +17,13 @@ def test_the_app_names_its_data_folder_and_refuses_oversize_uploads(tmp_path: Pa
         assert small.status_code == 200, small.text
         big = httpx.post(f"{url}/gradio_api/upload", files={"files": ("b.png", b"x" * 10_000)}, timeout=30)
         assert big.status_code == 413, big.text
+        # The page's JSON calls carry images as base64: a body past the upload limit is refused unread.
+        body = b'{"data": ["a cat", "", "", "euler", "normal", 2, 7, 1, 64, 64, 1, 1, 1.0, "' + b"A" * 2_000_000 + b'"]}'
+        for route in ("/gradio_api/call/generate", "/gradio_api/queue/join"):
+            refused = httpx.post(f"{url}{route}", content=body, headers={"Content-Type": "application/json"},
+                                 timeout=30)
+            assert refused.status_code == 413, (route, refused.text[:200])
+            assert "the limit is" in refused.json()["error"]["message"]
     assert f"Data folder: {data}" in app_log(data)
 
 

@@ -139,6 +139,17 @@ async def test_checks_run_off_the_loop_and_a_success_is_remembered(rounds_seen) 
     assert [n for n, _ in rounds_seen] == [ROUNDS]
 
 
+async def test_guesses_at_a_name_from_elsewhere_do_not_lock_out_her_remembered_login() -> None:
+    checker = PasswordChecker({"ann": hash_password("pw1", iterations=1000)}, attempts_per_minute=10)
+    assert (await checker.attempt("ann", "pw1", address="10.0.0.5")).ok  # her client, remembered from now on
+    for i in range(12):  # a stranger spends ann's name budget from many addresses
+        await checker.attempt("ann", f"guess{i}", address=f"203.0.113.{i}")
+    assert (await checker.attempt("ann", "wrong", address="203.0.113.99")).outcome == "limited"
+    assert (await checker.attempt("ann", "pw1", address="10.0.0.5")).outcome == "ok"  # not held up
+    # The skip is no oracle: the right password from an address it never succeeded from is still limited.
+    assert (await checker.attempt("ann", "pw1", address="198.51.100.7")).outcome == "limited"
+
+
 async def test_the_page_login_never_blocks_the_event_loop(tmp_path: Path, fake_comfy: FakeComfy,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Gradio's /login awaits our check: while a wrong login's hash is still running, /healthz answers.

@@ -189,6 +189,34 @@ async def test_a_sync_generate_retried_with_its_key_after_a_503_reaches_a_job_th
     assert again.json()["job_id"] == job_id and len(fake_comfy.prompts) == 1
 
 
+async def test_a_keyed_retry_while_comfyui_is_still_down_names_the_same_queued_job(api, fake_comfy: FakeComfy) -> None:
+    from tests.api_support import SMALL as BODY, error_of
+
+    headers = {"Idempotency-Key": "still-down-0001"}
+    fake_comfy.stop()
+    first = await api.http.post("/api/v1/generate/", json=BODY, headers=headers)
+    await wait_for(lambda: api.studio.worker.backend_down is not None)
+    again = await api.http.post("/api/v1/generate/", json=BODY, headers=headers)  # still down
+    assert first.status_code == again.status_code == 503
+    assert again.json()["error"]["job_id"] == first.json()["error"]["job_id"]  # not "nothing was queued"
+    assert "stays queued" in error_of(again)["message"]
+    fresh = await api.http.post("/api/v1/generate/", json=BODY, headers={"Idempotency-Key": "first-while-down"})
+    assert fresh.status_code == 503 and fresh.json()["error"]["job_id"]  # a first keyed try waits too
+    assert (await api.studio.job(fresh.json()["error"]["job_id"])).state is JobState.QUEUED
+
+
+async def test_a_keyed_batch_with_a_bad_item_keeps_the_items_before_it_for_the_retry(api, fake_comfy: FakeComfy) -> None:
+    from tests.api_support import SMALL as BODY, error_of
+
+    headers = {"Idempotency-Key": "batch-0001"}
+    bad = {**BODY, "loras": [{"name": "no-such-lora"}]}
+    refused = await api.http.post("/api/v1/generate/batch", json=[BODY, bad], headers=headers)
+    assert refused.status_code == 400 and "fix item 1" in error_of(refused)["message"]
+    retried = await api.http.post("/api/v1/generate/batch", json=[BODY, {**BODY, "seed": 9}], headers=headers)
+    assert retried.status_code == 200, retried.text  # item 0 is the job kept from the first try, not a 409
+    assert len(fake_comfy.prompts) == 2
+
+
 async def test_a_sync_generate_without_a_key_still_cancels_its_job_on_a_503(api, fake_comfy: FakeComfy) -> None:
     from tests.api_support import SMALL as BODY
 

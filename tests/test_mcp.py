@@ -48,7 +48,8 @@ async def test_the_named_endpoints_are_mcp_tools_with_descriptions(tmp_path: Pat
                     await asyncio.sleep(0.1)
                 assert listed[0]["job_id"] == job_id and listed[0]["state"] == "succeeded"
                 assert listed[0]["prompt"] == "a lighthouse from an assistant"
-        assert fake.prompts[-1]["prompt"]["3"]["inputs"]["seed"] == 7
+        seeds = [node["inputs"].get("seed") for node in fake.prompts[-1]["prompt"].values()]
+        assert 7 in seeds  # the graph that ran has the seed asked for
 
 
 def test_mcp_is_off_by_default_and_refused_with_logins_it_would_bypass(tmp_path: Path) -> None:

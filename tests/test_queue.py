@@ -402,7 +402,7 @@ def test_requeue_fails_a_job_out_of_attempts(tmp_path: Path, clock: FakeClock) -
 def test_worker_ids_and_owner_alive() -> None:
     me = worker_id()
     host, pid, rand = me.rsplit(":", 2)
-    assert host == socket.gethostname() and int(pid) == os.getpid() and len(rand) == 8
+    assert host.startswith(socket.gethostname() + "~") and int(pid) == os.getpid() and len(rand) == 8
     assert me != worker_id()
     assert owner_alive(me) is True
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,

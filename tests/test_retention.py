@@ -92,3 +92,30 @@ async def test_studio_retention_days_prunes_in_the_background(tmp_path) -> None:
 
 def test_retention_is_off_by_default(tmp_path) -> None:
     assert make_settings(tmp_path, NOWHERE).retention_days == 0
+
+
+async def test_the_pages_copies_leave_with_their_job_and_only_freed_bytes_are_counted(tmp_path) -> None:
+    from ui.files import PageCopies
+
+    studio = Studio(make_settings(tmp_path, NOWHERE))
+    try:
+        copies = PageCopies(tmp_path / "gradio-cache", "a-secret")
+        done, folder, kept_input = _finished(studio, "old", photo(16, 16))
+        input_size = kept_input.stat().st_size
+        output = next(folder.iterdir())
+        copy = Path(copies.copy(done, str(output)))  # a hard link: the bytes stay while it does
+        gone = copies.folder("fedcba9876543210")  # a copy left by a job pruned before
+        gone.mkdir(parents=True)
+
+        alone = prune(studio.store.queue, studio.files, older_than=time.time() + 1)  # not told of the copies
+        assert alone.jobs == 1 and alone.bytes == input_size  # the linked output freed nothing: not counted
+        assert copy.exists()
+
+        done, folder, kept_input = _finished(studio, "old too", photo(16, 16))
+        freed = kept_input.stat().st_size + next(folder.iterdir()).stat().st_size
+        copy = Path(copies.copy(done, str(next(folder.iterdir()))))
+        report = prune(studio.store.queue, studio.files, older_than=time.time() + 1, copies=[copies])
+        assert report.jobs == 1 and report.bytes == freed
+        assert not copy.parent.exists() and not gone.exists() and copies.jobs() == []
+    finally:
+        await studio.aclose()

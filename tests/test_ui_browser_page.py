@@ -8,10 +8,13 @@ each waiting row. Screenshots go to tests/screenshots/ (and STUDIO_SHOTS_DIR whe
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.fakes.comfyui import FakeComfy
 from tests.test_ui_browser import SHOTS, browser, sync_api  # noqa: F401 - the fixture
@@ -27,6 +30,13 @@ def shot(page, name: str, *, full: bool = False) -> None:
     if os.environ.get("STUDIO_SHOTS_DIR"):
         Path(os.environ["STUDIO_SHOTS_DIR"]).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(os.environ["STUDIO_SHOTS_DIR"]) / path.name)
+
+
+def set_field(page, label: str, value: str) -> None:
+    """Type into a form field and leave it, as a person does (the page reads it on change)."""
+    field = page.get_by_label(label)
+    field.fill(value)
+    field.press("Tab")
 
 
 def in_view(page, selector: str) -> bool:
@@ -51,12 +61,8 @@ def test_results_stay_in_view_whole_and_captioned(browser, tmp_path: Path) -> No
         page.get_by_label("Aspect ratio").click()
         page.get_by_role("option", name="2:3").click()
         expect(page.get_by_label("Width")).to_have_value("416")
-        size = page.get_by_label("Batch size")
-        size.fill("2")
-        size.press("Tab")
-        steps = page.get_by_label("Steps")
-        steps.fill("6")
-        steps.press("Tab")
+        set_field(page, "Batch size", "2")
+        set_field(page, "Steps", "6")
         page.locator("#generate-btn").click()
         # While ComfyUI loads the checkpoint: "loading model", not a bar stuck part way.
         expect(page.locator("#progress")).to_contain_text("loading model", timeout=30_000)
@@ -74,7 +80,7 @@ def test_results_stay_in_view_whole_and_captioned(browser, tmp_path: Path) -> No
         img = page.locator("#gallery img").first
         assert img.evaluate("i => getComputedStyle(i).objectFit") == "contain"
         captions = page.locator("#gallery .caption-label").all_inner_texts()
-        seed = fake.prompts[0]["prompt"]["3"]["inputs"]["seed"]
+        [seed] = [node["inputs"]["seed"] for node in fake.prompts[0]["prompt"].values() if "seed" in node["inputs"]]
         assert captions == [f"seed {seed} · 1 of 2", f"seed {seed} · 2 of 2"], captions
         # The toast sits at the bottom left, clear of the preview's buttons at its top right.
         page.mouse.wheel(0, -3000)
@@ -96,7 +102,6 @@ def test_results_stay_in_view_whole_and_captioned(browser, tmp_path: Path) -> No
 
         # A JPEG on PNG info: a toast that says so, and no red "Error" on the outputs.
         jpeg = tmp_path / "photo.jpg"
-        from PIL import Image
         Image.new("RGB", (32, 32), (200, 80, 40)).save(jpeg, "JPEG")
         page.get_by_role("tab", name="PNG info").click()
         page.locator("#png-in input[type=file]").set_input_files(str(jpeg))
@@ -143,15 +148,11 @@ def test_the_history_reads_well_and_its_buttons_follow_the_job(browser, tmp_path
     with FakeComfy(step_time=0.05, node_time=0.01) as fake, running_app(fake.url, tmp_path / "data") as url:
         page = open_page(browser, url, height=1100)
         page.locator("#prompt textarea").fill("a lighthouse at dawn, oil painting")
-        steps = page.get_by_label("Steps")
-        steps.fill("4")
-        steps.press("Tab")
+        set_field(page, "Steps", "4")
         page.locator("#generate-btn").click()
         expect(page.locator("#gallery img").first).to_be_visible(timeout=60_000)
         fake.hold = True  # the next ones wait: two go to ComfyUI (held there), two queue behind them
-        count = page.get_by_label("Batch count")
-        count.fill("4")
-        count.press("Tab")
+        set_field(page, "Batch count", "4")
         page.locator("#generate-btn").click()
         page.get_by_role("tab", name="Queue & history").click()
         table = page.locator("#jobs-table")
@@ -189,7 +190,7 @@ def test_the_history_reads_well_and_its_buttons_follow_the_job(browser, tmp_path
         fake.hold = False
         table.locator(".virtual-row").filter(has_text="succeeded").last.locator(".body-cell").nth(1).click()
         expect(page.locator("#settings-text textarea")).to_have_value(
-            __import__("re").compile(r"Steps: 4, Sampler: euler, .*Seed: \d+, Size: 512x512, Model: random-sd15"),
+            re.compile(r"Steps: 4, Sampler: euler, .*Seed: \d+, Size: 512x512, Model: random-sd15"),
             timeout=15_000)
         expect(page.locator("#cancel-job")).to_be_hidden()
         expect(page.locator("#settings-json")).to_be_hidden()
@@ -225,7 +226,6 @@ def test_the_history_reads_well_and_its_buttons_follow_the_job(browser, tmp_path
             page.locator("#fav-zip").click()
         saved = tmp_path / "favourites.zip"
         download.value.save_as(saved)
-        import zipfile
         with zipfile.ZipFile(saved) as archive:
             names = archive.namelist()
             assert len(names) == 2 and all(archive.read(n)[:4] == b"\x89PNG" for n in names), names
@@ -240,9 +240,7 @@ def test_an_outage_is_said_on_each_waiting_row_and_the_header_follows(browser, t
         fake.stop()
         expect(page.locator("#status")).to_contain_text("unreachable", timeout=30_000)
         page.locator("#prompt textarea").fill("a lighthouse in a storm")
-        count = page.get_by_label("Batch count")
-        count.fill("2")
-        count.press("Tab")
+        set_field(page, "Batch count", "2")
         page.locator("#generate-btn").click()
         rows = page.locator("#progress .job.waiting .detail")
         expect(rows).to_have_count(2, timeout=30_000)

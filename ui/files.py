@@ -68,6 +68,18 @@ class PageCopies:
                     os.unlink(staging)
         return str(target)
 
+    def remove(self, job_id: str) -> None:
+        """Remove a job's copies (its record and outputs are being pruned)."""
+        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+
+    def jobs(self) -> list[str]:
+        """The jobs that have copies here."""
+        try:
+            names = [entry.name for entry in os.scandir(self.cache_dir) if entry.is_dir()]
+        except OSError:
+            return []
+        return [found.group(1) for name in names if (found := _COPY_FOLDER.fullmatch(name))]
+
     def job_of(self, paths: tuple[Path, ...]) -> str | None:
         """The job whose copy ``paths`` (one file, as written and resolved) names, or None."""
         for path in paths:

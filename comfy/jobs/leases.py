@@ -1,21 +1,42 @@
 """Worker ids and leases: who runs a job, and whether that worker still lives.
 
-A lease is an owner (a worker id, ``hostname:pid:random``) and an expiry. The queue and the upload backlog
+A lease is an owner (a worker id, ``host:pid:random``) and an expiry. The queue and the upload backlog
 both lease their work this way, so a dead process's work is taken up by another, once.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import secrets
 import socket
+from pathlib import Path
 
 __all__ = ["worker_id", "owner_alive", "lease_live", "held_elsewhere"]
 
 
+@functools.cache
+def _host() -> str:
+    """This host as worker ids name it: the hostname, and a tag of the boot and the pid namespace.
+
+    Two containers may share a hostname (``network_mode: host``, a fixed ``hostname:``) yet not their pids:
+    without the tag each would take the other's live pids for dead ones and force its jobs away.
+    """
+    parts = []
+    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                 lambda: str(os.stat("/proc/self/ns/pid").st_ino)):
+        try:
+            parts.append(read())
+        except OSError:
+            parts.append("?")
+    tag = hashlib.sha256("/".join(parts).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}~{tag}"
+
+
 def worker_id() -> str:
-    """A new worker id, ``hostname:pid:random``, as :func:`owner_alive` reads it."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    """A new worker id, ``host:pid:random`` (the host tagged by :func:`_host`), as :func:`owner_alive` reads it."""
+    return f"{_host()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def owner_alive(lease_owner: str) -> bool | None:
@@ -28,7 +49,7 @@ def owner_alive(lease_owner: str) -> bool | None:
         pid = int(pid_text)
     except ValueError:
         return None
-    if host != socket.gethostname() or pid <= 0:
+    if host != _host() or pid <= 0:  # another machine, container or boot: its pids are not ours to read
         return None
     try:
         os.kill(pid, 0)

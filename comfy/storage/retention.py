@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from comfy.errors import ComfyError
 from comfy.jobs.queue import JobQueue
@@ -52,14 +53,29 @@ class PruneReport:
         return text
 
 
-def prune(queue: JobQueue, store: LocalStore, *, older_than: float, backlog: UploadBacklog | None = None) -> PruneReport:
+class Copies(Protocol):
+    """Copies of a job's outputs kept elsewhere (the page's, in Gradio's cache): removed with the job."""
+
+    def remove(self, job_id: str) -> None: ...
+
+    def jobs(self) -> list[str]: ...
+
+
+def prune(queue: JobQueue, store: LocalStore, *, older_than: float, backlog: UploadBacklog | None = None,
+          copies: Sequence[Copies] = ()) -> PruneReport:
     """Remove final jobs that finished before ``older_than`` (epoch seconds) and their files."""
     pending = set(backlog.pending()) if backlog is not None else set()
     records = queue.prune_records(older_than=older_than, skip=pending)
     files = size = 0
     for record in records:
+        for kept in copies:  # first: a hard-linked copy would keep the output's bytes on disk
+            kept.remove(record["id"])
         removed, freed = _remove_tree(store.outputs_dir / record["id"])
         files, size = files + removed, size + freed
+    for kept in copies:  # copies of jobs already gone (pruned before, or deleted by hand)
+        for job_id in kept.jobs():
+            if not _exists(queue, job_id):
+                kept.remove(job_id)
     # Output folders whose record is gone (a crash between the two): swept once old enough.
     for folder in _children(store.outputs_dir):
         if folder.is_dir() and _older(folder, older_than) and not _exists(queue, folder.name):
@@ -121,12 +137,13 @@ def _older(path: Path, older_than: float) -> bool:
 
 
 def _remove_tree(folder: Path) -> tuple[int, int]:
-    """Delete a folder; (files, bytes) it held."""
+    """Delete a folder; (files, bytes freed): a file with another link frees nothing yet."""
     files = size = 0
     for root, _dirs, names in os.walk(folder):
         for name in names:
             try:
-                size += (Path(root) / name).stat().st_size
+                stat = (Path(root) / name).stat()
+                size += stat.st_size if stat.st_nlink <= 1 else 0
                 files += 1
             except FileNotFoundError:
                 pass
