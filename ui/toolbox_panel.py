@@ -84,7 +84,7 @@ def build_inpaint() -> InpaintPanel:
     with gr.Accordion("Inpaint: paint what to repaint", open=False, elem_id="inpaint"):
         fields["mask_editor"] = gr.ImageEditor(
             label="Mask (brush over the image: painted = repaint)", type="pil", format="png", sources=(),
-            transforms=(), layers=False, brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff",
+            transforms=(), layers=False, brush=gr.Brush(colors=[("#ffffff", 0.7)], default_color=("#ffffff", 0.7),
                                                         color_mode="fixed", default_size=24),
             eraser=gr.Eraser(default_size=24), height=420, elem_id="mask-editor")
         fields["mask_file"] = gr.Image(label="…or upload a mask (white = repaint, the image's size)", type="filepath",
