@@ -43,7 +43,8 @@ async def shown_image(http: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
     """The first image of the job's details as the page's gallery gets it (Gradio's FileData)."""
     answer = await call_page(http, "job_detail", [job_id])
     assert answer["success"], answer
-    return answer["output"]["data"][2][0]["image"]
+    images = answer["output"]["data"][3]  # summary, settings text, settings JSON, then the images (an update)
+    return (images["value"] if isinstance(images, dict) else images)[0]["image"]
 
 
 async def test_gradio_copies_of_a_result_are_served_to_its_owner_only(tmp_path: Path, fake_comfy: FakeComfy,
@@ -87,7 +88,9 @@ async def test_the_open_page_beside_api_keys_serves_and_lists_only_its_own_jobs(
         assert "secret" not in str(listed)
         for name in ("job_detail", "cancel_job", "cancel"):
             answer = await call_page(anyone, name, [key_job])
-            assert answer["success"] is False and "No job with id" in str(answer), (name, answer)
+            # The detail panel clears and says so; the actions refuse.
+            assert answer["success"] is (name == "job_detail") and "No job with id" in str(answer), (name, answer)
+            assert "secret" not in str(answer)
         [key_image], [page_image] = await studio.image_urls(key_job), await studio.image_urls(page_job)
         assert (await anyone.get(f"/gradio_api/file={key_image}")).status_code == 404
         assert (await anyone.get(f"/gradio_api/file={page_image}")).status_code == 200

@@ -55,7 +55,8 @@ def open_page(browser, url: str, height: int = 900):  # noqa: F811
 @pytest.mark.slow
 def test_results_stay_in_view_whole_and_captioned(browser, tmp_path: Path) -> None:  # noqa: F811
     expect = sync_api.expect
-    with FakeComfy(step_time=0.3, node_time=0.6) as fake, running_app(fake.url, tmp_path / "data") as url:
+    # Each node takes 1.5 s, so the checkpoint loader runs long enough to be seen however busy the machine.
+    with FakeComfy(step_time=0.3, node_time=1.5) as fake, running_app(fake.url, tmp_path / "data") as url:
         page = open_page(browser, url)
         page.locator("#prompt textarea").fill("a lighthouse at dawn, oil painting")
         page.get_by_label("Aspect ratio").click()
