@@ -27,6 +27,7 @@ from api.app import create_api
 from api.guard import BodyLimitMiddleware
 from comfy import ConfigError, Settings, Studio, load_settings, redact_url
 from comfy.auth import PasswordChecker
+from comfy.storage.sharing import outputs_sharing
 from ui import CSS, HEAD, build_ui, outputs_paths
 from ui.files import OwnedFiles, PageCopies, page_user
 from ui.logins import PageLogins, page_auth
@@ -209,6 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(backend {backend}; REST API docs at /docs)", flush=True)
     print(f"Protected: {protection(settings)}", flush=True)
     print(f"Data folder: {settings.data_dir} (queue, kept inputs; images in {settings.outputs_dir})", flush=True)
+    if settings.redis_url is not None:
+        role = "page, API and a worker" if settings.run_worker else "page and API, no worker (STUDIO_WORKER=0)"
+        print(f"Queue: Redis {settings.redis_url_redacted} (prefix {settings.redis_prefix}), shared with every "
+              f"replica and worker on it; this replica runs the {role}", flush=True)
+        fine, sentence = outputs_sharing(settings)
+        print(sentence if fine else f"Warning: {sentence}", flush=True)
     server.run()
     return 0
 

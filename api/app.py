@@ -30,7 +30,7 @@ from starlette.routing import Match
 
 from api.errors import ApiError, Scrubber, error_response, install_error_handlers
 from api.guard import ApiContext, BodyLimitMiddleware, Caller, Guard
-from api.health import probe_dir, queue_counts, queue_writable
+from api.health import probe_dir, queue_counts, queue_writable, store_health
 from api.jobs import jobs_router
 from api.toolbox import toolbox_router
 from api.metrics import CONTENT_TYPE, HttpMetricsMiddleware, StudioMetrics
@@ -84,8 +84,8 @@ def create_api(studio: Studio, settings: Settings, *, manage_studio: bool = True
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if manage_studio:
-            await studio.start()
+        if manage_studio:  # STUDIO_WORKER=0: a replica that serves the page and the API, workers run elsewhere
+            await studio.start(worker=settings.run_worker)
         await metrics.start()
         try:
             yield
@@ -119,7 +119,9 @@ def _health_router(ctx: ApiContext, metrics: StudioMetrics) -> APIRouter:
     @router.get("/readyz", response_model=ReadyOut, summary="Readiness: ComfyUI answers, the queue is writable",
                 responses={503: {"model": ErrorResponse, "description": "Not ready; the message says why."}})
     async def readyz() -> ReadyOut:
-        """Ready while at least one backend answers (the pool routes jobs to those that do)."""
+        """Ready while at least one backend answers (the pool routes jobs to those that do) and the queue works."""
+        if studio.link is not None and (problem := await queue_writable(studio)):  # Redis away: say that first
+            raise ApiError(503, "queue_unavailable", ctx.scrub(problem), headers={"Retry-After": "5"})
         try:
             backends = await asyncio.wait_for(studio.backends_status(), READY_TIMEOUT)
         except TimeoutError:
@@ -150,10 +152,15 @@ def _health_router(ctx: ApiContext, metrics: StudioMetrics) -> APIRouter:
         objects = await _objects(ctx)
         worker = WorkerOut(running=studio.worker_running, in_flight=len(studio.worker.running),
                            backend_down=ctx.scrub(studio.worker.backend_down) if studio.worker.backend_down else None)
-        ok = (all(b.reachable for b in backends) and storage.writable and counts is not None and worker.running
-              and objects.get("reachable") is not False)
+        store = await store_health(studio)
+        store["error"] = ctx.scrub(store["error"]) if store.get("error") else None
+        # A replica without a worker (STUDIO_WORKER=0) is fine while some worker beats on the same Redis.
+        working = worker.running or bool(store.get("workers"))
+        ok = (all(b.reachable for b in backends) and storage.writable and counts is not None and working
+              and objects.get("reachable") is not False and store["reachable"])
         return HealthOut(status="ok" if ok else "degraded", backend=backends[0], backends=backends,
-                         queue=counts or {}, worker=worker, storage=StorageOut(**storage.__dict__), objects=objects)
+                         queue=counts or {}, worker=worker, storage=StorageOut(**storage.__dict__), objects=objects,
+                         store=store)
 
     @router.get("/models", response_model=ModelsOut, tags=["models"], summary="Checkpoints, samplers, schedulers",
                 responses={401: {"model": ErrorResponse}, 429: {"model": ErrorResponse},

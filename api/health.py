@@ -10,13 +10,15 @@ import asyncio
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from comfy.errors import ComfyError
 from comfy.service import Studio
 
-__all__ = ["StorageState", "probe_dir", "queue_counts", "queue_writable"]
+__all__ = ["StorageState", "probe_dir", "queue_counts", "queue_writable", "store_health"]
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,23 @@ async def queue_counts(studio: Studio) -> dict[str, int] | None:
         return None
 
 
+async def store_health(studio: Studio) -> dict[str, Any]:
+    """The job store: ``diskcache`` or ``redis``, reachable or not, its latency, and (Redis) the replicas and
+    workers whose heartbeat is alive. Process ids and host names only: no prompts, no user data."""
+    if studio.link is not None:
+        return await studio.link.health()
+    start = time.perf_counter()
+    reachable = await queue_counts(studio) is not None
+    return {"store": "diskcache", "reachable": reachable,
+            "latency_ms": round((time.perf_counter() - start) * 1000, 2) if reachable else None,
+            "error": None if reachable else "The job queue cannot be read.", "replicas": [], "workers": []}
+
+
 async def queue_writable(studio: Studio) -> str | None:
     """None when the queue can be read and its folder written; otherwise why not."""
+    if studio.link is not None:  # Redis: nothing of the queue is on this disk
+        reachable = await studio.link.health()
+        return None if reachable["reachable"] else f"The job queue is unavailable. {reachable['error']}"
     if await queue_counts(studio) is None:
         return "The job queue cannot be read."
     state = await asyncio.to_thread(probe_dir, studio.settings.queue_dir)

@@ -332,6 +332,9 @@ class HealthOut(BaseModel):
     storage: StorageOut = Field(description="The data folder: writable, free space.")
     objects: dict[str, Any] = Field(description="Where outputs are kept: local, or the S3 bucket and whether it "
                                                 "answers (secrets never shown).")
+    store: dict[str, Any] = Field(default_factory=dict, description=(
+        "The job store: diskcache or redis, reachable, latency_ms, error, and with Redis the replicas and workers "
+        "alive (id, role, host, pid, started_at, seen_at)."))
 
 
 class ReadyOut(BaseModel):

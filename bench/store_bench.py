@@ -13,6 +13,11 @@ Latency: replica A (this process) publishes 500 events on its bus, one every 2 m
 process, its own bus and bridge) has a subscriber, as an SSE/WebSocket handler would, that notes
 ``time.time() - event.at`` on arrival. p50 and p99 over the 500.
 
+Where the time goes: one more round of 8 asyncio workers, with the CPU this process and redis-server each
+spent per job (Linux /proc), the Lua script calls per job (enqueue, claim, finish: one round trip each,
+shared by the tasks that call at once) and the time Redis spends inside each. Jobs/s is bound by the
+larger CPU figure once both are busy, and on a shared 2-core machine by what the neighbours leave.
+
 A redis-server (Debian's) is started on a free loopback port with no persistence, and stopped at the end.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
@@ -174,7 +180,35 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def _measure(url: str, tmp: Path, rounds: int) -> dict[str, float]:
+def _server_cpu(pid: int) -> float:
+    """Seconds of CPU redis-server has used (Linux /proc), user and system."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _where_the_time_goes(url: str, pid: int) -> dict[str, float]:
+    """One round of 8 asyncio workers: CPU per job in this process and in redis-server, and script calls sent
+    per job and per pipeline (what bounds jobs/s once both are busy: on 2 cores, the larger CPU figure)."""
+    store = RedisStore.from_url(url, prefix=f"bench-{uuid.uuid4().hex[:8]}")
+    admin = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        await store.counts()
+        await admin.config_resetstat()
+        client_0, server_0 = time.process_time(), _server_cpu(pid)
+        await _round([store] * 8, JOBS)
+        client_1, server_1 = time.process_time(), _server_cpu(pid)
+        stats = await admin.info("commandstats")
+    finally:
+        await store.close()
+        await admin.aclose()
+    scripts = stats.get("cmdstat_evalsha", {})
+    return {"client_cpu_us_per_job": round((client_1 - client_0) / JOBS * 1e6),
+            "redis_cpu_us_per_job": round((server_1 - server_0) / JOBS * 1e6),
+            "scripts_per_job": round(scripts.get("calls", 0) / JOBS, 2),
+            "script_us_in_redis": round(scripts.get("usec_per_call", 0.0), 1)}
+
+
+async def _measure(url: str, tmp: Path, rounds: int, pid: int) -> dict[str, float]:
     figures: dict[str, float] = {}
     for workers in (1, 8):
         figures[f"disk_{workers}w_jobs_per_s"] = round(max([await _disk_round(tmp, workers) for _ in range(rounds)]))
@@ -184,6 +218,8 @@ async def _measure(url: str, tmp: Path, rounds: int) -> dict[str, float]:
     late = await _event_latency(url)
     figures["event_p50_ms"] = round(_percentile(late, 0.50) * 1000, 2)
     figures["event_p99_ms"] = round(_percentile(late, 0.99) * 1000, 2)
+    if Path(f"/proc/{pid}/stat").exists():
+        figures.update(await _where_the_time_goes(url, pid))
     return figures
 
 
@@ -195,6 +231,10 @@ ROWS = [
     ("the same, Redis, 8 worker processes (one task each), jobs/s", "redis_8p_jobs_per_s", None),
     ("event on replica A -> client on replica B, p50 ms", "event_p50_ms", None),
     ("the same, p99 ms", "event_p99_ms", "<= 50"),
+    ("where it goes (8 asyncio workers): this process's CPU per job, us", "client_cpu_us_per_job", None),
+    ("the same, redis-server's CPU per job, us", "redis_cpu_us_per_job", None),
+    ("the same, Lua script calls per job", "scripts_per_job", None),
+    ("the same, time inside Redis per script call, us", "script_us_in_redis", None),
 ]
 
 
@@ -205,7 +245,7 @@ def run(rounds: int = 3) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_redis(tmp)
         try:
-            return asyncio.run(_measure(server.url, Path(tmp), rounds))
+            return asyncio.run(_measure(server.url, Path(tmp), rounds, server.process.pid))
         finally:
             stop_redis(server)
 
@@ -214,6 +254,8 @@ def print_table(figures: dict[str, float]) -> None:
     width = max(len(label) for label, _, _ in ROWS)
     print(f"{'figure':<{width}}  {'value':>10}  goal")
     for label, key, goal in ROWS:
+        if key not in figures:  # the CPU breakdown needs Linux's /proc
+            continue
         print(f"{label:<{width}}  {figures[key]:>10}  {goal or ''}")
     print(json.dumps(figures))
 

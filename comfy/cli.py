@@ -31,6 +31,7 @@ from comfy.graph.params import GenerationParams
 from comfy.jobs.records import Job, JobState
 from comfy.service import Studio
 from comfy.settings import DEFAULT_DATA_DIR, load_settings
+from comfy.storage.sharing import outputs_sharing
 
 __all__ = ["main", "build_parser"]
 
@@ -42,6 +43,7 @@ environment (or a .env file):
   STUDIO_DATA_DIR    the queue, outputs and kept inputs (default {DEFAULT_DATA_DIR}, whatever folder you run in)
   RUNPOD_ENDPOINT_ID, RUNPOD_API_KEY   a RunPod Serverless endpoint instead of (or beside) COMFYUI_URL
   STUDIO_RETENTION_DAYS                finished jobs older than this are removed (0 = keep for ever)
+  REDIS_URL, REDIS_PREFIX              share one queue with replicas and workers on other machines
 every setting is listed in the README's configuration table."""
 
 
@@ -96,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="cancel a queued or running job")
     cancel.add_argument("job_id")
 
-    worker = sub.add_parser("worker", help="run jobs from the queue until stopped")
+    worker = sub.add_parser(
+        "worker", help="run jobs from the queue until stopped (alone, beside replicas started with STUDIO_WORKER=0)",
+        description="Run a worker alone: it takes jobs from the queue (Redis when REDIS_URL is set, else the "
+                    "diskcache queue in STUDIO_DATA_DIR), runs them on the configured backends and reports their "
+                    "progress to every replica. Ctrl-C or SIGTERM stops it; a killed worker's jobs are taken "
+                    "over by another once their lease runs out.")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
 
     sub.add_parser("models", help="checkpoints, samplers, schedulers, LoRAs, VAEs and upscale models on the server")
@@ -184,7 +191,7 @@ async def _generate(studio: Studio, args: argparse.Namespace) -> int:
         print(f"queued job {job.id} (seed {job.params.get('seed', '-')})", file=sys.stderr)
     if args.no_wait:
         return EXIT_OK
-    await studio.start()
+    await studio.start(worker=studio.settings.run_worker, serving=False)  # STUDIO_WORKER=0: workers elsewhere run it
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     failed = 0
     try:
@@ -269,12 +276,28 @@ async def _print_jobs(studio: Studio, args: argparse.Namespace) -> int:
 
 
 async def _run_worker(studio: Studio, args: argparse.Namespace) -> int:
+    """Run jobs until Ctrl-C or SIGTERM (or, with --burst, until the queue is empty), then stop cleanly:
+    prompts still running on a backend are re-attached by the next worker, their leases let one take them."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    logging.getLogger(__name__).warning("worker %s serving %s", studio.worker.id, studio.client.base_url)
-    await studio.worker.run(stop, burst=args.burst)
+    settings = studio.settings
+    store = (f"Redis {settings.redis_url_redacted} (prefix {settings.redis_prefix})" if settings.redis_url
+             else f"diskcache in {settings.queue_dir}")
+    backends = ", ".join(backend.name for backend in studio.pool.backends)
+    print(f"worker {studio.worker.id}: queue on {store}; backends {backends}; Ctrl-C or SIGTERM stops it",
+          file=sys.stderr, flush=True)
+    if settings.redis_url:
+        print(outputs_sharing(settings)[1], file=sys.stderr, flush=True)
+    await studio.start(serving=False, burst=args.burst)
+    finished = asyncio.ensure_future(studio.worker_done())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([finished, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if stop.is_set():
+        print("worker stopping: running prompts stay on their backend and are picked up again", file=sys.stderr,
+              flush=True)
     return EXIT_OK
 
 

@@ -17,6 +17,7 @@
     │   ├── RunUnconfirmed          /run answered 5xx or not at all: it may run at RunPod; in comfy.backends.runpod_client
     │   └── ProtocolError           a frame or body we did not expect            [retryable]
     ├── QueueError                  the job queue refused an operation
+    │   ├── QueueUnavailable        the queue's Redis cannot be reached (a restart, a blip)  [retryable]
     │   ├── JobNotFound             no job with that id
     │   │   └── GridNotFound        no X/Y/Z plot with that id
     │   └── IdempotencyConflict     the same idempotency key came with a different request
@@ -46,6 +47,7 @@ __all__ = [
     "PromptUnconfirmed",
     "ProtocolError",
     "QueueError",
+    "QueueUnavailable",
     "JobNotFound",
     "GridNotFound",
     "IdempotencyConflict",
@@ -223,6 +225,13 @@ class QueueError(ComfyError):
     """Raised when the job queue refuses an operation."""
 
     code = "queue_error"
+
+
+class QueueUnavailable(QueueError):
+    """Raised when the job queue's Redis cannot be reached; the same call may work once it is back."""
+
+    code = "queue_unavailable"
+    retryable = True
 
 
 class JobNotFound(QueueError):

@@ -18,11 +18,10 @@ from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from comfy.backends.base import Backend, redact_url
 from comfy.backends.client import ComfyClient
 from comfy.backends.comfyui import ComfyBackend
+from comfy.backends.factory import comfy_client, pool_backends
 from comfy.backends.pool import BackendState, Pool, merge_object_info
 from comfy.errors import ComfyError, ServerError
 from comfy.graph.object_info import STOCK_SAMPLERS, STOCK_SCHEDULERS, ObjectInfo
@@ -30,7 +29,8 @@ from comfy.graph.params import Limits
 from comfy.jobs.events import EventBus, JobEvent
 from comfy.jobs.queue import JobQueue
 from comfy.jobs.records import Job, JobPage, JobState
-from comfy.jobs.store import DiskStore, JobStore
+from comfy.jobs.blocking import BlockingStore
+from comfy.jobs.store import DiskStore, JobStore, open_store
 from comfy.jobs.worker import Worker
 from comfy.settings import Settings
 from comfy.storage.library import WorkflowLibrary
@@ -42,6 +42,7 @@ from comfy.grids import Grids
 from comfy.graph.toolbox import Toolbox
 
 if TYPE_CHECKING:
+    from comfy.jobs.cluster import RedisLink
     from comfy.storage.backlog import UploadStatus
     from comfy.storage.uploader import Uploader
 
@@ -121,15 +122,19 @@ class Studio(Submission, Grids):
     ) -> None:
         self.settings = settings
         self.limits = Limits.from_settings(settings)
-        self.client = client or _comfy_client(settings, settings.comfyui_urls[0])
+        self.client = client or comfy_client(settings, settings.comfyui_urls[0])
         #: Every backend jobs may run on, in the order configured; the worker's pool routes between them.
-        self.pool = Pool(_backends(settings, self.client))
-        if job_store is None:
+        self.pool = Pool(pool_backends(settings, self.client))
+        if job_store is None and settings.redis_url is not None:
+            job_store = open_store(settings)  # REDIS_URL: the queue every replica and worker shares
+        elif job_store is None:
             refuse_network_queue(settings.queue_dir)
             # The SQLite lock wait stays well inside a lease: a renewal stuck on a lock must not lose the job.
             job_store = DiskStore(JobQueue(settings.queue_dir, max_attempts=settings.max_attempts,
                                            timeout=min(settings.lease_seconds / 2, 60.0)))
         self.store: JobStore = job_store  #: the job queue, every call awaited (diskcache, or Redis)
+        #: What the upload backlog and retention read jobs through, from their threads.
+        self._blocking = job_store.queue if isinstance(job_store, DiskStore) else BlockingStore(job_store)
         self.files = files or LocalStore(settings.outputs_dir, settings.inputs_dir)  #: outputs, kept inputs
         self.bus = bus or EventBus()
         self.library = WorkflowLibrary(settings.data_dir / "workflows")
@@ -140,12 +145,18 @@ class Studio(Submission, Grids):
         if settings.s3_bucket:
             from comfy.storage.uploader import Uploader
 
-            self.uploader = Uploader.from_settings(settings, self._disk_queue(), client=s3_client)
+            self.uploader = Uploader.from_settings(settings, self._blocking, client=s3_client)
         self.worker = Worker(
             self.store, self.pool, self.files, bus=self.bus, max_in_flight=settings.max_in_flight,
             lease_seconds=settings.lease_seconds, job_timeout=settings.job_timeout, uploader=self.uploader,
             toolbox=Toolbox.in_data_dir(settings.data_dir),
         )
+        #: With Redis: events, cancels and a heartbeat shared with the other replicas and workers.
+        self.link: RedisLink | None = None
+        if not isinstance(job_store, DiskStore) and hasattr(job_store, "client"):
+            from comfy.jobs.cluster import RedisLink
+
+            self.link = RedisLink(job_store, self.bus, member_id=self.worker.id)  # type: ignore[arg-type]
         self._object_info_file = settings.data_dir / "object_info.json"
         self._kept_info: ObjectInfo | None = None
         self._merged: tuple[Any, ObjectInfo, list[ObjectInfo]] | None = None
@@ -157,11 +168,20 @@ class Studio(Submission, Grids):
 
     # -- life cycle -------------------------------------------------------------------------------
 
-    async def start(self, *, worker: bool = True) -> None:
-        """Start the worker in the running event loop (it first re-attaches jobs left running)."""
+    async def start(self, *, worker: bool = True, serving: bool = True, burst: bool = False) -> None:
+        """Start the worker in the running event loop (it first re-attaches jobs left running).
+
+        ``serving`` says this process serves the page or the API (a ``replica``, in ``/health``); with ``burst``
+        the worker stops once the queue is empty (:meth:`worker_done`).
+        """
+        if isinstance(self._blocking, BlockingStore):
+            self._blocking.bind(asyncio.get_running_loop())
+        if self.link is not None:
+            role = "+".join(name for name, on in (("replica", serving), ("worker", worker)) if on) or "client"
+            await self.link.start(role=role, on_cancel=self.worker.request_cancel if worker else None)
         if worker and self._worker_task is None:
             self._stop = asyncio.Event()
-            self._worker_task = asyncio.create_task(self.worker.run(self._stop), name="studio-worker")
+            self._worker_task = asyncio.create_task(self.worker.run(self._stop, burst=burst), name="studio-worker")
         if self.uploader is not None and self._upload_task is None:  # uploads resume even without a worker
             self._upload_stop = asyncio.Event()
             self._upload_task = asyncio.create_task(self.uploader.run(self._upload_stop), name="studio-uploader")
@@ -184,15 +204,17 @@ class Studio(Submission, Grids):
             self._upload_task = None
         if self.uploader is not None:
             self.uploader.close()
+        if self.link is not None:
+            await self.link.aclose()
         await self.client.aclose()
         for backend in self.pool.backends:
             await backend.aclose()
         await self.store.close()
 
-    def _disk_queue(self) -> JobQueue:
-        """The diskcache queue under the store, for what still reads it directly (uploads, retention)."""
-        assert isinstance(self.store, DiskStore), "the upload backlog and retention need the diskcache store"
-        return self.store.queue
+    async def worker_done(self) -> None:
+        """Return when this process's worker has stopped (at once if it never ran)."""
+        if self._worker_task is not None:
+            await asyncio.gather(self._worker_task, return_exceptions=True)
 
     @property
     def worker_running(self) -> bool:
@@ -238,7 +260,9 @@ class Studio(Submission, Grids):
     async def prune(self, older_than_days: float) -> PruneReport:
         """Remove finished jobs older than this many days with their files (never a queued or running job)."""
         backlog = self.uploader.backlog if self.uploader is not None else None
-        return await asyncio.to_thread(prune, self._disk_queue(), self.files,
+        if isinstance(self._blocking, BlockingStore):  # Redis: its calls run on this loop (the CLI never starts)
+            self._blocking.bind(asyncio.get_running_loop())
+        return await asyncio.to_thread(prune, self._blocking, self.files,
                                        older_than=time.time() - older_than_days * DAY, backlog=backlog,
                                        copies=self.copies)
 
@@ -385,6 +409,8 @@ class Studio(Submission, Grids):
                 self.pool.add_orphan(backend, before.prompt_id)
         elif job.cancel_requested:
             self.worker.request_cancel(job_id)
+            if self.link is not None:  # the worker running it may be in another process
+                await self.link.request_cancel(job_id)
         return job
 
     async def follow(self, job_id: str, *, poll_interval: float = 0.5) -> AsyncIterator[JobEvent]:
@@ -433,46 +459,3 @@ class Studio(Submission, Grids):
 def _kind(job: Job) -> str:
     return {JobState.QUEUED: "queued", JobState.RUNNING: "progress", JobState.SUCCEEDED: "succeeded",
             JobState.FAILED: "failed", JobState.CANCELLED: "cancelled"}[job.state]
-
-
-def _timeout(settings: Settings) -> httpx.Timeout:
-    return httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout)
-
-
-def _comfy_client(settings: Settings, url: str) -> ComfyClient:
-    return ComfyClient(url, headers=settings.backend_headers(), timeout=_timeout(settings),
-                       ping_interval=settings.ws_ping_interval)
-
-
-def _backends(settings: Settings, first: ComfyClient) -> list[Backend]:
-    """Each COMFYUI_URL (the first through ``first``), then the RunPod endpoint if one is set (or the demo alone).
-
-    Only the endpoint when RUNPOD_ENDPOINT_ID is set and COMFYUI_URL is not (its default would be a
-    server that is not there).
-    """
-    if settings.demo:  # the demo backend alone: nothing to reach, pictures drawn here
-        from comfy.backends.demo import DemoBackend
-
-        return [DemoBackend()]
-    urls = list(dict.fromkeys(settings.comfyui_urls))
-    if settings.runpod_endpoint_id and "comfyui_url" not in settings.model_fields_set:
-        urls = []
-    several = len(urls) + (1 if settings.runpod_endpoint_id else 0) > 1
-    backends: list[Backend] = []
-    for index, url in enumerate(urls):
-        client = first if index == 0 else _comfy_client(settings, url)
-        if several:  # another backend can take its jobs: give a silent one less time to come back
-            client.reconnect_window = settings.failover_seconds
-        backends.append(ComfyBackend(client, max_in_flight=settings.max_in_flight))
-    if settings.runpod_endpoint_id:
-        from comfy.backends.runpod import RunPodBackend
-        from comfy.backends.runpod_client import RunPodClient
-
-        assert settings.runpod_api_key is not None  # the settings refuse an endpoint without a key
-        api = RunPodClient(settings.runpod_endpoint_id, settings.runpod_api_key, base_url=settings.runpod_base_url,
-                           timeout=_timeout(settings))
-        backends.append(RunPodBackend(
-            api, max_in_flight=settings.runpod_max_in_flight, checkpoints=settings.runpod_checkpoint_list,
-            ttl=settings.runpod_ttl, reconnect_window=settings.failover_seconds if several else 120.0,
-        ))
-    return backends

@@ -145,6 +145,17 @@ class Settings(BaseSettings):
             raise ValueError("must be 1-64 letters, digits or . _ - : { } (no spaces), e.g. studio")
         return value.strip()
 
+    run_worker: bool = Field(
+        True, validation_alias=_env("STUDIO_WORKER", "run_worker"),
+        description="Run a worker in this process. STUDIO_WORKER=0 makes a replica that serves the page and the "
+                    "API only, beside workers started with `python -m comfy worker` on the same REDIS_URL.",
+    )
+    shared_data: bool = Field(
+        False, validation_alias=_env("STUDIO_SHARED_DATA", "shared_data"),
+        description="Say that the outputs folder (STUDIO_OUTPUTS_DIR, by default in STUDIO_DATA_DIR) is one every "
+                    "replica and worker mounts (a shared volume), so any of them serves any job's images without S3.",
+    )
+
     @property
     def redis_url_redacted(self) -> str | None:
         """``REDIS_URL`` fit to show or log: the password replaced by ``***``."""

@@ -44,17 +44,23 @@ def _answers(port: int) -> bool:
         return False
 
 
-def start_redis(directory: str) -> RedisServer:
-    """Start redis-server in ``directory``; stop it with :func:`stop_redis`."""
+def start_redis(directory: str, *, port: int | None = None, persist: bool = False) -> RedisServer:
+    """Start redis-server in ``directory``; stop it with :func:`stop_redis`.
+
+    ``port`` starts it on that port (a restart of a stopped server); ``persist`` keeps an append-only file in
+    ``directory``, synced at every write, so a server stopped and started again there has every key back.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail(INSTALL_HINT)
         pytest.skip(INSTALL_HINT)
+    given = port
     for _attempt in range(5):  # another process may take the free port before the server binds it
-        port = _free_port()
+        port = given or _free_port()
+        durability = ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
         process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *durability,
              "--dir", directory, "--daemonize", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 15

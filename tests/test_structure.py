@@ -27,8 +27,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "comfy.graph": ("comfy.graph",),
     "comfy.jobs": ("comfy.jobs.records", "comfy.jobs.leases", "comfy.jobs.layout", "comfy.jobs.queue",
                    "comfy.jobs.events", "comfy.jobs.store", "comfy.jobs.redis_scripts", "comfy.jobs.redis_store",
-                   "comfy.jobs.redis_batch", "comfy.jobs.grid_records"),
+                   "comfy.jobs.redis_batch", "comfy.jobs.grid_records", "comfy.jobs.redis_wire"),
     "comfy.jobs.worker": ("comfy.jobs", "comfy.backends", "comfy.storage", "comfy.graph"),
+    "comfy.jobs.cluster": ("comfy.jobs",),  # one process joined to the others: bridge, presence, store
     "comfy.storage": ("comfy.storage", "comfy.graph", "comfy.jobs.records", "comfy.jobs.leases", "comfy.jobs.queue"),
     "comfy.backends": ("comfy.backends", "comfy.graph", "comfy.storage.local", "comfy.jobs.records"),
     "comfy.service": ("comfy",),

@@ -21,7 +21,19 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from comfy import BackendState, BackendStatus, ComfyError, GenerationParams, Job, JobEvent, JobNotFound, JobState, Studio, WorkflowError
+from comfy import (
+    BackendState,
+    BackendStatus,
+    ComfyError,
+    GenerationParams,
+    Job,
+    JobEvent,
+    JobNotFound,
+    JobState,
+    QueueError,
+    Studio,
+    WorkflowError,
+)
 from comfy import graph as workflows
 from comfy.graph.pnginfo import read_png_info
 from ui import render
@@ -93,7 +105,11 @@ class Handlers(NamedEndpoints, ToolboxHandlers):
     async def status(self) -> str:
         """The header, asking each backend (on page load)."""
         statuses = await self.studio.backends_status()
-        return render.status_html(statuses, await self.studio.counts())
+        try:
+            counts = await self.studio.counts()
+        except QueueError as exc:  # the queue's Redis is away: say so while it lasts
+            return render.status_html(statuses, {}, queue_error=str(exc))
+        return render.status_html(statuses, counts)
 
     async def live_status(self) -> str:
         """The header from what the engine already knows: the pool's last checks and the queue's counts.
@@ -102,7 +118,10 @@ class Handlers(NamedEndpoints, ToolboxHandlers):
         """
         now = time.monotonic()
         if now - self._counts_at >= STATUS_COUNTS_TTL:
-            self._counts, self._counts_at = await self.studio.counts(), now
+            try:
+                self._counts, self._counts_at = await self.studio.counts(), now
+            except QueueError as exc:  # the queue's Redis is away: say so while it lasts
+                return render.status_html(await self.studio.backends_status(), {}, queue_error=str(exc))
         views = self.studio.pool.views()
         if any(v.state is BackendState.UP and v.health is None for v in views):  # not checked yet: ask, once for all
             if now - self._asked_at >= STATUS_COUNTS_TTL:

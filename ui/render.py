@@ -59,8 +59,15 @@ def _gb(value: int | None) -> str:
     return f"{value / 1024**3:.1f} GB" if value else "?"
 
 
-def status_html(statuses: list[BackendStatus], counts: dict[JobState, int]) -> str:
-    """The header: each backend (no secrets), up or not, GPU and VRAM or RunPod workers, load; our queue."""
+def status_html(statuses: list[BackendStatus], counts: dict[JobState, int], *, queue_error: str | None = None) -> str:
+    """The header: each backend (no secrets), up or not, GPU and VRAM or RunPod workers, load; our queue.
+
+    ``queue_error``: the job queue cannot be read (its Redis is away); that is said first, while it lasts.
+    """
+    if queue_error is not None:
+        return ('<div class="studio-status down"><span class="dot"></span><b>Job queue unavailable</b> · '
+                f"{html.escape(queue_error)} Running jobs keep running and are recorded when it is back; new "
+                "jobs cannot be queued until then.</div>")
     ours = ", ".join(f"{n} {state.value}" for state, n in counts.items()
                      if n and state in (JobState.QUEUED, JobState.RUNNING)) or "idle"
     if len(statuses) == 1:

@@ -31,6 +31,7 @@ KEYS = {
     "seq": ":seq",  # the last sequence number given
     "events": ":events",  # the pub/sub channel of job events (comfy.jobs.redis_events)
     "cancel": ":cancel",  # the pub/sub channel of cancel requests
+    "presence": ":presence:",  # + replica or worker id: its heartbeat, a JSON record with a TTL (comfy.jobs.presence)
     "grid": ":grid:",  # + id: an X/Y/Z plot's record, JSON text (comfy.jobs.grid_records)
 }
 
@@ -328,26 +329,44 @@ for j = 1, math.min(limit, #found) do out[#out + 1] = json(load(found[j][2]) or 
 return out
 """
 
-_PRUNE = r"""
+_FORGET = r"""
+-- Delete a final job that finished before older_than, with its indexes and idempotency key; true if it went.
+local function forget_if_old(id, older_than)
+  local rec = load(id)
+  if not (rec and is_final(rec) and rec.finished_at ~= 'null' and tonumber(rec.finished_at) < tonumber(older_than)) then
+    return false
+  end
+  local state, owner = state_of(rec), decode(rec.owner)
+  redis.call('DEL', job_key(id))
+  redis.call('ZREM', state_key(state), id)
+  redis.call('ZREM', owner_key(state, owner), id)
+  redis.call('ZREM', FINISHED, id)
+  if rec._idem then
+    local idem = P .. K.idem .. rec._idem
+    if redis.call('HGET', idem, 'job_id') == id then redis.call('DEL', idem) end
+  end
+  return true
+end
+"""
+
+_PRUNE = _FORGET + r"""
 local older_than, batch = ARGV[2], tonumber(ARGV[3])
 local ids = redis.call('ZRANGEBYSCORE', FINISHED, '-inf', '(' .. older_than, 'LIMIT', 0, batch)
 local deleted = 0
 for _, id in ipairs(ids) do
   redis.call('ZREM', FINISHED, id)  -- also drops a stale entry, so the next batch moves on
-  local rec = load(id)
-  if rec and is_final(rec) and rec.finished_at ~= 'null' and tonumber(rec.finished_at) < tonumber(older_than) then
-    local state, owner = state_of(rec), decode(rec.owner)
-    redis.call('DEL', job_key(id))
-    redis.call('ZREM', state_key(state), id)
-    redis.call('ZREM', owner_key(state, owner), id)
-    if rec._idem then
-      local idem = P .. K.idem .. rec._idem
-      if redis.call('HGET', idem, 'job_id') == id then redis.call('DEL', idem) end
-    end
-    deleted = deleted + 1
-  end
+  if forget_if_old(id, older_than) then deleted = deleted + 1 end
 end
 return {'ok', deleted, #ids}
+"""
+
+# -- retention that keeps some jobs (prefix, older_than, ids...): the ids deleted --------------------------
+_PRUNE_IDS = _FORGET + r"""
+local out = {'ok'}
+for i = 3, #ARGV do
+  if forget_if_old(ARGV[i], ARGV[2]) then out[#out + 1] = ARGV[i] end
+end
+return out
 """
 
 SCRIPTS: dict[str, str] = {
@@ -356,6 +375,6 @@ SCRIPTS: dict[str, str] = {
         "enqueue": _ENQUEUE, "claim": _CLAIM, "claim_id": _CLAIM_ID, "renew": _RENEW, "take_over": _TAKE_OVER,
         "update": _UPDATE, "finish": _FINISH, "fail": _FAIL, "requeue": _REQUEUE, "release": _RELEASE,
         "cancel": _CANCEL, "mark_cancelled": _MARK_CANCELLED, "annotate": _ANNOTATE, "move": _MOVE,
-        "list": _LIST, "prune": _PRUNE,
+        "list": _LIST, "prune": _PRUNE, "prune_ids": _PRUNE_IDS,
     }.items()
 }

@@ -27,13 +27,14 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from comfy.errors import IdempotencyConflict, JobNotFound, QueueError
+from comfy.errors import IdempotencyConflict, JobNotFound, QueueError, QueueUnavailable
 from comfy.jobs import grid_records
 from comfy.jobs.leases import held_elsewhere
 from comfy.jobs.queue import _request, _Request  # one definition of a valid request and its fingerprint
 from comfy.jobs.records import RUNNING, TAKEN_OVER_NOTE, UPDATABLE_FIELDS, Job, JobPage, JobState
 from comfy.jobs.redis_batch import ScriptBatcher
 from comfy.jobs.redis_scripts import KEYS, SCRIPTS
+from comfy.jobs.redis_wire import use_hiredis_packing
 
 __all__ = ["RedisStore", "map_redis_errors"]
 
@@ -46,7 +47,7 @@ def map_redis_errors() -> Iterator[None]:
     try:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise QueueError(f"The job queue's Redis (REDIS_URL) could not be reached; check that it runs: {exc}") from exc
+        raise QueueUnavailable(f"The job queue's Redis (REDIS_URL) could not be reached; check that it runs: {exc}") from exc
     except redis.exceptions.RedisError as exc:
         raise QueueError(f"The job queue's Redis refused an operation: {exc}") from exc
 
@@ -98,7 +99,7 @@ class RedisStore:
         # A blip (a failover, a dropped socket) is retried for about a second; an outage is said at once.
         client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_connect_timeout=5,
                                          retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3))
-        return cls(client, **kwargs)
+        return cls(use_hiredis_packing(client), **kwargs)
 
     def key(self, name: str, *parts: str) -> str:
         """A key or channel of :data:`KEYS` under this prefix: ``key("job", id)``."""
@@ -336,3 +337,17 @@ class RedisStore:
             deleted += int(reply[1])
             if int(reply[2]) < max(batch, 1):
                 return deleted
+
+    async def prune_records(self, *, older_than: float, skip: Collection[str] = (),
+                            batch: int = 256) -> list[dict[str, Any]]:
+        """Like :meth:`prune`, keeping the ids in ``skip``; the deleted jobs as ``{"id": ...}`` (their files
+        are the caller's). Read from the index of finished jobs, each record checked again as it goes."""
+        with map_redis_errors():
+            ids = await self.client.zrangebyscore(self.key("finished"), "-inf", f"({float(older_than)!r}")
+        kept = set(skip)
+        wanted = [job_id for job_id in ids if job_id not in kept]
+        deleted: list[dict[str, Any]] = []
+        for at in range(0, len(wanted), max(batch, 1)):
+            reply = await self._run("prune_ids", _enc(float(older_than)), *wanted[at:at + max(batch, 1)])
+            deleted += [{"id": job_id} for job_id in reply[1:]]
+        return deleted

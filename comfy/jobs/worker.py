@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from comfy.backends.base import Backend, Outcome
@@ -43,6 +43,7 @@ from comfy.errors import (
     ExecutionInterrupted,
     PromptUnconfirmed,
     QueueError,
+    QueueUnavailable,
     ServerTimeout,
     ServerUnavailable,
 )
@@ -62,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 #: Store progress on the job at most this often (events still reach the bus every step).
 PROGRESS_WRITE_INTERVAL = 0.25
+#: How long a job's end is retried while the queue's Redis cannot be reached (a restart); then its lease decides.
+STORE_RETRY_SECONDS = 600.0
 #: How often the notes of jobs that wait for a backend are brought up to date, and how many of them.
 NOTE_INTERVAL = 1.0
 NOTE_SCAN = 20
@@ -204,7 +207,13 @@ class Worker:
         try:
             if not self.pool.single:
                 await self.pool.check_all()
-            await self.recover()
+            while not stop.is_set():  # the queue may be unreachable at start (Redis restarting): wait for it
+                try:
+                    await self.recover()
+                    break
+                except QueueUnavailable as exc:
+                    logger.warning("Waiting for the queue before taking jobs: %s", exc)
+                    await _wait_any(stop, timeout=1.0)
             while not stop.is_set():
                 self.pool.tick(self._wake.set)
                 try:
@@ -339,8 +348,8 @@ class Worker:
             stored = await self._save(job, backend, outcome)
             download_s = time.monotonic() - executed
             if outcome.notes:
-                await self.store.update(job.id, self.id, note=" ".join(outcome.notes))
-            finished = await self.store.finish(job.id, self.id, outputs=[s.to_dict() for s in stored])
+                await _stored(lambda: self.store.update(job.id, self.id, note=" ".join(outcome.notes)))
+            finished = await _stored(lambda: self.store.finish(job.id, self.id, outputs=[s.to_dict() for s in stored]))
             self._schedule_upload(finished)
             timings = {
                 "queue_wait_s": max((finished.started_at or finished.queued_at) - finished.queued_at, 0.0),
@@ -356,6 +365,9 @@ class Worker:
                 await self._finish_cancelled(job.id)
             else:
                 await self._fail(job.id, exc, retry=False)
+        except QueueError as exc:  # the queue (not the backend) failed: the run may go on; never resubmit it
+            logger.warning("Job %s could not be recorded (%s); it is re-attached to its run once its lease runs out",
+                           job.id, exc)
         except ComfyError as exc:
             await self._on_error(job, backend, exc)
         except Exception as exc:  # a bug must fail one job, not kill the worker
@@ -500,7 +512,7 @@ class Worker:
 
     async def _finish_cancelled(self, job_id: str) -> None:
         try:
-            job = await self.store.mark_cancelled(job_id, self.id)
+            job = await _stored(lambda: self.store.mark_cancelled(job_id, self.id))
         except QueueError as lost:  # left RUNNING: taken up again once its lease expires
             logger.warning("Could not record the cancel of job %s: %s", job_id, lost)
             return
@@ -510,7 +522,7 @@ class Worker:
         code = getattr(exc, "code", "internal_error")
         message = str(exc) if isinstance(exc, ComfyError) else f"Internal error: {type(exc).__name__}: {exc}"
         try:
-            job = await self.store.fail(job_id, self.id, code=code, message=message, retry=retry)
+            job = await _stored(lambda: self.store.fail(job_id, self.id, code=code, message=message, retry=retry))
         except QueueError as lost:
             logger.warning("Could not record the failure of job %s: %s", job_id, lost)
             return
@@ -523,6 +535,27 @@ class Worker:
 
     def _publish(self, job_id: str, kind: str, *, job: Job | None = None, **fields: Any) -> None:
         self.bus.publish(JobEvent(job_id, kind, job=job.to_dict() if job else None, **fields))  # type: ignore[arg-type]
+
+
+async def _stored(write: Callable[[], Awaitable[Job]], *, patience: float = STORE_RETRY_SECONDS) -> Job:
+    """A job's end written to the store, tried again while the store is unreachable (a Redis restart or blip):
+    the run is over on the backend, so its end is reported once the store is back rather than lost."""
+    deadline, delay, said = time.monotonic() + patience, 0.1, False
+    while True:
+        try:
+            job = await write()
+        except QueueUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            if not said:
+                logger.warning("The queue is unreachable; a job's end is kept until it is back: %s", exc)
+                said = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            continue
+        if said:
+            logger.info("The queue answers again; job %s recorded as %s", job.id, job.state.value)
+        return job
 
 
 def _as_pool(backends: Pool | Sequence[Backend] | Backend | ComfyClient, max_in_flight: int) -> Pool:
