@@ -3,6 +3,9 @@ too large for JSON, uploads that would blow up when decoded, a checkpoint the se
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+
 import orjson
 import pytest
 import gradio as gr
@@ -21,8 +24,11 @@ async def _queued(studio: Studio) -> int:
 
 
 @pytest.mark.parametrize(("changes", "words"), [
-    ({"seed": 10**23}, "seed is 99999999999999991611392; it must be between 0 and"),
-    ({"seed": 1e23}, "seed is"),
+    ({"seed": 10**23}, "A seed of 100000000000000000000000 cannot be typed exactly in a browser"),
+    ({"seed": 1e23}, "cannot be typed exactly in a browser"),
+    ({"seed": 2**53}, "give one below 9,007,199,254,740,992"),  # what a JavaScript number still holds exactly
+    ({"seed": -5}, "seed is -5; it must be between 0 and"),
+    ({"seed": "12x"}, "seed must be a whole number, not '12x'"),
     ({"steps": 10000}, "steps is 10000; it must be between 1 and 150"),
     ({"steps": 0}, "steps is 0; it must be between 1 and 150"),
     ({"width": 7}, "width is 7; it must be between 64 and 2048"),
@@ -98,3 +104,67 @@ async def test_a_user_error_is_one_line_in_the_log(studio: Studio, caplog) -> No
     assert info.value.print_exception is False  # Gradio prints no chained traceback for it
     lines = [r for r in caplog.records if r.name == "ui.handlers"]
     assert len(lines) == 1 and lines[0].exc_info is None and "steps is 0" in lines[0].getMessage()
+
+
+@pytest.mark.parametrize(("call", "words"), [
+    (lambda h, r: h.api_generate("a cat", steps="many", request=r), "steps must be a whole number, not 'many'"),
+    (lambda h, r: h.api_generate("a cat", steps=20.5, request=r), "steps must be a whole number, not 20.5"),
+    (lambda h, r: h.api_generate("a cat", cfg="hot", request=r), "cfg must be a number, not 'hot'"),
+    (lambda h, r: h.api_jobs(limit="x", request=r), "limit must be a whole number, not 'x'"),
+    (lambda h, r: h.history("nope", None, request=r), "'nope' is not a state"),
+])
+async def test_the_page_api_names_the_argument_it_cannot_read(studio: Studio, call, words) -> None:
+    h = Handlers(studio)
+    with pytest.raises(gr.Error) as info:
+        await call(h, request())
+    assert words in info.value.message
+    assert await _queued(studio) == 0
+
+
+def test_one_user_making_up_sessions_forgets_only_their_own_followed_jobs(studio: Studio) -> None:
+    from ui.handlers import SESSIONS_PER_USER
+
+    h = Handlers(studio, auth_on=True)
+    h._follow(("ann", "ann-tab"), ["job-a"])
+    for n in range(SESSIONS_PER_USER + 500):
+        h._follow(("mallory", f"made-up-{n}"), ["job-m"])
+    assert h.watched(SimpleNamespace(username="ann", session_hash="ann-tab")) == ["job-a"]
+    assert sum(1 for owner, _ in h._watched if owner == "mallory") == SESSIONS_PER_USER
+
+
+async def test_a_caller_holds_a_bounded_number_of_the_pages_streams(studio: Studio) -> None:
+    from ui.streams import PageStreams
+
+    h = Handlers(studio, auth_on=True)
+    h.streams = PageStreams(limit=2)
+    job, _ = await studio.store.enqueue({"prompt": "a lighthouse"}, owner="ann")  # no worker: it stays queued
+    ann, bob = SimpleNamespace(username="ann", session_hash="t1"), SimpleNamespace(username="bob", session_hash="t2")
+    h._follow(("ann", "t1"), [job.id])
+    first, second = h.watch(ann), h.api_job_status(job.id, request=ann)
+    await first.__anext__()
+    follower = asyncio.ensure_future(second.__anext__())  # waits for an event: its slot is held meanwhile
+    await asyncio.sleep(0.2)
+    with pytest.raises(gr.Error, match="You already follow jobs in 2 streams"):
+        await h.watch(ann).__anext__()
+    await h.watch(bob).__anext__()  # another caller is not held up
+    follower.cancel()
+    await asyncio.gather(follower, return_exceptions=True)
+    await first.aclose()
+    await second.aclose()
+    await h.watch(ann).__anext__()  # closed streams give their slots back
+
+
+def test_png_info_shows_a_settings_panel_not_megabytes_of_text(studio: Studio, tmp_path) -> None:
+    import json
+    import zlib
+
+    from comfy.graph import pngmeta
+
+    body = zlib.compress(b"x" * (4 * 1024 * 1024), 9)  # a few KB that inflate to 4 MB a chunk
+    png = pngmeta._tiny_png_with(b"".join(pngmeta._chunk(b"zTXt", f"k{i}".encode() + b"\0\0" + body)
+                                         for i in range(4)))
+    path = tmp_path / "swollen.png"
+    path.write_bytes(png)
+    _message, _params, texts = Handlers(studio).png_info(str(path))
+    assert len(json.dumps(texts)) < 64 * 1024  # what reaches the browser (it was 16 MB)
+    assert texts["k0"].endswith("(4,194,304 characters; not shown)")

@@ -16,6 +16,7 @@ import gradio as gr
 
 from comfy import ComfyError, GenerationParams, JobEvent, JobState, WorkflowError
 from ui.errors import _owner, _to_gr_error
+from ui.numbers import api_number
 
 __all__ = ["NamedEndpoints", "named"]
 
@@ -35,6 +36,7 @@ class NamedEndpoints:
 
     studio: Any
     auth_on: bool
+    streams: Any  #: ui.streams.PageStreams
 
     async def api_generate(self, prompt: str, negative_prompt: str = "", checkpoint: str = "",
                            sampler: str = "euler", scheduler: str = "normal", steps: int = 20, cfg: float = 7.0,
@@ -78,17 +80,17 @@ class NamedEndpoints:
         """
         try:
             params = GenerationParams(prompt=prompt, negative_prompt=negative_prompt, checkpoint=checkpoint or None,
-                                      sampler=sampler, scheduler=scheduler, steps=int(steps), cfg=float(cfg),
-                                      seed=int(seed), width=int(width), height=int(height),
-                                      batch_size=int(batch_size), denoise=float(denoise), loras=loras or None,
-                                      vae=vae or None, hires=hires or None, mask_blur=int(mask_blur),
-                                      mask_grow=int(mask_grow), inpaint_full_res=bool(inpaint_full_res),
-                                      inpaint_padding=int(inpaint_padding), outpaint=outpaint or None,
+                                      sampler=sampler, scheduler=scheduler, steps=api_number(int, "steps", steps), cfg=api_number(float, "cfg", cfg),
+                                      seed=api_number(int, "seed", seed), width=api_number(int, "width", width), height=api_number(int, "height", height),
+                                      batch_size=api_number(int, "batch_size", batch_size), denoise=api_number(float, "denoise", denoise), loras=loras or None,
+                                      vae=vae or None, hires=hires or None, mask_blur=api_number(int, "mask_blur", mask_blur),
+                                      mask_grow=api_number(int, "mask_grow", mask_grow), inpaint_full_res=bool(inpaint_full_res),
+                                      inpaint_padding=api_number(int, "inpaint_padding", inpaint_padding), outpaint=outpaint or None,
                                       styles=styles or None, family=family or None,
-                                      guidance=None if guidance is None else float(guidance))
+                                      guidance=None if guidance is None else api_number(float, "guidance", guidance))
             image = _decode_data_url(init_image) if init_image else None
             mask_png = _decode_data_url(mask) if mask else None
-            jobs = await self.studio.submit(params, count=int(batch_count), image=image, mask=mask_png,
+            jobs = await self.studio.submit(params, count=api_number(int, "batch_count", batch_count), image=image, mask=mask_png,
                                             owner=_owner(request, self.auth_on))
         except ComfyError as exc:
             raise _to_gr_error(exc) from exc
@@ -102,12 +104,13 @@ class NamedEndpoints:
         """
         try:
             await self._own(job_id, request)
-            async for event in self.studio.follow(job_id):
-                if event.kind == "preview":
-                    continue
-                yield await self._status_dict(job_id, event)
-                if event.final:
-                    return
+            with self.streams.slot(self.streams.caller(request, _owner(request, self.auth_on))):
+                async for event in self.studio.follow(job_id):
+                    if event.kind == "preview":
+                        continue
+                    yield await self._status_dict(job_id, event)
+                    if event.final:
+                        return
         except ComfyError as exc:
             raise _to_gr_error(exc) from exc
 
@@ -143,9 +146,12 @@ class NamedEndpoints:
         """
         try:
             states = [JobState(state)] if state else None
+            size = max(1, min(api_number(int, "limit", limit), 200))
         except ValueError:
             raise gr.Error(f"state must be one of: {', '.join(s.value for s in JobState)}.") from None
-        page = await self.studio.jobs(states=states, **self._whose(request), limit=max(1, min(int(limit), 200)))
+        except WorkflowError as exc:
+            raise _to_gr_error(exc) from exc
+        page = await self.studio.jobs(states=states, **self._whose(request), limit=size)
         return [{"job_id": j.id, "state": j.state.value, "prompt": j.params.get("prompt"), "progress": j.progress,
                  "images": await self.images(j), "error": j.error} for j in page.jobs]
 

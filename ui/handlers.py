@@ -37,6 +37,8 @@ from comfy import (
 from comfy import graph as workflows
 from comfy.graph.pnginfo import read_png_info
 from ui import render
+from ui.numbers import browser_seed, whole
+from ui.streams import PageStreams
 from ui.endpoints import NamedEndpoints
 from ui.errors import _owner, friendly
 from ui.files import PageCopies
@@ -52,6 +54,8 @@ FORM_FIELDS = ["prompt", "negative_prompt", "checkpoint", "sampler", "scheduler"
 WATCH_LIMIT = 64  # jobs one page follows at once
 GALLERY_LIMIT = 48  # newest results shown under the preview; the history pages through the rest
 WATCHED_SESSIONS = 4096
+#: Of which one logged-in user's (tabs and browsers): past this, that user's oldest session is forgotten.
+SESSIONS_PER_USER = 64
 HISTORY_IMAGES = 100  # images of one history page in its gallery (25 jobs; a batch of 100 pages through)
 STATUS_COUNTS_TTL = 1.0  # seconds the header's queue counts are reused across pages  # pages whose followed jobs are kept; the least recently active is forgotten first
 
@@ -71,6 +75,7 @@ class Handlers(NamedEndpoints, ToolboxHandlers):
         #: (user, session hash) -> job ids that page follows (the newest batch and what is still running).
         #: The user is part of the key: a session hash comes from the browser, anyone can send another's.
         self._watched: OrderedDict[tuple[str | None, str], list[str]] = OrderedDict()
+        self.streams = PageStreams()  #: the page's and the Gradio API's streams, per caller
         self._counts: dict[JobState, int] = {}  # the queue's counts for the header, read at most once a second
         self._counts_at = self._asked_at = -1e9
         self._asked: list[BackendStatus] = []  # the backends' own answers, while the pool has not checked them yet
@@ -157,13 +162,13 @@ class Handlers(NamedEndpoints, ToolboxHandlers):
 
         def number(name: str, default: float, kind: type) -> Any:
             value = values.get(name)
-            return default if value in (None, "") else _whole(name, value) if kind is int else float(value)
+            return default if value in (None, "") else whole(name, value) if kind is int else float(value)
 
         params = {
             "prompt": values["prompt"] or "", "negative_prompt": values.get("negative_prompt") or "",
             "checkpoint": values.get("checkpoint") or None, "sampler": values.get("sampler") or "euler",
             "scheduler": values.get("scheduler") or "normal", "steps": number("steps", 20, int),
-            "cfg": number("cfg", 7.0, float), "seed": number("seed", -1, int),
+            "cfg": number("cfg", 7.0, float), "seed": browser_seed(number("seed", -1, int)),
             "batch_size": number("batch_size", 1, int),
         }
         if img2img:  # the size is the init image's own (fitted to the limits), set by the engine
@@ -189,7 +194,7 @@ class Handlers(NamedEndpoints, ToolboxHandlers):
         img2img = mode == "img2img"
         params = self._params(values, img2img=img2img, toolbox=toolbox)  # checked before the image is read
         batch_count = values.get("batch_count")
-        count = _whole("batch_count", batch_count) if batch_count not in (None, "") else 1
+        count = whole("batch_count", batch_count) if batch_count not in (None, "") else 1
         data = await self._init_image(image) if img2img else None
         jobs = await self.studio.submit(params, count=count, image=data, mask=mask if img2img else None,
                                         owner=_owner(request, self.auth_on))
@@ -217,7 +222,14 @@ class Handlers(NamedEndpoints, ToolboxHandlers):
     def _follow(self, key: tuple[str | None, str], job_ids: list[str]) -> None:
         self._watched[key] = job_ids
         self._watched.move_to_end(key)
-        while len(self._watched) > WATCHED_SESSIONS:  # session hashes come from browsers: keep a bound
+        # Session hashes come from browsers: keep a bound, and a user's own first (with logins, one user
+        # making up sessions must not push out everyone else's followed jobs).
+        owner = key[0]
+        if owner is not None:
+            theirs = [k for k in self._watched if k[0] == owner]
+            for old in theirs[:max(0, len(theirs) - SESSIONS_PER_USER)]:
+                del self._watched[old]
+        while len(self._watched) > WATCHED_SESSIONS:
             self._watched.popitem(last=False)
 
     def watched(self, request: gr.Request | None) -> list[str]:
@@ -260,6 +272,11 @@ class Handlers(NamedEndpoints, ToolboxHandlers):
 
     async def watch(self, request: gr.Request) -> AsyncIterator[tuple[str, Any, list[Any]]]:
         """Stream progress, the latest preview and finished images until this page's jobs are done."""
+        with self.streams.slot(self.streams.caller(request, _owner(request, self.auth_on))):
+            async for update in self._watch_updates(request):
+                yield update
+
+    async def _watch_updates(self, request: gr.Request) -> AsyncIterator[tuple[str, Any, list[Any]]]:
         sub = self.studio.bus.subscribe()
         live: dict[str, JobEvent] = {}
         preview: Image.Image | None = None
@@ -319,7 +336,11 @@ class Handlers(NamedEndpoints, ToolboxHandlers):
     async def history(self, state: str, cursor: int | None,
                       request: gr.Request) -> tuple[list[list[Any]], list[Any], int | None, list[str]]:
         """One page of the table: rows (short ids), a thumbnail per job, the next cursor, and the rows' full ids."""
-        states = None if state in ("", "all", None) else [JobState(state)]
+        try:
+            states = None if state in ("", "all", None) else [JobState(state)]
+        except ValueError:
+            raise gr.Error(f"Show: {state!r} is not a state; choose all, "
+                           f"{', '.join(s.value for s in JobState)}.") from None
         page = await self.studio.jobs(states=states, **self._whose(request), limit=25, cursor=cursor)
         positions = {job.id: await self.studio.position(job.id) for job in page.jobs if job.state is JobState.QUEUED}
         thumbs = []  # every image of the page, for the lightbox: "<job id> · 2 of 4 · state · prompt"
@@ -450,7 +471,7 @@ class Handlers(NamedEndpoints, ToolboxHandlers):
             return f"_{exc}_", {}, {}
         source = {"comfyui_studio": "ComfyUI Studio", "a1111": "AUTOMATIC1111-style parameters",
                   "comfyui": "a ComfyUI workflow", "none": "nothing: this PNG carries no generation settings"}
-        return f"Settings read from **{source[info.source]}**.", info.params, info.texts
+        return f"Settings read from **{source[info.source]}**.", info.params, _shown_texts(info.texts)
 
     @friendly
     async def png_to_form(self, params: dict[str, Any] | None) -> list[Any]:
@@ -535,12 +556,17 @@ _SHOWN_PARAMS = ("prompt", "negative_prompt", "checkpoint", "sampler", "schedule
                  "height", "batch_size", "denoise")
 
 
-def _whole(name: str, value: Any) -> int:
-    """A form number that must be whole: 20.0 is 20; 20.5 is an error naming the field."""
-    number = float(value)
-    if not number.is_integer():
-        raise WorkflowError(f"{name.replace('_', ' ')} must be a whole number, not {value}.", field=name)
-    return int(number)
+#: The most of one PNG text chunk the page shows: a settings panel, not a viewer for megabytes of JSON.
+SHOWN_TEXT_CHARS = 64 * 1024
+
+
+def _shown_texts(texts: dict[str, str]) -> dict[str, str]:
+    """
+    >>> _shown_texts({"prompt": "x" * 70_000})["prompt"][-32:]
+    '… (70,000 characters; not shown)'
+    """
+    return {key: value if len(value) <= SHOWN_TEXT_CHARS
+            else f"{value[:2000]}… ({len(value):,} characters; not shown)" for key, value in texts.items()}
 
 
 def storable_form(*values: Any) -> dict[str, Any]:

@@ -36,7 +36,9 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
     """
     h = Handlers(studio, auth_on=auth_on, keys_on=bool(settings.keys()), copies=copies)
     limits = studio.limits
-    with gr.Blocks(title="ComfyUI Studio") as demo:
+    # Uploads and the files Gradio made for this page are deleted after a day, checked hourly (a result's
+    # owner-gated copy is made again when it is shown again).
+    with gr.Blocks(title="ComfyUI Studio", delete_cache=(3600, 86400)) as demo:
         form_store = gr.BrowserState({}, storage_key="comfyui-studio-form", secret=browser_secret)
         shape_store = gr.BrowserState(["1:1", 512], storage_key="comfyui-studio-shape", secret=browser_secret)
         jobs_store = gr.BrowserState([], storage_key="comfyui-studio-jobs", secret=browser_secret)

@@ -33,6 +33,7 @@ class ToolboxHandlers:
     auth_on: bool
     scoped: bool
     copies: Any
+    streams: Any  #: ui.streams.PageStreams
 
     if TYPE_CHECKING:  # the Handlers' own
         async def _queue(self, values: dict[str, Any], mode: str, image: str | None, request: Any, *,
@@ -118,6 +119,11 @@ class ToolboxHandlers:
         if not grid_id:
             return
         owner = _owner(request, self.auth_on)
+        with self.streams.slot(self.streams.caller(request, owner)):  # bounded per caller, like the page's watch
+            async for update in self._plot_updates(grid_id, owner):
+                yield update
+
+    async def _plot_updates(self, grid_id: str, owner: str | None) -> AsyncIterator[tuple[Any, str]]:
         drawn = -1
         while True:
             try:
