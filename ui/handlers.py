@@ -205,12 +205,6 @@ class Handlers(NamedEndpoints, ToolboxHandlers):
             gr.Warning(jobs[0].note)
         return self.watched(request), int(jobs[0].params["seed"])
 
-    @staticmethod
-    async def _init_image(image: str | None) -> bytes:
-        if not image:
-            raise WorkflowError("Image to image needs an image: upload or paste one first.", field="image")
-        return await asyncio.to_thread(Path(image).read_bytes)
-
     def _session(self, request: gr.Request | None) -> tuple[str | None, str]:
         return _owner(request, self.auth_on), getattr(request, "session_hash", None) or "default"
 

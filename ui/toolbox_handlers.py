@@ -40,7 +40,6 @@ class ToolboxHandlers:
                          toolbox: dict[str, Any] | None = None, mask: bytes | None = None) -> Any: ...
         def _params(self, values: dict[str, Any], *, img2img: bool,
                     toolbox: dict[str, Any] | None = None) -> GenerationParams: ...
-        async def _init_image(self, image: str | None) -> bytes: ...
         async def _watch(self, request: Any, job_ids: list[str]) -> None: ...
         def watched(self, request: Any) -> list[str]: ...
         async def images(self, job: Job) -> list[str]: ...
@@ -71,6 +70,13 @@ class ToolboxHandlers:
         if at != len(values):
             raise ValueError(f"{len(values)} values for {at} fields")
         return groups
+
+    @staticmethod
+    async def _init_image(image: str | None) -> bytes:
+        """The init image's bytes (image to image, with or without the toolbox)."""
+        if not image:
+            raise WorkflowError("Image to image needs an image: upload or paste one first.", field="image")
+        return await asyncio.to_thread(Path(image).read_bytes)
 
     async def _toolbox_request(self, mode: str, form: dict[str, Any], toolbox: dict[str, Any],
                                inpaint: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
