@@ -103,7 +103,7 @@ def _is_mask(path: Path) -> bool:
 def test_a_2x2_plot_fills_in_then_shows_the_labelled_grid(browser, tmp_path: Path) -> None:  # noqa: F811
     expect = sync_api.expect
     with toolbox_comfy(tmp_path) as fake, running_app(fake.url, tmp_path / "data") as url:
-        fake.step_time = 0.25  # slow enough to see the grid fill in
+        fake.step_time = 0.5  # slow enough to see the grid fill in
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         _open(page, url)
         page.locator("#prompt textarea").fill("a lighthouse at dawn")
