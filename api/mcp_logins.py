@@ -62,16 +62,11 @@ class McpLogins:
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path, root = scope["path"], scope.get("root_path") or ""
-        path = path[len(root):] if root and path.startswith(root) else path
-        if path == MCP_PREFIX or path.startswith(MCP_PREFIX + "/"):
+        if scope["type"] == "http" and _under_mcp(scope):
             await self._mcp(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if _CALLER in headers or _LOOPBACK in headers:
+        if scope["type"] == "http" and (_CALLER in headers or _LOOPBACK in headers):
             scope = self._as_loopback(scope, headers)
         await self.app(scope, receive, send)
 
@@ -119,6 +114,13 @@ class McpLogins:
             self.page.tokens[token] = user
             self._logins[user] = token
         return token
+
+
+def _under_mcp(scope: Scope) -> bool:
+    """Whether the request is for the MCP route (below the mount's root path, if any)."""
+    root = scope.get("root_path") or ""
+    path = scope["path"].removeprefix(root) if root else scope["path"]
+    return path == MCP_PREFIX or path.startswith(MCP_PREFIX + "/")
 
 
 def _loopback_through(server: Any, local_url: str, headers: dict[str, str]) -> None:

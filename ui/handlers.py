@@ -37,7 +37,7 @@ from comfy import (
 from comfy import graph as workflows
 from comfy.graph.pnginfo import read_png_info
 from ui import render
-from ui.numbers import browser_seed, whole
+from ui.numbers import browser_seed, whole, workflow_value
 from ui.streams import PageStreams
 from ui.endpoints import NamedEndpoints
 from ui.errors import _owner, friendly
@@ -532,7 +532,7 @@ class Handlers(NamedEndpoints, ToolboxHandlers):
                 value = secrets.randbelow(min(high, 2**53) + 1)  # a seed JSON and the page carry exactly
             if value is None:
                 continue
-            value = _coerce(spec, value)
+            value = workflow_value(spec, value)
             inputs[(spec["node_id"], spec["input_name"])] = value
             param = spec.get("param")
             if param and param not in shown and param in _SHOWN_PARAMS:
@@ -586,19 +586,4 @@ def _input_dict(item: workflows.EditableInput) -> dict[str, Any]:
         "choices": list(item.choices) if item.choices else None, "multiline": item.multiline,
         "node_title": item.node_title, "class_type": item.class_type, "param": item.param,
     }
-
-
-def _coerce(spec: dict[str, Any], value: Any) -> Any:
-    """A workflow widget's value as its input takes it, or a sentence naming the widget (never its place)."""
-    if spec["kind"] not in ("int", "float"):
-        return bool(value) if spec["kind"] == "bool" else value
-    label, field = spec.get("label") or spec["input_name"], f"{spec['node_id']}.{spec['input_name']}"
-    try:
-        number: Any = whole(label, value) if spec["kind"] == "int" else float(value)
-    except (TypeError, ValueError):
-        raise WorkflowError(f"{label} must be a number, not {value!r}.", field=field) from None
-    low, high = spec.get("min"), spec.get("max")
-    if (low is not None and number < low) or (high is not None and number > high):
-        raise WorkflowError(f"{label} is {number}; it must be between {low} and {high}.", field=field)
-    return number
 
