@@ -92,14 +92,31 @@ async def test_redis_that_cannot_be_reached_is_a_queue_error_with_a_sentence() -
         await store.close()
 
 
-async def test_scripts_that_redis_forgot_are_sent_again(redis_server: RedisServer, redis_prefix: str) -> None:  # noqa: F811
+async def test_functions_that_redis_forgot_are_loaded_again(redis_server: RedisServer, redis_prefix: str) -> None:  # noqa: F811
     store = RedisStore.from_url(redis_server.url, prefix=redis_prefix)
     try:
         await store.enqueue_many([{"params": {"i": i}} for i in range(4)])
-        await store.client.script_flush()  # as after a restart or a failover to a fresh replica
+        await store.client.function_flush()  # as after a restart or a failover to a fresh replica
         claimed = await asyncio.gather(*(store.claim(f"host:1:w{i}", lease_seconds=5) for i in range(3)))
-        assert len({job.id for job in claimed}) == 3  # three calls in one pipeline, each NOSCRIPT, each redone
-        await store.client.script_flush()
+        assert len({job.id for job in claimed}) == 3  # three calls in one batch, the library loaded again, the batch redone
+        await store.client.function_flush()
         assert (await store.claim("host:1:w9", lease_seconds=5)).seq == 4  # and a lone call
+    finally:
+        await store.close()
+
+
+async def test_one_operations_error_leaves_the_others_of_its_batch_standing(redis_server: RedisServer,  # noqa: F811
+                                                                           redis_prefix: str) -> None:  # noqa: F811
+    store = RedisStore.from_url(redis_server.url, prefix=redis_prefix)
+    try:
+        jobs = await store.enqueue_many([{"params": {"i": i}} for i in range(2)])
+        await store.client.set(store.key("job", "0123456789abcdef"), "not a record")  # WRONGTYPE for HGETALL
+        broken, claimed, cancelled = await asyncio.gather(  # one FCALL: the same turn of the loop
+            store.cancel("0123456789abcdef"), store.claim("host:1:w1", lease_seconds=5), store.cancel(jobs[1].id),
+            return_exceptions=True)
+        assert isinstance(broken, QueueError) and "WRONGTYPE" in str(broken)
+        assert claimed.id == jobs[0].id and claimed.lease_owner == "host:1:w1"
+        assert cancelled.state.value == "cancelled"
+        assert (await store.get(jobs[0].id)).state.value == "running"
     finally:
         await store.close()

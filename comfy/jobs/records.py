@@ -86,13 +86,22 @@ class Job:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
         """Rebuild a job; unknown keys (from newer code) are ignored, missing ones take their defaults."""
+        if cls is Job and _FIELD_NAMES <= data.keys():  # a whole stored record (every read): no defaults to fill
+            values = {name: data[name] for name in _FIELD_ORDER}
+            values["state"] = _STATE_OF.get(values["state"]) or JobState(values["state"])
+            job = _new_object(cls)
+            job.__dict__.update(values)  # what the generated __init__ would set, without its 26 setattr calls
+            return job
         values = {name: data[name] for name in _FIELD_NAMES if name in data}
         values["state"] = JobState(data.get("state", QUEUED))
         return cls(**values)
 
 
 _FIELDS = dataclasses.fields(Job)
-_FIELD_NAMES = frozenset(f.name for f in _FIELDS)
+_FIELD_ORDER = tuple(f.name for f in _FIELDS)
+_FIELD_NAMES = frozenset(_FIELD_ORDER)
+_STATE_OF = {state.value: state for state in JobState}
+_new_object = object.__new__
 
 
 @dataclass(frozen=True)

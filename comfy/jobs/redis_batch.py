@@ -1,10 +1,16 @@
-"""Script calls made in the same turn of the event loop go to Redis together, in one pipeline.
+"""Queue operations called in the same turn of the event loop go to Redis together, as one function call.
 
 Many workers (asyncio tasks) in one process each wait on a round trip per transition; on a busy machine
-the round trip, not Redis, is what limits them. :class:`ScriptBatcher` gathers the calls made while the
-loop runs other tasks and sends them as one pipeline (no MULTI: each EVALSHA is atomic on its own), so
-eight workers share one round trip instead of taking eight. A lone caller waits for no one: its call
-goes out on the next turn of the loop.
+the round trip and the cost of each call, not the work in Redis, are what limit them. :class:`ScriptBatcher`
+gathers the calls made while the loop runs other tasks and sends them as one ``FCALL`` of the library in
+:mod:`comfy.jobs.redis_scripts` (loaded once with ``FUNCTION LOAD``, not sent or set up again per call):
+one command to send, parse and answer for eight workers instead of eight. Each operation in it stays
+atomic and gets its own reply or error. A lone caller waits for no one: its call goes out on the next
+turn of the loop.
+
+A Redis that lost the library (a restart without persistence, a failover to a fresh replica, a
+``FUNCTION FLUSH``) answers "Function not found"; the library is loaded again and the batch sent again
+(nothing of it ran).
 """
 
 from __future__ import annotations
@@ -14,28 +20,34 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis.commands.core import AsyncScript
+
+from comfy.jobs.redis_scripts import BATCH_FUNCTION, LIBRARY
 
 __all__ = ["ScriptBatcher"]
 
+_Call = tuple[str, list[str], "asyncio.Future[Any]"]
+
+
+def _not_loaded(exc: BaseException) -> bool:
+    return isinstance(exc, redis.exceptions.ResponseError) and "function not found" in str(exc).lower()
+
 
 class ScriptBatcher:
-    """Runs registered scripts for one client, batched per event-loop turn; results and errors per call."""
+    """Runs the library's operations for one client, batched per event-loop turn; results and errors per call."""
 
-    def __init__(self, client: aioredis.Redis, *, max_batch: int = 4) -> None:
+    def __init__(self, client: aioredis.Redis, *, max_batch: int = 16) -> None:
         self.client = client
-        #: Calls per pipeline. Several smaller pipelines in flight beat one large one: Redis runs one while
-        #: this process reads the answer of the one before (on two cores, neither waits for the other).
+        #: Operations per FCALL; more wait for the next one (already on its way while this one runs).
         self.max_batch = max_batch
-        self._pending: list[tuple[AsyncScript, list[str], asyncio.Future[Any]]] = []
+        self._pending: list[_Call] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
-    async def call(self, script: AsyncScript, args: list[str]) -> Any:
+    async def call(self, operation: str, args: list[str]) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush_soon)
-        self._pending.append((script, args, future))
+        self._pending.append((operation, args, future))
         return await future
 
     def _flush_soon(self) -> None:
@@ -46,44 +58,30 @@ class ScriptBatcher:
             self._flushes.add(task)  # a reference, so the task is not collected before it ends
             task.add_done_callback(self._flushes.discard)
 
-    async def _flush(self, batch: list[tuple[AsyncScript, list[str], asyncio.Future[Any]]]) -> None:
-        if len(batch) == 1:  # nothing to share: the plain call (it loads the script if Redis lost it)
-            script, args, future = batch[0]
-            await self._settle(future, self._one(script, args))
-            return
+    async def _flush(self, batch: list[_Call]) -> None:
+        command: list[Any] = ["FCALL", BATCH_FUNCTION, 0]
+        for operation, args, _future in batch:
+            command += [operation, len(args), *args]
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for script, args, _future in batch:
-                    pipe.evalsha(script.sha, 0, *args)
-                results = await pipe.execute(raise_on_error=False)
+            try:
+                results = await self.client.execute_command(*command)
+            except redis.exceptions.ResponseError as exc:
+                if not _not_loaded(exc):
+                    raise
+                await self.client.execute_command("FUNCTION", "LOAD", "REPLACE", LIBRARY)
+                results = await self.client.execute_command(*command)
         except (redis.exceptions.RedisError, OSError) as exc:
-            for _script, _args, future in batch:
+            for _operation, _args, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (script, args, future), result in zip(batch, results):
-            if isinstance(result, redis.exceptions.NoScriptError):  # Redis restarted or flushed its scripts
-                await self._settle(future, self._one(script, args))
-            elif future.done():
+        for (_operation, _args, future), result in zip(batch, results):
+            if future.done():
                 continue  # its caller was cancelled
-            elif isinstance(result, Exception):
+            if isinstance(result, Exception):
                 future.set_exception(result)
             else:
                 future.set_result(result)
-
-    async def _one(self, script: AsyncScript, args: list[str]) -> Any:
-        return await script(args=args)
-
-    @staticmethod
-    async def _settle(future: asyncio.Future[Any], call: Any) -> None:
-        try:
-            result = await call
-        except Exception as exc:  # handed to the caller, which maps it
-            if not future.done():
-                future.set_exception(exc)
-            return
-        if not future.done():
-            future.set_result(result)
 
     async def aclose(self) -> None:
         """Wait for the batches already sent."""

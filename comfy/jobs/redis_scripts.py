@@ -1,14 +1,21 @@
-"""The Lua of :mod:`comfy.jobs.redis_store`: one script per transition, each run atomically by Redis.
+"""The Lua of :mod:`comfy.jobs.redis_store`: one body per transition, each run atomically by Redis.
 
-Why Lua rather than MULTI/WATCH: a script reads the record, decides and writes the record and every index
+Why Lua rather than MULTI/WATCH: a body reads the record, decides and writes the record and every index
 in one step on the server, so a transition is one round trip and never retried; WATCH would need a read,
 then a MULTI that fails and is redone whenever another worker touched the same keys (every claim races on
-the head of the queue). redis-py sends each script once and then calls it by its SHA (EVALSHA).
+the head of the queue).
+
+The bodies and their shared helpers are one library of Redis Functions (:data:`LIBRARY`, Redis 7 or
+newer), loaded once with ``FUNCTION LOAD``: the helpers are defined once, not again on every call as a
+script's preamble would be. One function, :data:`BATCH_FUNCTION`, runs a batch of operations, each with
+its own reply (:mod:`comfy.jobs.redis_batch` sends the calls of one event-loop turn together). The
+library's name holds its code's hash, so replicas of two versions side by side each call their own.
 
 Records are hashes whose values are JSON texts written by Python (floats keep every digit); Lua only
-compares them, copies them, or reads a few plain ones (state, owner, attempts, seq). Every script checks
-everything first and writes last, so an early return leaves nothing half done. ``ARGV[1]`` is the key
-prefix; keys are built from it here, which suits one Redis (or a primary with replicas), not Redis Cluster.
+compares them, copies them, or reads a few plain ones (state, owner, attempts, seq). Every body checks
+everything first and writes last, so an early return leaves nothing half done. ``ARGV[1]`` of each
+operation is its key prefix; keys are built from it here, which suits one Redis (or a primary with
+replicas), not Redis Cluster.
 
 Replies are ``{status, ...}``: ``ok`` with the record as one JSON object, or ``notfound``,
 ``lease`` (the worker lost its lease), ``notqueued``, ``notfinal``, ``conflict``, ``changed``, ``none``.
@@ -16,7 +23,9 @@ Replies are ``{status, ...}``: ``ok`` with the record as one JSON object, or ``n
 
 from __future__ import annotations
 
-__all__ = ["SCRIPTS", "KEYS"]
+import hashlib
+
+__all__ = ["LIBRARY", "LIBRARY_NAME", "BATCH_FUNCTION", "OPERATIONS", "KEYS"]
 
 #: Every key and channel under the prefix, for the Python side and the Lua side alike (``K`` in Lua).
 KEYS = {
@@ -35,11 +44,15 @@ KEYS = {
     "grid": ":grid:",  # + id: an X/Y/Z plot's record, JSON text (comfy.jobs.grid_records)
 }
 
-# -- shared helpers, prepended to every script ------------------------------------------------------------
+# -- shared helpers, defined once in the library ----------------------------------------------------------
 
 _PRELUDE = "local K = {" + ", ".join(f"{name} = '{suffix}'" for name, suffix in KEYS.items()) + "}" + r"""
-local P = ARGV[1]
-local PENDING, LEASES, FINISHED = P .. K.pending, P .. K.leases, P .. K.finished
+-- The key prefix of the call being run (each call names its own): set by bind() before each body runs.
+local P, PENDING, LEASES, FINISHED
+local function bind(prefix)
+  P = prefix
+  PENDING, LEASES, FINISHED = P .. K.pending, P .. K.leases, P .. K.finished
+end
 local FINAL = {succeeded = true, failed = true, cancelled = true}
 local ENDED = {lease_owner = 'null', lease_expires = 'null'}
 
@@ -67,12 +80,17 @@ end
 
 -- The record as one JSON object: its values are JSON texts already, so this is a join, not an encoding.
 -- Fields starting with _ are the store's own (not JSON) and stay here.
+-- Pieces joined once by table.concat: no string made (and interned) per field.
 local function json(rec)
-  local parts = {}
+  local parts, n = {'{'}, 1
   for k, v in pairs(rec) do
-    if string.byte(k, 1) ~= 95 then parts[#parts + 1] = '"' .. k .. '":' .. v end
+    if string.byte(k, 1) ~= 95 then
+      parts[n + 1], parts[n + 2], parts[n + 3], parts[n + 4] = '"', k, '":', v
+      parts[n + 5], n = ',', n + 5
+    end
   end
-  return '{' .. table.concat(parts, ',') .. '}'
+  parts[n] = (n == 1) and '{}' or '}'
+  return table.concat(parts)
 end
 
 local function ok(rec) return {'ok', json(rec)} end
@@ -378,12 +396,52 @@ end
 return out
 """
 
-SCRIPTS: dict[str, str] = {
-    name: _PRELUDE + body
-    for name, body in {
-        "enqueue": _ENQUEUE, "claim": _CLAIM, "claim_id": _CLAIM_ID, "renew": _RENEW, "take_over": _TAKE_OVER,
-        "update": _UPDATE, "finish": _FINISH, "fail": _FAIL, "requeue": _REQUEUE, "release": _RELEASE,
-        "cancel": _CANCEL, "mark_cancelled": _MARK_CANCELLED, "annotate": _ANNOTATE, "move": _MOVE,
-        "list": _LIST, "prune": _PRUNE, "prune_ids": _PRUNE_IDS,
-    }.items()
+_BODIES = {
+    "enqueue": _ENQUEUE, "claim": _CLAIM, "claim_id": _CLAIM_ID, "renew": _RENEW, "take_over": _TAKE_OVER,
+    "update": _UPDATE, "finish": _FINISH, "fail": _FAIL, "requeue": _REQUEUE, "release": _RELEASE,
+    "cancel": _CANCEL, "mark_cancelled": _MARK_CANCELLED, "annotate": _ANNOTATE, "move": _MOVE,
+    "list": _LIST, "prune": _PRUNE, "prune_ids": _PRUNE_IDS,
 }
+
+# -- the library: every body a Lua function of its ARGV, and one Redis Function that runs a batch of calls --
+# FCALL <batch> 0  name argc arg1..argc  name argc ...   ->   one reply per call, in order: the body's reply,
+# or an error reply for that call alone. Each call is atomic (the whole batch is: Redis runs one function at
+# a time); one call's error leaves the others' replies standing.
+
+_DISPATCH = r"""
+local function run(name, argv)
+  local body = BODIES[name]
+  if not body then return {err = 'ERR no queue operation ' .. tostring(name)} end
+  bind(argv[1])
+  local done, reply = pcall(body, argv)
+  if done then return reply end
+  if type(reply) == 'table' and reply.err then return reply end
+  return {err = 'ERR ' .. tostring(reply)}
+end
+
+redis.register_function(BATCH, function(_keys, args)
+  local out, at = {}, 1
+  while at <= #args do
+    local name, argc = args[at], tonumber(args[at + 1])
+    local argv = {}
+    for i = 1, argc do argv[i] = args[at + 1 + i] end
+    out[#out + 1] = run(name, argv)
+    at = at + 2 + argc
+  end
+  return out
+end)
+"""
+
+
+def _library() -> tuple[str, str, str]:
+    bodies = "".join(f"BODIES.{name} = function(ARGV)\n{body}\nend\n" for name, body in _BODIES.items())
+    code = _PRELUDE + "local BODIES = {}\n" + bodies
+    version = hashlib.sha1((code + _DISPATCH).encode()).hexdigest()[:12]
+    name = f"studio_jobs_{version}"  # its code's hash: replicas of two versions each find their own
+    batch = f"{name}_batch"
+    return name, batch, f"#!lua name={name}\nlocal BATCH = '{batch}'\n" + code + _DISPATCH
+
+
+#: The Redis Functions library (FUNCTION LOAD), its name, and the function a batch of calls goes to (FCALL).
+LIBRARY_NAME, BATCH_FUNCTION, LIBRARY = _library()
+OPERATIONS = frozenset(_BODIES)

@@ -2,9 +2,9 @@
 
 Same records (:class:`~comfy.jobs.records.Job`), same states and the same rules as the diskcache
 :class:`~comfy.jobs.queue.JobQueue`; tests/test_store_contract.py runs one set of promises against both.
-Every transition is one Lua script (:mod:`comfy.jobs.redis_scripts`), so two workers never claim one job
-and a crash never leaves a record and its indexes disagreeing; calls made together by several tasks share
-one round trip (:mod:`comfy.jobs.redis_batch`). The keys, all under ``REDIS_PREFIX``, are
+Every transition is one Lua function (:mod:`comfy.jobs.redis_scripts`), so two workers never claim one job
+and a crash never leaves a record and its indexes disagreeing; calls made together by several tasks go
+as one ``FCALL`` (:mod:`comfy.jobs.redis_batch`). The keys, all under ``REDIS_PREFIX``, are
 listed once in :data:`comfy.jobs.redis_scripts.KEYS`.
 
 Times come from this process's clock (``now``), as with diskcache, so the machines' clocks should agree
@@ -16,10 +16,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
+import os
 import time
-import uuid
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,7 +33,7 @@ from comfy.jobs.leases import held_elsewhere
 from comfy.jobs.queue import _request, _Request  # one definition of a valid request and its fingerprint
 from comfy.jobs.records import RUNNING, TAKEN_OVER_NOTE, UPDATABLE_FIELDS, Job, JobPage, JobState
 from comfy.jobs.redis_batch import ScriptBatcher
-from comfy.jobs.redis_scripts import KEYS, SCRIPTS
+from comfy.jobs.redis_scripts import KEYS
 from comfy.jobs.redis_wire import use_hiredis_packing
 
 __all__ = ["RedisStore", "map_redis_errors"]
@@ -54,16 +54,28 @@ def map_redis_errors() -> Iterator[None]:
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)  # one, not one per call
 _CONSTANTS = {None: "null", True: "true", False: "false"}
+_encode_str = json.encoder.encode_basestring  # what _ENCODER does with a str (ensure_ascii=False), minus the call
 
 
 def _enc(value: Any) -> str:
     """A value as the JSON text the scripts store and compare (the same text for the same value)."""
     if value is None or value is True or value is False:  # most fields of a new job: skip the encoder
         return _CONSTANTS[value]
+    kind = type(value)
+    if kind is str:
+        return _encode_str(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)  # as the encoder writes it
     try:
         return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise QueueError(f"Job parameters must be plain JSON data: {exc}") from exc
+
+
+#: What a new job's record holds in the fields no request sets, as "name\0json\0" (see the enqueue script).
+_ASKED = ("id", "seq", "kind", "params", "workflow", "queued_at", "idempotency_key", "owner", "note")
+_NEW_DEFAULTS = "".join(f"{name}\0{_enc(value)}\0" for name, value
+                        in Job(id="", seq=0, kind="generate", params={}).to_dict().items() if name not in _ASKED)
 
 
 def _record(stored: str | dict[str, str]) -> dict[str, Any]:
@@ -95,7 +107,6 @@ class RedisStore:
         self.max_attempts = max_attempts
         self._now = now
         self._owns_client = owns_client
-        self._scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
         self._batcher = ScriptBatcher(client)
 
     @classmethod
@@ -125,7 +136,7 @@ class RedisStore:
 
     async def _run(self, script: str, *args: str) -> list[Any]:
         with map_redis_errors():
-            return await self._batcher.call(self._scripts[script], [self.prefix, *args])
+            return await self._batcher.call(script, [self.prefix, *args])
 
     # -- enqueue ------------------------------------------------------------------------------------
 
@@ -144,22 +155,26 @@ class RedisStore:
             return []
         now = self._now()
         for _draw in range(8):
-            drafts, args = [], []
+            ids, args = [], []
             for request in requests:
-                draft = Job(id=uuid.uuid4().hex[:16], seq=0, kind=request.kind, params=request.params,
-                            workflow=request.workflow, queued_at=now, idempotency_key=request.idempotency_key,
-                            owner=request.owner, note=request.note)
-                fields = "".join(f"{name}\0{_enc(value)}\0" for name, value in draft.to_dict().items() if name != "seq")
+                job_id = os.urandom(8).hex()
+                fields = (f"id\0{_encode_str(job_id)}\0kind\0{_enc(request.kind)}\0params\0{_enc(request.params)}\0"
+                          f"workflow\0{_enc(request.workflow)}\0queued_at\0{_enc(now)}\0"
+                          f"idempotency_key\0{_enc(request.idempotency_key)}\0owner\0{_enc(request.owner)}\0"
+                          f"note\0{_enc(request.note)}\0{_NEW_DEFAULTS}")
                 key = _idem(request.owner, request.idempotency_key) if request.idempotency_key else ""
-                args += [draft.id, key, request.fingerprint, fields]
-                drafts.append(draft)
+                args += [job_id, key, request.fingerprint, fields]
+                ids.append(job_id)
             reply = await self._run("enqueue", *args)
             if reply[0] == "conflict":
                 raise IdempotencyConflict(requests[reply[1] - 1].idempotency_key or "", reply[2])
             if reply[0] == "changed":
-                continue  # a 1-in-2**60 id collision: draw again
-            return [(replace(draft, seq=int(entry[2])), True) if entry[0] == "new"
-                    else (Job.from_dict(_record(entry[2])), False) for draft, entry in zip(drafts, reply[1:])]
+                continue  # a 1-in-2**64 id collision: draw again
+            return [(Job(id=job_id, seq=int(entry[2]), kind=request.kind, params=request.params,
+                         workflow=request.workflow, queued_at=now, idempotency_key=request.idempotency_key,
+                         owner=request.owner, note=request.note), True) if entry[0] == "new"
+                    else (Job.from_dict(_record(entry[2])), False)
+                    for job_id, request, entry in zip(ids, requests, reply[1:])]
         raise QueueError("Could not draw a free job id; try again.")
 
     # -- reading ------------------------------------------------------------------------------------
