@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
@@ -33,7 +34,7 @@ from comfy.errors import WorkflowError
 from comfy.graph.params import GenerationParams
 
 __all__ = ["PLOT_PARAMS", "MAX_CELLS", "MAX_GRID_CELLS", "MAX_SHEET_PIXELS", "Axis", "Cell", "GridPlan",
-           "axis_values", "plan_grid", "compose_grid"]
+           "axis_values", "plan_grid", "apply_value", "compose_grid"]
 
 #: Without confirmation, a grid may have at most this many cells (jobs).
 MAX_CELLS = 64
@@ -172,13 +173,14 @@ def plan_grid(params: GenerationParams, grid: Mapping[str, Any], *, confirmed: b
         values = {name: axes[name].values[(x, y, z)[_AXES.index(name)]] for name in axes}
         cell_params = params
         for name, value in values.items():
-            cell_params = _apply(cell_params, axes[name], value)
+            cell_params = apply_value(cell_params, axes[name], value)
         label = ", ".join(axes[name].label(v) for name, v in values.items())
         cells.append(Cell(index, (x, y, z), values, cell_params, label))
     return GridPlan(axes, cells)
 
 
-def _apply(params: GenerationParams, axis: Axis, value: Any) -> GenerationParams:
+def apply_value(params: GenerationParams, axis: Axis, value: Any) -> GenerationParams:
+    """``params`` with one axis set to ``value`` (as its cells have it)."""
     param = axis.param
     if param == "prompt_sr":
         search = axis.values[0]
@@ -302,18 +304,19 @@ def _show(value: Any) -> str:
 # ------------------------------------------------------------------------------------------------ image
 
 
-def compose_grid(images: Sequence[Image.Image | bytes | None], plan: GridPlan, *,
+def compose_grid(images: Sequence[Image.Image | bytes | Path | None], plan: GridPlan, *,
                  background: str = "white") -> Image.Image:
     """The plot as one image: cells row-major, x labels above, y labels on the left, one block per z value.
 
-    ``images`` are the cells' images in :attr:`GridPlan.cells` order (PNG bytes or PIL images; None
-    for a cell that failed, drawn empty). Each cell's box is the largest cell's size; a cell of another
+    ``images`` are the cells' images in :attr:`GridPlan.cells` order (PNG bytes, files or PIL images;
+    None for a cell that failed, drawn empty; a file that cannot be read is drawn empty too). Files and
+    bytes are decoded one at a time as they are drawn. Each cell's box is the largest cell's size; a cell of another
     shape is fitted into it keeping its proportions (letterboxed). Boxes are drawn smaller when the sheet
     would pass :data:`MAX_SHEET_PIXELS` or :data:`MAX_SHEET_SIDE`.
     """
     if len(images) != len(plan.cells):
         raise ValueError(f"{len(images)} images for {len(plan.cells)} cells")
-    opened = [Image.open(io.BytesIO(i)) if isinstance(i, (bytes, bytearray)) else i for i in images]
+    opened = [_open(i) for i in images]
     sizes = [i.size for i in opened if i is not None]
     cell_w, cell_h = (max(w for w, _ in sizes), max(h for _, h in sizes)) if sizes else (256, 256)
     columns, rows, blocks = plan.shape
@@ -351,6 +354,16 @@ def compose_grid(images: Sequence[Image.Image | bytes | None], plan: GridPlan, *
             for y, value in enumerate(y_axis.values):
                 _centred(draw, y_axis.label(value), font, ox, title + top + y * cell_h, left, cell_h)
     return sheet
+
+
+def _open(image: Image.Image | bytes | Path | None) -> Image.Image | None:
+    """A lazily opened image (only its header read); None for a file that is not an image."""
+    try:
+        if isinstance(image, (bytes, bytearray)):
+            return Image.open(io.BytesIO(image))
+        return Image.open(image) if isinstance(image, Path) else image
+    except (OSError, Image.UnidentifiedImageError):
+        return None
 
 
 @dataclass(frozen=True)

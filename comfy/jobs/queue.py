@@ -181,9 +181,9 @@ class JobQueue:
 
     def enqueue_many(self, requests: list[dict[str, Any]], *, owner: str | None = None) -> list[Job]:
         """Queue several jobs in one transaction (in order); each request has ``params`` and optionally
-        ``kind``, ``workflow`` and ``idempotency_key``, with the same rules as :meth:`enqueue`."""
+        ``kind``, ``workflow``, ``idempotency_key`` and ``note``, with the same rules as :meth:`enqueue`."""
         prepared = [_request(r["params"], r.get("kind", "generate"), r.get("workflow"), r.get("idempotency_key"),
-                             owner) for r in requests]
+                             owner, r.get("note")) for r in requests]
         return [job for job, _created in self._enqueue(prepared)]
 
     def _enqueue(self, requests: list[_Request]) -> list[tuple[Job, bool]]:
@@ -320,6 +320,11 @@ class JobQueue:
             buf = self._cache.get(BUCKET_KEY.format(number))
             if buf is not None:
                 yield number, buf
+
+    def get_many(self, job_ids: Iterable[str]) -> list[Job]:
+        """The jobs of ``job_ids`` still there, in order."""
+        with _map_errors():
+            return list(self._jobs(job_ids))
 
     def _jobs(self, ids: Iterable[str]) -> Iterator[Job]:
         """The jobs still there (one may be pruned between reading the index and reading it)."""
