@@ -69,6 +69,7 @@ from comfy.jobs.layout import (
     split_heavy,
     with_heavy,
 )
+from comfy.jobs import grid_records
 from comfy.jobs.leases import lease_live
 from comfy.jobs.records import FINAL, QUEUED, RUNNING, TAKEN_OVER_NOTE, UPDATABLE_FIELDS, Job, JobPage, JobState
 
@@ -325,6 +326,15 @@ class JobQueue:
         """The jobs of ``job_ids`` still there, in order."""
         with _map_errors():
             return list(self._jobs(job_ids))
+
+    def get_grid(self, grid_id: str) -> dict[str, Any]:
+        return grid_records.disk_get(self, grid_id)  # X/Y/Z plot records: comfy.jobs.grid_records
+
+    def delete_grid(self, grid_id: str) -> None:
+        grid_records.disk_delete(self, grid_id)
+
+    def grid_ids(self) -> list[str]:
+        return grid_records.disk_ids(self)
 
     def _jobs(self, ids: Iterable[str]) -> Iterator[Job]:
         """The jobs still there (one may be pruned between reading the index and reading it)."""

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from comfy.errors import ComfyError
-from comfy.jobs import grid_records
 from comfy.jobs.queue import JobQueue
 from comfy.jobs.records import JobState
 from comfy.storage.local import LocalStore
@@ -100,22 +99,17 @@ def prune(queue: JobQueue, store: LocalStore, *, older_than: float, backlog: Upl
 
 def _prune_grids(queue: JobQueue, store: LocalStore) -> tuple[int, set[str], int, int]:
     """Plots whose every cell is gone leave with their image: (removed, the ids kept, files, bytes)."""
-    disk = isinstance(queue, JobQueue)
-    ids = grid_records.disk_ids(queue) if disk else queue.grid_ids()  # type: ignore[attr-defined]
     live: set[str] = set()
     removed = files = size = 0
-    for grid_id in ids:
+    for grid_id in queue.grid_ids():
         try:
-            record = grid_records.disk_get(queue, grid_id) if disk else queue.get_grid(grid_id)  # type: ignore[attr-defined]
+            record = queue.get_grid(grid_id)
         except ComfyError:  # GridNotFound: only its id was left
             record = {"job_ids": []}
         if any(_exists(queue, job_id) for job_id in record["job_ids"]):
             live.add(grid_id)
             continue
-        if disk:
-            grid_records.disk_delete(queue, grid_id)
-        else:
-            queue.delete_grid(grid_id)  # type: ignore[attr-defined]
+        queue.delete_grid(grid_id)
         gone, freed = _remove_tree(store.outputs_dir / f"grid_{grid_id}")
         removed, files, size = removed + 1, files + gone, size + freed
     return removed, live, files, size
