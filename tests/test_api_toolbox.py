@@ -145,6 +145,10 @@ async def test_a_2x2_grid_over_rest(make_api) -> None:
         expected = compose_grid(cells, plan_grid(params, grid))
         assert Image.open(io.BytesIO(picture.content)).size == expected.size
         assert (await api.http.get(shown["image"], headers=beta)).status_code == 404
+        path = Path(api.studio.grid_image_path(await api.studio.grid(body["grid_id"])))
+        path.unlink()  # the file removed from the outputs by hand: a 404 that says so, not a 500
+        gone = await api.http.get(shown["image"], headers=alpha)
+        assert gone.status_code == 404 and "no longer in the outputs" in error_of(gone)["message"]
 
 
 GRID = {"x": {"param": "steps", "values": "1-2"}}
