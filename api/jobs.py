@@ -80,8 +80,9 @@ async def visible_job(ctx: ApiContext, caller: Caller, job_id: str) -> Job:
     return job
 
 
-def _engine_params(req: GenerateRequest, owner: str | None, key: str | None) -> dict[str, Any]:
-    params = req.engine_params()
+async def _engine_params(ctx: ApiContext, req: GenerateRequest, owner: str | None, key: str | None) -> dict[str, Any]:
+    # What the request leaves out (size, steps, CFG, sampler...) takes the model family's defaults.
+    params = await ctx.studio.with_family_defaults(req.engine_params(), req.left_out(), by_name=key is not None)
     if params["seed"] == RANDOM_SEED and key:
         params["seed"] = seed_from(owner, key, req.model_dump(exclude={"init_image"}))
     return params
@@ -104,7 +105,7 @@ async def _submit(ctx: ApiContext, req: GenerateRequest, caller: Caller, key: st
         raise ApiError(400, "invalid_request", "A grid is one job per cell: send it alone to POST /api/v1/jobs or "
                        "POST /api/v1/generate/, not in a batch.", field="grid")
     image, mask = await _images(req)
-    [job] = await ctx.studio.submit(_engine_params(req, caller.owner, key), image=image, mask=mask,
+    [job] = await ctx.studio.submit(await _engine_params(ctx, req, caller.owner, key), image=image, mask=mask,
                                     idempotency_key=key, owner=caller.owner)
     return job
 
@@ -114,7 +115,7 @@ async def _submit_grid(ctx: ApiContext, req: GenerateRequest, caller: Caller, re
     """202 {grid_id, job_ids, location} for a request with a ``grid``; the same Idempotency-Key and body
     answer the same grid, another body 409."""
     image, mask = await _images(req)
-    record = await ctx.studio.submit_grid(_engine_params(req, caller.owner, key), req.grid or {},
+    record = await ctx.studio.submit_grid(await _engine_params(ctx, req, caller.owner, key), req.grid or {},
                                           confirmed=req.grid_confirmed, image=image, mask=mask, owner=caller.owner,
                                           idempotency_key=key)
     location = f"{root_of(request)}{API_PREFIX}/grids/{record['grid_id']}"

@@ -114,6 +114,11 @@ class GenerateRequest(BaseModel):
             data["cfg_scale"] = cfg
         return data
 
+    def left_out(self) -> set[str]:
+        """The engine's names of the generation fields this request did not set (the family fills them in)."""
+        given = {"cfg" if name == "cfg_scale" else name for name in self.model_fields_set}
+        return {"width", "height", "steps", "cfg", "sampler", "scheduler", "guidance"} - given
+
     def engine_params(self) -> dict[str, Any]:
         """The engine's :class:`GenerationParams` fields (``cfg_scale`` is ``cfg`` there), without the images."""
         values = self.model_dump(exclude={"init_image", "mask", "cfg_scale", "grid", "grid_confirmed"})

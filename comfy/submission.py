@@ -11,12 +11,16 @@ seed when it runs, so a retry is the same image).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from comfy import graph as workflows
-from comfy.errors import WorkflowError
+from comfy.errors import ComfyError, WorkflowError
 from comfy.graph import masks
+from comfy.graph.families import family_of
+from comfy.graph.features import check_output_size
 from comfy.graph.file_inputs import check_file_inputs
 from comfy.graph.images import FittedImage, fit_image
 from comfy.graph.object_info import ObjectInfo
@@ -116,6 +120,7 @@ class Submission:
                                     "pixels on each side.", field="image")
             # img2img runs at the image's own size (fitted to the limits), and records that size.
             params = dataclasses.replace(params, init_image=name, width=fitted.width, height=fitted.height)
+            check_output_size(params, self.limits.max_width, self.limits.max_height)
             note = fitted.note
             if mask is not None:
                 mask_name, kept = await asyncio.to_thread(self._keep_image, mask, multiple=8, field="mask")
@@ -140,9 +145,33 @@ class Submission:
         probe = dataclasses.replace(params, init_image=UPLOAD_PLACEHOLDER if params.init_image else None,
                                     mask=MASK_PLACEHOLDER if params.mask else None)
         metadata = await family_metadata(params, info, self._metadata_source())
-        self.toolbox.prepare(probe, info, mask_png=mask_png, checkpoint_metadata=metadata).graph(
-            info, pending_uploads=True)
+        ready = self.toolbox.prepare(probe, info, mask_png=mask_png, checkpoint_metadata=metadata)
+        for name in ("prompt", "negative_prompt"):
+            ran = len(getattr(ready.params, name))
+            if ran > self.limits.max_prompt_length:
+                raise WorkflowError(f"With its styles and wildcards the {name.replace('_', ' ')} is {ran} characters;"
+                                    f" the limit is {self.limits.max_prompt_length}: use fewer styles.",
+                                    field="styles" if params.styles else name)
+        ready.graph(info, pending_uploads=True)
         return params
+
+    async def with_family_defaults(self, values: dict[str, Any], left_out: Collection[str], *,
+                                   by_name: bool = False) -> dict[str, Any]:
+        """``values`` with the fields in ``left_out`` set to the defaults of the model family: the one chosen,
+        else the checkpoint's (its metadata, else its name): SDXL at 1024×1024, Flux at CFG 1 with guidance.
+
+        ``by_name``: decide by the checkpoint's name alone (under an idempotency key: a retry while the server
+        is away must come to the same request)."""
+        if not left_out:
+            return values
+        info = await self.object_info()
+        checkpoint = values.get("checkpoint") or (workflows.default_checkpoint(info) if info else None)
+        metadata, source = None, None if by_name else self._metadata_source()
+        if values.get("family") is None and source is not None and checkpoint:
+            with contextlib.suppress(ComfyError):  # unreachable now: the name decides
+                metadata = await source(checkpoint)
+        defaults = family_of(values.get("family"), checkpoint, metadata).defaults()
+        return {**values, **{name: defaults[name] for name in left_out if name in defaults}}
 
     def _metadata_source(self) -> MetadataOf | None:
         """Where a checkpoint's metadata is asked (the one ComfyUI server; a pool's family comes from the name)."""

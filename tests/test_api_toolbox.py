@@ -105,6 +105,11 @@ async def test_inpainting_and_outpainting_over_rest(api: Api, fake_comfy: FakeCo
      "more than 64"),
     ({"grid": {"x": {"param": "colour", "values": [1, 2]}}}, 400, "grid.x.param", "not a plot parameter"),
     ({"loras": [{"name": "x", "weight": 1}]}, 422, None, "weight"),
+    ({"loras": [{"name": LORAS[0]}] * 33}, 400, "loras", "33 LoRAs is more than the 32"),
+    ({"styles": ["Cinematic"] * 17}, 400, "styles", "17 styles is more than the 16"),
+    ({"styles": ["Cinematic"] * 16, "prompt": "x" * 9_000}, 400, "styles", "use fewer styles"),
+    ({"width": 1024, "height": 1024, "hires": {"scale": 4}}, 400, "hires.scale", "4096×4096 image; the most"),
+    ({"init_image": b64png(64, 64), "outpaint": {"left": 4096}}, 400, "outpaint", "add fewer pixels"),
 ])
 async def test_bad_input_gets_a_sentence_naming_the_field(api: Api, fields: dict[str, Any], status: int,
                                                           field: str | None, words: str) -> None:
@@ -226,3 +231,21 @@ async def test_delete_cancels_every_cell_of_a_grid_owner_scoped(make_api, fake_c
             assert (await api.http.get(f"/api/v1/jobs/{job_id}", headers=alpha)).json()["status"] == "cancelled"
         assert (await api.http.get(body["location"], headers=alpha)).json()["status"] == "cancelled"
         assert (await api.http.delete("/api/v1/grids/0123456789abcdef", headers=alpha)).status_code == 404
+
+
+async def test_what_a_request_leaves_out_takes_its_model_familys_defaults(api: Api) -> None:
+    async def queued(body: dict[str, Any]) -> dict[str, Any]:
+        answer = await api.http.post("/api/v1/jobs", json=body)
+        assert answer.status_code == 202, answer.text
+        return (await api.studio.job(answer.json()["job_id"])).params
+
+    sdxl = await queued({"prompt": "a fox", "checkpoint": "sd_xl_base_1.0.safetensors"})
+    assert (sdxl["width"], sdxl["height"], sdxl["steps"], sdxl["cfg"], sdxl["sampler"], sdxl["scheduler"]) == \
+        (1024, 1024, 25, 6.0, "dpmpp_2m", "karras")
+    flux = await queued({"prompt": "a fox", "checkpoint": "flux1-dev-fp8.safetensors", "cfg": 2.0})
+    assert (flux["cfg"], flux["guidance"], flux["width"]) == (2.0, 3.5, 1024)  # what it sets always wins
+    chosen = await queued({"prompt": "a fox", "checkpoint": "random-sd15.safetensors", "family": "sdxl",
+                           "width": 832, "height": 1216})
+    assert (chosen["width"], chosen["height"], chosen["steps"]) == (832, 1216, 25)
+    sd15 = await queued({"prompt": "a fox", "checkpoint": "random-sd15.safetensors"})
+    assert (sd15["width"], sd15["steps"], sd15["cfg"]) == (512, 20, 7.0)

@@ -232,6 +232,10 @@ async def test_the_family_is_read_from_the_checkpoints_metadata(studio: Studio, 
     captured = await studio.client.checkpoint_metadata("random-sd15.safetensors")  # the real server's answer
     assert isinstance(captured, dict) and detect_family("random-sd15.safetensors", captured) == "sd15"
     assert await studio.client.checkpoint_metadata("sd_xl_base_1.0.safetensors") is None  # 404: none kept
+    await studio.client.object_info()
+    for name in ("bogus-1.safetensors", "bogus-2.safetensors"):  # not the server's files: never asked, never kept
+        assert await studio.client.checkpoint_metadata(name) is None
+    assert not any(name.startswith("bogus") for name in studio.client._checkpoint_metadata)
     _, graph, meta = await run(studio, {"checkpoint": "sd_xl_base_1.0.safetensors"})  # then the name decides
     assert meta["toolbox"]["family"] == "sdxl"
 

@@ -264,3 +264,14 @@ def test_the_output_size_of_each_kind() -> None:
     outpaint = GenerationParams(prompt="x", init_image="i.png", outpaint={"left": 64, "bottom": 128})
     assert output_size(outpaint, (512, 512)) == (576, 640)
     assert output_size(outpaint) is None
+
+
+def test_a_broken_users_csv_is_left_out_and_the_other_styles_still_load(tmp_path, caplog) -> None:
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    (folder / "mine.csv").write_text("name,prompt,negative_prompt\nInk,\"ink wash of {prompt}\",\n")
+    (folder / "broken.csv").write_bytes(b"\xff\xfe not text")
+    with caplog.at_level("WARNING"):
+        styles = load_styles(SHIPPED_STYLES, folder)
+    assert "Ink" in styles and "Cinematic" in styles  # the user's good file and the shipped ones
+    assert "broken.csv is left out" in caplog.text and "UTF-8" in caplog.text

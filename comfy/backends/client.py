@@ -218,7 +218,11 @@ class ComfyClient:
     async def checkpoint_metadata(self, filename: str) -> dict[str, Any] | None:
         """``GET /view_metadata/checkpoints?filename=...``: the safetensors header's ``__metadata__`` (for the
         model family), cached per file; None when the file has none (404) or the server cannot say."""
+        if self._object_info is not None and filename not in self._object_info.checkpoints:
+            return None  # not one of its files: nothing to ask, nothing to keep
         if filename not in self._checkpoint_metadata:
+            if len(self._checkpoint_metadata) >= 1024:  # a bound, whatever the server lists
+                self._checkpoint_metadata.clear()
             try:
                 response = await self._request("GET", "/view_metadata/checkpoints", "view_metadata",
                                                params={"filename": filename})

@@ -20,7 +20,7 @@ from typing import Any
 
 from comfy.errors import WorkflowError
 
-__all__ = ["Lora", "Hires", "Outpaint", "FAMILIES", "LATENT_UPSCALER", "loras_of", "hires_of", "outpaint_of",
+__all__ = ["Lora", "Hires", "Outpaint", "FAMILIES", "LATENT_UPSCALER", "loras_of", "hires_of", "outpaint_of", "check_output_size", "MAX_LORAS", "MAX_STYLES",
            "hires_size", "check_features", "MAX_MASK_BLUR"]
 
 #: The model families the builder knows (see :mod:`comfy.graph.families`).
@@ -30,6 +30,9 @@ LATENT_UPSCALER = "latent"
 #: ImageBlur's sigma goes up to 10 (and its radius to 31 = 2.5 × 12): the largest A1111-style mask blur.
 MAX_MASK_BLUR = 10
 _MAX_PIXELS = 16384  # the largest size ComfyUI's image and latent nodes accept
+#: LoRAs one image may chain, and styles it may take (each style wraps the prompt once more).
+MAX_LORAS = 32
+MAX_STYLES = 16
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,9 @@ def loras_of(raw: Any) -> list[Lora]:
         return []
     if isinstance(raw, (str, dict)) or not isinstance(raw, (list, tuple)):
         raise WorkflowError('loras must be a list like [{"name": "file.safetensors", "strength": 1.0}].',
+                            field="loras")
+    if len(raw) > MAX_LORAS:
+        raise WorkflowError(f"{len(raw)} LoRAs is more than the {MAX_LORAS} one image may chain; drop some.",
                             field="loras")
     chain = []
     for index, item in enumerate(raw):
@@ -193,6 +199,9 @@ def check_features(params: Any) -> None:
     if styles is not None and (isinstance(styles, str) or not isinstance(styles, (list, tuple))
                                or not all(isinstance(s, str) and s.strip() for s in styles)):
         raise WorkflowError('styles must be a list of style names, like ["Cinematic"].', field="styles")
+    if styles is not None and len(styles) > MAX_STYLES:
+        raise WorkflowError(f"{len(styles)} styles is more than the {MAX_STYLES} one image may take; drop some.",
+                            field="styles")
     for name, high in (("mask_blur", MAX_MASK_BLUR), ("mask_grow", 256), ("inpaint_padding", 1024)):
         value = getattr(params, name)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -216,6 +225,24 @@ def check_features(params: Any) -> None:
             if size > _MAX_PIXELS:
                 raise WorkflowError(f"hires would make a {size}-pixel side; the most is {_MAX_PIXELS}: "
                                     "lower hires.scale.", field="hires.scale")
+
+
+def check_output_size(params: Any, max_width: int, max_height: int) -> None:
+    """Refuse a hires fix or an outpaint whose output would pass the studio's size limits (for an init
+    image, call it once ``width``/``height`` are the image's)."""
+    hires, outpaint = hires_of(params.hires), outpaint_of(params.outpaint)
+    if hires is not None:
+        width, height = hires_size(params.width, params.height, hires.scale)
+        field, fix = "hires.scale", "lower hires.scale or the size"
+    elif outpaint is not None:
+        width = params.width + outpaint.left + outpaint.right
+        height = params.height + outpaint.top + outpaint.bottom
+        field, fix = "outpaint", "add fewer pixels"
+    else:
+        return
+    if width > max_width or height > max_height:
+        raise WorkflowError(f"That makes a {width}×{height} image; the most this studio makes is "
+                            f"{max_width}×{max_height} (STUDIO_MAX_WIDTH × STUDIO_MAX_HEIGHT): {fix}.", field=field)
 
 
 def _no_unknown_keys(raw: dict[str, Any], known: tuple[str, ...], where: str) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from comfy.errors import WorkflowError
-from comfy.graph.features import check_features
+from comfy.graph.features import check_features, check_output_size
 
 __all__ = ["GenerationParams", "Limits", "MAX_SEED", "RANDOM_SEED", "seed_from"]
 
@@ -156,6 +156,8 @@ class GenerationParams:
         if self.seed != RANDOM_SEED:
             _in_range("seed", self.seed, 0, MAX_SEED)
         check_features(self)
+        if not self.init_image:  # with an image, once its size is known (see comfy.submission)
+            check_output_size(self, limits.max_width, limits.max_height)
         return self
 
 

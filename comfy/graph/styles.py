@@ -17,11 +17,14 @@ from __future__ import annotations
 import csv
 import difflib
 import io
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from comfy.errors import WorkflowError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Style", "SHIPPED_STYLES", "parse_styles_csv", "load_styles", "styles_csv", "apply_styles",
            "merge_prompt", "resolve_styles"]
@@ -84,9 +87,31 @@ def load_styles(*paths: Path | str) -> dict[str, Style]:
     for path in map(Path, paths):
         files = sorted(path.glob("*.csv")) if path.is_dir() else [path] if path.is_file() else []
         for file in files:
-            for style in parse_styles_csv(file.read_bytes(), source=file.name):
+            for style in _parsed(file):
                 styles[style.name] = style
     return styles
+
+
+def _parsed(file: Path) -> tuple[Style, ...]:
+    """A CSV's styles, parsed again only when the file changed; a file that cannot be read is left out with
+    one warning (a user's broken CSV must not stop every generation, with styles or without)."""
+    try:
+        stat = file.stat()
+        key = (str(file), stat.st_mtime_ns, stat.st_size)
+        if key not in _PARSED:
+            if len(_PARSED) > 256:
+                _PARSED.clear()
+            _PARSED[key] = tuple(parse_styles_csv(file.read_bytes(), source=file.name))
+        return _PARSED[key]
+    except (OSError, WorkflowError) as exc:
+        if (file, str(exc)) not in _WARNED:
+            _WARNED.add((file, str(exc)))
+            logger.warning("Styles file %s is left out: %s", file.name, exc)
+        return ()
+
+
+_PARSED: dict[tuple[str, int, int], tuple[Style, ...]] = {}
+_WARNED: set[tuple[Path, str]] = set()
 
 
 def styles_csv(styles: Iterable[Style]) -> str:

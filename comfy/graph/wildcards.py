@@ -31,6 +31,7 @@ _MAX_DEPTH = 24
 _MAX_OUTPUT = 100_000
 _NAME = re.compile(r"^[\w][\w\- ./]*$")
 _WILDCARD = re.compile(r"__([\w][\w\- ./]*?)__")
+_PLAIN = re.compile(r"[^{_]+")
 
 
 def has_wildcards(text: str) -> bool:
@@ -70,28 +71,33 @@ class _Expander:
         self.draws += 1
         return int.from_bytes(hashlib.sha256(material).digest()[:8], "big") % count
 
-    def run(self, text: str, chain: tuple[str, ...]) -> str:
-        if len(chain) > _MAX_DEPTH:
-            raise WorkflowError(f"Wildcards nest more than {_MAX_DEPTH} deep ({' → '.join(chain)}); "
-                                "simplify them.", field="prompt")
+    def run(self, text: str, chain: tuple[str, ...], braces: int = 0) -> str:
+        if len(chain) > _MAX_DEPTH or braces > _MAX_DEPTH:
+            what = " → ".join(chain) if len(chain) > _MAX_DEPTH else "{...} choices"
+            raise WorkflowError(f"Wildcards nest more than {_MAX_DEPTH} deep ({what}); simplify them.",
+                                field="prompt")
+        closing = _closing_braces(text)  # one pass: an unclosed brace no longer costs a scan per character
         out: list[str] = []
-        pos = 0
+        size = pos = 0
         while pos < len(text):
             char = text[pos]
-            if char == "{" and (end := _closing_brace(text, pos)) > pos:
+            if char == "{" and (end := closing.get(pos, -1)) > pos:
                 options = _split_options(text[pos + 1:end])
                 if len(options) == 1:  # {word} without a choice is the artist's text, kept as written
-                    out.append("{" + self.run(options[0], chain) + "}")
+                    piece = "{" + self.run(options[0], chain, braces + 1) + "}"
                 else:
-                    out.append(self.run(options[self.pick(len(options))], chain))
+                    piece = self.run(options[self.pick(len(options))], chain, braces + 1)
                 pos = end + 1
             elif text.startswith("__", pos) and (match := _WILDCARD.match(text, pos)):
-                out.append(self.wildcard(match.group(1), chain))
+                piece = self.wildcard(match.group(1), chain)
                 pos = match.end()
             else:
-                out.append(char)
-                pos += 1
-            if sum(map(len, out)) > _MAX_OUTPUT:
+                plain = _PLAIN.match(text, pos)  # a run of ordinary characters at once
+                piece = plain.group() if plain and plain.end() > pos else char
+                pos += len(piece)
+            out.append(piece)
+            size += len(piece)
+            if size > _MAX_OUTPUT:
                 raise WorkflowError(f"The wildcards expand to over {_MAX_OUTPUT} characters; simplify them.",
                                     field="prompt")
         return "".join(out)
@@ -128,16 +134,15 @@ class _Expander:
                             field="prompt")
 
 
-def _closing_brace(text: str, start: int) -> int:
-    depth = 0
-    for index in range(start, len(text)):
-        if text[index] == "{":
-            depth += 1
-        elif text[index] == "}":
-            depth -= 1
-            if depth == 0:
-                return index
-    return -1  # an unclosed brace is plain text
+def _closing_braces(text: str) -> dict[int, int]:
+    """Each ``{`` that is closed, to its ``}``; an unclosed brace is plain text (so not in the map)."""
+    pairs, open_at = {}, []
+    for index, char in enumerate(text):
+        if char == "{":
+            open_at.append(index)
+        elif char == "}" and open_at:
+            pairs[open_at.pop()] = index
+    return pairs
 
 
 def _split_options(body: str) -> list[str]:
