@@ -261,8 +261,11 @@ async def test_a_toolbox_job_on_runpod_sends_the_mask_as_a_second_image(tmp_path
     assert meta["toolbox"]["vae"] == inputs_of(graph, "VAELoader")["vae_name"] == VAES[0]
 
 
-async def test_a_grid_is_queued_whole_or_not_at_all(studio: Studio, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_grid_is_queued_whole_or_not_at_all(studio: Studio, monkeypatch: pytest.MonkeyPatch,
+                                                    toolbox_comfy: FakeComfy) -> None:
     from comfy.errors import QueueError
+
+    toolbox_comfy.hold = True  # a cell the worker already took waits on ComfyUI, and is stopped there
 
     async def broken(record: dict[str, Any]) -> None:
         raise QueueError("The job store is full.")
@@ -270,8 +273,9 @@ async def test_a_grid_is_queued_whole_or_not_at_all(studio: Studio, monkeypatch:
     monkeypatch.setattr(studio.store, "save_grid", broken)
     with pytest.raises(QueueError, match="full"):
         await studio.submit_grid(BASE, {"x": {"param": "steps", "values": "1-3"}})
-    listed = (await studio.store.list(limit=100)).jobs
+    listed = [await studio.wait(job.id, timeout=30) for job in (await studio.store.list(limit=100)).jobs]
     assert len(listed) == 3 and all(job.state is JobState.CANCELLED for job in listed)  # no orphan cell runs
+    toolbox_comfy.hold = False
     calls: list[int] = []
     real = studio.store.enqueue_many
 
