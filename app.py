@@ -27,7 +27,7 @@ from api.app import create_api
 from api.guard import BodyLimitMiddleware
 from comfy import ConfigError, Settings, Studio, load_settings, redact_url
 from comfy.auth import PasswordChecker
-from comfy.storage.sharing import outputs_sharing
+from comfy.storage.sharing import inputs_sharing, outputs_sharing
 from ui import CSS, HEAD, build_ui, outputs_paths
 from ui.files import OwnedFiles, PageCopies, page_user
 from ui.logins import PageLogins, page_auth
@@ -216,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"replica and worker on it; this replica runs the {role}", flush=True)
         fine, sentence = outputs_sharing(settings)
         print(sentence if fine else f"Warning: {sentence}", flush=True)
+        if (inputs := inputs_sharing(settings)) is not None:
+            print(f"Warning: {inputs}", flush=True)
     server.run()
     return 0
 

@@ -191,7 +191,13 @@ async def _generate(studio: Studio, args: argparse.Namespace) -> int:
         print(f"queued job {job.id} (seed {job.params.get('seed', '-')})", file=sys.stderr)
     if args.no_wait:
         return EXIT_OK
-    await studio.start(worker=studio.settings.run_worker, serving=False)  # STUDIO_WORKER=0: workers elsewhere run it
+    # On a shared Redis queue the cluster's workers run it: a worker here would take anyone's jobs to this
+    # machine's backend and keep their images here. STUDIO_WORKER=0 says the same for a disk queue.
+    shared = studio.settings.redis_url is not None
+    if shared:
+        print("the queue is shared (REDIS_URL): the workers on it run these jobs ('python -m comfy worker' "
+              "starts one)", file=sys.stderr)
+    await studio.start(worker=studio.settings.run_worker and not shared, serving=False)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     failed = 0
     try:

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -437,13 +437,23 @@ class Settings(BaseSettings):
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password (``redis://user:***@host:6379/0``), to show or log."""
+    """``url`` without its password, in the address or in the query as redis-py also reads it, to show or log.
+
+    >>> redact_url("redis://user:hunter2@host:6379/0"), redact_url("unix:///run/redis.sock?password=hunter2&db=0")
+    ('redis://user:***@host:6379/0', 'unix:///run/redis.sock?password=***&db=0')
+    """
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    if parts.query:
+        query = [(key, "***" if "password" in key.lower() else value)
+                 for key, value in parse_qsl(parts.query, keep_blank_values=True)]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    # Written out by hand: geturl() drops the // of an empty host (unix:///path.sock).
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "") + \
+        (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def _parse_headers(raw: str) -> dict[str, str]:

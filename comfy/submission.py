@@ -253,6 +253,11 @@ class Submission:
 
         Decoding is CPU work: call it in a thread.
         """
+        if self.settings.redis_url is not None and not self.settings.shared_data:
+            # The worker that runs the job may be on another machine: it reads the kept image from its own disk.
+            raise WorkflowError("This studio shares its queue (REDIS_URL) but not its data folder, so an image "
+                                "kept here cannot reach a worker on another machine. Mount one STUDIO_DATA_DIR on "
+                                "every replica and worker and set STUDIO_SHARED_DATA=1.", field=field)
         fitted = fit_image(data, max_width=self.limits.max_width, max_height=self.limits.max_height,
                            max_bytes=self.settings.max_upload_bytes, multiple=multiple, field=field)
         return self.files.save_input(fitted.data).name, fitted

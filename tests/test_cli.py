@@ -13,6 +13,7 @@ import pytest
 from comfy.graph import pngmeta
 from tests.fakes.comfyui import FakeComfy
 from tests.fixtures_util import COMFY
+from tests.redis_support import redis_prefix, redis_server  # noqa: F401 - fixtures
 from tests.toolbox_support import inputs_of
 
 ROOT = Path(__file__).parent.parent
@@ -93,3 +94,22 @@ def test_status_lists_every_backend(tmp_path: Path, fake_comfy: FakeComfy) -> No
     assert (first["url"], first["state"], first["reachable"]) == (fake_comfy.url, "up", True)
     assert (second["url"], second["reachable"]) == ("http://127.0.0.1:9", False)
     assert second["state"] in ("down", "probing") and "Cannot reach" in second["error"]
+
+
+def test_generate_on_a_shared_redis_queue_takes_no_one_elses_job(tmp_path: Path, fake_comfy: FakeComfy,
+                                                                 redis_server, redis_prefix) -> None:  # noqa: F811
+    shared = {"REDIS_URL": redis_server.url, "REDIS_PREFIX": redis_prefix}
+
+    def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "COMFYUI_URL": fake_comfy.url, "STUDIO_DATA_DIR": str(tmp_path / "data"),
+               "PYTHONPATH": str(ROOT), **shared}
+        return subprocess.run([sys.executable, "-m", "comfy", *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    theirs = cli("generate", "someone else's", "--steps", "2", "--width", "64", "--height", "64", "--no-wait")
+    assert theirs.returncode == 0, theirs.stderr
+    mine = cli("generate", "mine", "--steps", "2", "--width", "64", "--height", "64", "--timeout", "3")
+    assert mine.returncode != 0 and "the workers on it run these jobs" in mine.stderr
+    assert fake_comfy.prompts == []  # it ran neither: a worker runs them, on its own machine
+    assert cli("worker", "--burst").returncode == 0
+    assert len(fake_comfy.prompts) == 2

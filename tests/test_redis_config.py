@@ -50,6 +50,10 @@ def test_the_password_is_a_secret_and_has_a_redacted_form(tmp_path: Path) -> Non
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
     assert s.redis_url_redacted == "rediss://studio:***@cache.example:6380/0"
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    # redis-py reads a password from the query too (the usual way for a unix socket): hidden as well.
+    assert redact_url("unix:///run/redis/redis.sock?password=hunter2&db=0") == \
+        "unix:///run/redis/redis.sock?password=***&db=0"
+    assert "hunter2" not in redact_url("rediss://h:6380/0?ssl_password=hunter2&password=hunter2")
     assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
 
 

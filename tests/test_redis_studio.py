@@ -156,3 +156,47 @@ def test_hiredis_packing_sends_the_same_bytes_on_every_kind_of_connection(url: s
     for command in (("EVALSHA", "ab12", 0, "studio", "\u00e9t\u00e9", "null", b"\x00bytes"), ("CLIENT SETINFO", "LIB-NAME", "x"),
                     ("SET", "k", "v", "PX", 10000)):
         assert b"".join(fast.pack_command(*command)) == b"".join(plain.pack_command(*command))
+
+
+async def test_an_uploaded_image_needs_a_data_folder_every_worker_shares(
+        tmp_path, fake_comfy: FakeComfy, redis_server, redis_prefix) -> None:  # noqa: F811
+    from comfy.errors import WorkflowError
+    from tests.toolbox_support import png_bytes
+
+    init = GenerationParams(prompt="paint it", steps=2, seed=3, width=64, height=64, denoise=0.5)
+    async with Studio(redis_settings(tmp_path, fake_comfy.url, redis_server, redis_prefix)) as studio:
+        with pytest.raises(WorkflowError, match="STUDIO_SHARED_DATA=1") as refused:
+            await studio.submit(init, image=png_bytes(64, 64))  # a worker elsewhere could not read it
+        assert refused.value.field == "image"
+        assert sum((await studio.store.counts()).values()) == 0
+    shared = redis_settings(tmp_path, fake_comfy.url, redis_server, redis_prefix, name="b", shared_data=True)
+    async with Studio(shared) as studio:
+        studio.worker.poll_interval = 0.02
+        await studio.start()
+        [job] = await studio.submit(init, image=png_bytes(64, 64))
+        assert (await studio.wait(job.id, timeout=30)).state is JobState.SUCCEEDED
+
+
+async def test_members_are_read_from_the_heartbeat_index_not_by_scanning(redis_server, redis_prefix) -> None:  # noqa: F811
+    from comfy.jobs.presence import Presence, members
+
+    store = RedisStore.from_url(redis_server.url, prefix=redis_prefix)
+    try:
+        for n in range(3):
+            await store.enqueue({"prompt": f"job {n}"})  # keys a SCAN would walk through
+        replica = Presence(store.client, prefix=redis_prefix, member_id="replica-1", role="replica")
+        worker = Presence(store.client, prefix=redis_prefix, member_id="worker-1", role="worker", ttl=0.2)
+        await replica.beat()
+        await worker.beat()
+
+        def no_scan(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("members() scanned the keyspace")
+
+        store.client.scan_iter = no_scan  # type: ignore[method-assign]
+        assert {m["id"] for m in await members(store.client, redis_prefix)} == {"replica-1", "worker-1"}
+        await asyncio.sleep(0.3)  # the worker's heartbeat expired (as after kill -9)
+        assert [m["id"] for m in await members(store.client, redis_prefix)] == ["replica-1"]
+        await replica.leave()
+        assert await members(store.client, redis_prefix) == []
+    finally:
+        await store.close()

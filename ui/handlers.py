@@ -42,6 +42,7 @@ from ui.streams import PageStreams
 from ui.endpoints import NamedEndpoints
 from ui.errors import _owner, friendly
 from ui.files import PageCopies
+from ui.toolbox_handlers import ToolboxHandlers
 
 __all__ = ["Handlers", "FORM_FIELDS", "friendly", "storable_form"]
 
@@ -59,7 +60,7 @@ HISTORY_IMAGES = 100  # images of one history page in its gallery (25 jobs; a ba
 STATUS_COUNTS_TTL = 1.0  # seconds the header's queue counts are reused across pages  # pages whose followed jobs are kept; the least recently active is forgotten first
 
 
-class Handlers(NamedEndpoints):
+class Handlers(NamedEndpoints, ToolboxHandlers):
     """The UI's behaviour, bound to one :class:`Studio` (shared by every browser session)."""
 
     def __init__(self, studio: Studio, *, auth_on: bool = False, keys_on: bool = False,
@@ -155,8 +156,9 @@ class Handlers(NamedEndpoints):
 
     # -- generating -------------------------------------------------------------------------------
 
-    def _params(self, values: dict[str, Any], *, img2img: bool) -> GenerationParams:
-        """The form as parameters; every number is checked by the engine, never clamped here."""
+    def _params(self, values: dict[str, Any], *, img2img: bool,
+                toolbox: dict[str, Any] | None = None) -> GenerationParams:
+        """The form as parameters, with the toolbox's; every number is checked by the engine, never clamped here."""
 
         def number(name: str, default: float, kind: type) -> Any:
             value = values.get(name)
@@ -174,7 +176,7 @@ class Handlers(NamedEndpoints):
         else:
             params["width"] = number("width", 512, int)
             params["height"] = number("height", 512, int)
-        return GenerationParams.from_dict(params)
+        return GenerationParams.from_dict({**params, **(toolbox or {})})
 
     @friendly
     async def generate(self, mode: str, image: str | None, prompt: str, negative_prompt: str, checkpoint: str | None,
@@ -185,15 +187,17 @@ class Handlers(NamedEndpoints):
         values = {"prompt": prompt, "negative_prompt": negative_prompt, "checkpoint": checkpoint, "sampler": sampler,
                   "scheduler": scheduler, "steps": steps, "cfg": cfg, "seed": seed, "width": width, "height": height,
                   "batch_size": batch_size, "batch_count": batch_count, "denoise": denoise}
+        return await self._queue(values, mode, image, request)
+
+    async def _queue(self, values: dict[str, Any], mode: str, image: str | None, request: gr.Request, *,
+                     toolbox: dict[str, Any] | None = None, mask: bytes | None = None) -> tuple[list[str], int]:
         img2img = mode == "img2img"
-        params = self._params(values, img2img=img2img)  # checked before the image is read
+        params = self._params(values, img2img=img2img, toolbox=toolbox)  # checked before the image is read
+        batch_count = values.get("batch_count")
         count = whole("batch_count", batch_count) if batch_count not in (None, "") else 1
-        data = None
-        if img2img:
-            if not image:
-                raise WorkflowError("Image to image needs an image: upload or paste one first.", field="image")
-            data = await asyncio.to_thread(Path(image).read_bytes)
-        jobs = await self.studio.submit(params, count=count, image=data, owner=_owner(request, self.auth_on))
+        data = await self._init_image(image) if img2img else None
+        jobs = await self.studio.submit(params, count=count, image=data, mask=mask if img2img else None,
+                                        owner=_owner(request, self.auth_on))
         await self._watch(request, [job.id for job in jobs])
         size = f", {jobs[0].params['width']}×{jobs[0].params['height']}" if img2img and jobs else ""
         gr.Info(f"Queued {len(jobs)} job(s)" + (f", seed {jobs[0].params['seed']}" if jobs else "") + size + ".")

@@ -22,6 +22,9 @@ from ui.history_tab import build_history_tab, wire_history_tab
 from ui.inputs import uploaded_image
 from ui.style import CSS, HEAD
 from ui.workflow_tab import build_workflow_tab
+from ui.plot_tab import build_plot
+from ui.toolbox import RESTORED_FIELDS
+from ui.toolbox_panel import build_inpaint, build_toolbox, restored_outputs, wire_toolbox
 
 __all__ = ["build_ui", "CSS", "HEAD", "uploaded_image"]
 
@@ -39,6 +42,7 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
         form_store = gr.BrowserState({}, storage_key="comfyui-studio-form", secret=browser_secret)
         shape_store = gr.BrowserState(["1:1", 512], storage_key="comfyui-studio-shape", secret=browser_secret)
         jobs_store = gr.BrowserState([], storage_key="comfyui-studio-jobs", secret=browser_secret)
+        toolbox_store = gr.BrowserState({}, storage_key="comfyui-studio-toolbox", secret=browser_secret)
         watched = gr.State([])
         last_seed = gr.State(None)
         mode = gr.State("txt2img")
@@ -76,6 +80,7 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
                                             f"{limits.max_width}×{limits.max_height} (sides in multiples of 8).",
                                             elem_id="img2img-size")
                                 denoise = _number("Denoise strength", 0.6, 0.0, 1.0, step=0.01, whole=False)
+                                inpaint = build_inpaint()
                         with gr.Accordion("Model and sampler", open=True):
                             with gr.Row():
                                 checkpoint = gr.Dropdown([], label="Checkpoint", scale=4, elem_id="checkpoint")
@@ -93,6 +98,8 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
                             with gr.Row():
                                 batch_size = _number("Batch size", 1, 1, limits.max_batch_size)
                                 batch_count = _number("Batch count", 1, 1, 100)
+                        toolbox = build_toolbox()
+                        plot = build_plot()
 
                     with gr.Tab("Workflow", id="workflow") as workflow_tab:
                         wf = build_workflow_tab(h, studio, watched, lambda: [progress, preview, gallery])
@@ -138,12 +145,27 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
         # Generate returns at once; the watcher streams (concurrency_limit=None: waiting on ComfyUI is I/O).
         txt2img_tab.select(lambda: "txt2img", None, mode, **private)
         img2img_tab.select(lambda: "img2img", None, mode, **private)
-        generate.click(h.generate, [mode, init_image, *form], [watched, last_seed], concurrency_limit=None,
+        generate.click(h.generate_toolbox, [mode, init_image, *form, *toolbox.inputs, *inpaint.inputs],
+                       [watched, last_seed], concurrency_limit=None,
                        api_name="ui_generate", **private).then(lambda ids: ids, watched, jobs_store, **private).then(
             h.watch, None, [progress, preview, gallery], **watch_kwargs)
         stop.click(h.stop, None, None, concurrency_limit=None, **private)
+        # The toolbox: its lists, LoRA rows, the mask editor; the X/Y/Z plot fills its grid in as cells finish.
+        lists = [*toolbox.names, toolbox.fields["vae"], toolbox.fields["hires_upscaler"], toolbox.fields["styles"]]
+        wire_toolbox(toolbox, inpaint, init_image, checkpoint)
+        restored = restored_outputs(toolbox, inpaint)
+        kept = restored[:len(RESTORED_FIELDS)]  # the toolbox as this browser keeps it across reloads
+        demo.load(h.toolbox_lists, lists, lists, **private).then(h.restore_toolbox, toolbox_store, restored, **private)
+        gr.on([c.change for c in kept], lambda *v: dict(zip(RESTORED_FIELDS, v)), kept, toolbox_store,
+              trigger_mode="always_last", show_progress="hidden", **private)
+        plotted = plot.run.click(h.run_plot, [mode, init_image, *form, *toolbox.inputs, *inpaint.inputs,
+                                              *plot.inputs], [watched, plot.grid_id, plot.grid, plot.status],
+                                 concurrency_limit=None, **private)
+        plotted.success(h.watch_plot, plot.grid_id, [plot.grid, plot.status], **watch_kwargs)
+        plotted.then(lambda ids: ids, watched, jobs_store, **private).then(
+            h.watch, None, [progress, preview, gallery], **watch_kwargs)
         refresh.click(lambda c, s, sc: h.load_models(c, s, sc, refresh=True), [checkpoint, sampler, scheduler],
-                      [checkpoint, sampler, scheduler], **private)
+                      [checkpoint, sampler, scheduler], **private).then(h.toolbox_lists, lists, lists, **private)
         dice.click(lambda: -1, None, seed, **private)
         recycle.click(lambda last: last if last is not None else -1, last_seed, seed, **private)
         # The person's choice sets the size (.input); a reload restores ratio and base without touching it.
@@ -155,17 +177,23 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
 
         # Queue & history.
         wire_history_tab(h, hist, history_tab, [generate_tab, workflow_tab, pnginfo_tab])
-        hist.reuse.click(h.reuse_settings, hist.selected, form, **private).then(
+        reused = hist.reuse.click(h.reuse_settings, hist.selected, form, **private)
+        reused.success(h.toolbox_from_job, hist.selected, restored, **private)
+        reused.then(
             lambda: (gr.Tabs(selected="generate"), gr.Tabs(selected="txt2img"), "txt2img"), None,
             [tabs, mode_tabs, mode], **private)
-        hist.send.click(h.send_to_img2img, hist.selected, init_image, **private).then(
-            h.reuse_settings, hist.selected, form, **private).then(
+        sent = hist.send.click(h.send_to_img2img, hist.selected, init_image, **private).then(
+            h.reuse_settings, hist.selected, form, **private)
+        sent.success(h.toolbox_from_job, hist.selected, restored, **private)
+        sent.then(
             lambda: (gr.Tabs(selected="generate"), gr.Tabs(selected="img2img"), "img2img"), None,
             [tabs, mode_tabs, mode], **private)
 
         # PNG info.
         png_in.change(h.png_info, png_in, [png_source, png_params, png_texts], **private)
-        png_use.click(h.png_to_form, png_params, form, **private).then(
+        png_used = png_use.click(h.png_to_form, png_params, form, **private)
+        png_used.success(h.toolbox_from_png, png_params, restored, **private)
+        png_used.then(
             lambda: (gr.Tabs(selected="generate"), gr.Tabs(selected="txt2img"), "txt2img"), None,
             [tabs, mode_tabs, mode], **private)
 

@@ -56,6 +56,15 @@ CSS = """
 /* Workflow inputs, one box per node. */
 .wf-node { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px 10px !important; }
 .wf-node-title { font-weight: 600; font-size: 0.92em; }
+
+/* The toolbox: a LoRA row's Remove beside its slider, notes in small print, the plot's grid whole. */
+.lora-row { align-items: center !important; }
+.lora-row button { max-height: 40px; align-self: center; }
+.toolbox-note, .toolbox-note p { font-size: 0.85em !important; color: #6b7280; margin: 0 !important; }
+#plot-grid img { object-fit: contain; }
+/* A plot's many progress bars make the results column taller than its max-height: it scrolls, never wraps
+   the gallery into a second column out of sight. */
+#results-col { flex-wrap: nowrap !important; }
 """
 
 #: Ctrl/Cmd+Enter anywhere on the page presses Generate (or Run workflow on the Workflow tab).

@@ -3,7 +3,9 @@
 ``<prefix>:presence:<id>`` holds a small JSON record (role, host, pid, when it started, when it last beat),
 written every ``interval`` seconds with a TTL of ``ttl``: a process that dies (``kill -9``) drops out by
 itself once its key expires, one that stops cleanly deletes it. :func:`members` reads them all for
-``/health``; :func:`ping` says whether Redis answers and how fast. Nothing here holds a prompt or user data.
+``/health``, through ``<prefix>:presence`` (a sorted set of the ids by when their heartbeat expires), never
+by scanning the keyspace (a SCAN walks every job's key: 0.6 s at 100,000 jobs, on every readiness probe);
+:func:`ping` says whether Redis answers and how fast. Nothing here holds a prompt or user data.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class Presence:
                  interval: float = INTERVAL, ttl: float = TTL) -> None:
         self.client = client
         self.key = prefix + KEYS["presence"] + member_id
+        self.index = _index(prefix)
+        self.member_id = member_id
         self.interval = interval
         self.ttl = ttl
         self.record = {"id": member_id, "role": role, "host": socket.gethostname(), "pid": os.getpid(),
@@ -45,8 +49,12 @@ class Presence:
 
     async def beat(self) -> None:
         """Write the heartbeat once; raises the Redis error."""
-        record = {**self.record, "seen_at": time.time()}
-        await self.client.set(self.key, json.dumps(record), px=int(self.ttl * 1000))
+        now = time.time()
+        record = {**self.record, "seen_at": now}
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self.key, json.dumps(record), px=int(self.ttl * 1000))
+            pipe.zadd(self.index, {self.member_id: now + self.ttl})
+            await pipe.execute()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Beat until ``stop`` is set, then leave. A Redis outage is logged once, and once when it ends."""
@@ -68,15 +76,20 @@ class Presence:
 
     async def leave(self) -> None:
         try:
-            await self.client.delete(self.key)
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(self.key)
+                pipe.zrem(self.index, self.member_id)
+                await pipe.execute()
         except (redis.exceptions.RedisError, OSError):
             pass  # it expires by itself
 
 
 async def members(client: aioredis.Redis, prefix: str) -> list[dict[str, Any]]:
     """The replicas and workers whose heartbeat is alive, oldest first (raises the Redis error)."""
-    keys = [key async for key in client.scan_iter(match=prefix + KEYS["presence"] + "*", count=500)]
-    values = await client.mget(keys) if keys else []
+    now = time.time()
+    await client.zremrangebyscore(_index(prefix), "-inf", now)  # heartbeats that expired: their keys are gone
+    ids = await client.zrangebyscore(_index(prefix), now, "+inf")
+    values = await client.mget([prefix + KEYS["presence"] + member for member in ids]) if ids else []
     alive = []
     for value in values:
         try:
@@ -86,6 +99,10 @@ async def members(client: aioredis.Redis, prefix: str) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             alive.append({name: record.get(name) for name in ("id", "role", "host", "pid", "started_at", "seen_at")})
     return sorted(alive, key=lambda record: record.get("started_at") or 0.0)
+
+
+def _index(prefix: str) -> str:
+    return prefix + KEYS["presence"].rstrip(":")
 
 
 async def ping(client: aioredis.Redis, *, timeout: float = 2.0) -> tuple[bool, float | None, str | None]:

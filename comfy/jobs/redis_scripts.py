@@ -170,7 +170,16 @@ for i, r in ipairs(requests) do
       batch[r.idem] = {id = r.id, fingerprint = r.fingerprint}
     end
   end
-  if not r.existing and redis.call('EXISTS', job_key(r.id)) == 1 then return {'changed', i} end
+  if not r.existing and redis.call('EXISTS', job_key(r.id)) == 1 then
+    -- The same id and queued_at: this very call, sent again after its reply was lost. The job it made.
+    local queued_at
+    for f = 1, #r.fields - 1, 2 do if r.fields[f] == 'queued_at' then queued_at = r.fields[f + 1] end end
+    if queued_at and redis.call('HGET', job_key(r.id), 'queued_at') == queued_at then
+      r.existing = r.id
+    else
+      return {'changed', i}
+    end
+  end
 end
 local out = {'ok'}
 for _, r in ipairs(requests) do

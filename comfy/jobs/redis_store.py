@@ -77,6 +77,11 @@ def _idem(owner: str | None, key: str) -> str:
     return hashlib.sha256(json.dumps([owner, key], ensure_ascii=False).encode()).hexdigest()
 
 
+#: Seconds a Redis call may wait for its answer (each of its tries): a call answers in milliseconds, and
+#: one that hangs longer is a partition, to be said (QueueUnavailable) rather than waited out for ever.
+SOCKET_TIMEOUT = 5.0
+
+
 class RedisStore:
     """Jobs in Redis under ``prefix``; the async :class:`~comfy.jobs.store.JobStore` contract.
 
@@ -97,7 +102,9 @@ class RedisStore:
     def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
         """A store on its own connection pool to ``url`` (redis://, rediss:// for TLS, unix://)."""
         # A blip (a failover, a dropped socket) is retried for about a second; an outage is said at once.
+        # A partition that drops packets silently ends in a timeout too (a call never hangs the lease keeper).
         client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30, socket_connect_timeout=5,
+                                         socket_timeout=SOCKET_TIMEOUT,
                                          retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3))
         return cls(use_hiredis_packing(client), **kwargs)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from comfy.settings import Settings
 
-__all__ = ["outputs_sharing"]
+__all__ = ["inputs_sharing", "outputs_sharing"]
 
 
 def outputs_sharing(settings: Settings) -> tuple[bool, str]:
@@ -34,3 +34,17 @@ def outputs_sharing(settings: Settings) -> tuple[bool, str]:
                    f"machine of the worker that made them ({settings.outputs_dir}), and replicas elsewhere answer "
                    "404 for them. Set S3_BUCKET, or mount one STUDIO_OUTPUTS_DIR (or STUDIO_DATA_DIR) on every replica "
                    "and worker and set STUDIO_SHARED_DATA=1.")
+
+
+def inputs_sharing(settings: Settings) -> str | None:
+    """The start-up sentence when uploaded images (img2img, masks, a workflow's images) cannot reach workers.
+
+    >>> from comfy.settings import Settings
+    >>> inputs_sharing(Settings(_env_file=None)) is None
+    True
+    """
+    if settings.redis_url is None or settings.shared_data:
+        return None
+    return ("REDIS_URL is set without a shared data folder: jobs with an uploaded image (img2img, inpainting, a "
+            "workflow's images) are refused, since a worker on another machine could not read the image. Mount "
+            "one STUDIO_DATA_DIR on every replica and worker and set STUDIO_SHARED_DATA=1.")
