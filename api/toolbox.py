@@ -35,7 +35,7 @@ def toolbox_router(ctx: ApiContext) -> APIRouter:
     async def visible_grid(caller: Caller, grid_id: str) -> dict:
         if not GRID_ID.match(grid_id):
             raise GridNotFound(grid_id[:40])
-        record = await studio.grid(grid_id)
+        record = await studio.grid(grid_id, with_jobs=False)  # a poll: the status, not every cell's job
         if not ctx.may_see(caller, record.get("owner")):
             raise GridNotFound(grid_id)
         return record

@@ -129,9 +129,11 @@ class Grids:
             raise IdempotencyConflict(key, grid_id, kind="grid")
         return seen
 
-    async def grid(self, grid_id: str, *, owner: str | None = None, scoped: bool = False) -> dict[str, Any]:
-        """The plot's record with its ``status`` and, while some cell runs, its ``jobs``; ``image`` (an output
-        key) once every cell ended.
+    async def grid(self, grid_id: str, *, owner: str | None = None, scoped: bool = False,
+                   with_jobs: bool = True) -> dict[str, Any]:
+        """The plot's record with its ``status``, its ``jobs`` (read in one batch), and ``image`` (an output
+        key) once every cell ended. Once ended and drawn the record alone answers: without ``with_jobs``
+        (a poll of the status) no job is read at all, and ``jobs`` is None.
 
         With ``scoped``, a plot of another owner is :class:`GridNotFound` (as if there were none); so is a
         plot whose cells are gone (removed by retention).
@@ -139,8 +141,8 @@ class Grids:
         record = await self.store.get_grid(grid_id)
         if scoped and record.get("owner") != owner:
             raise GridNotFound(grid_id)
-        if record.get("status") in FINAL_GRID and record.get("image"):
-            return {**record, "jobs": None}  # ended and drawn: nothing changes any more
+        if record.get("status") in FINAL_GRID and record.get("image"):  # ended and drawn: nothing changes any more
+            return {**record, "jobs": await self.store.get_many(record["job_ids"]) if with_jobs else None}
         jobs = await self.store.get_many(record["job_ids"])  # one read for every cell
         if len(jobs) != len(record["job_ids"]):
             raise GridNotFound(grid_id)

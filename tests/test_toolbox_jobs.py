@@ -321,9 +321,10 @@ async def test_a_grid_poll_reads_its_cells_in_one_batch_and_none_once_final(stud
     first = await studio.grid(record["grid_id"])
     assert first["status"] == "succeeded" and reads == ["many:3"]
     for _ in range(3):
-        again = await studio.grid(record["grid_id"])
-        assert again["status"] == "succeeded" and again["image"] == first["image"]
-    assert reads == ["many:3"]  # ended and drawn: the record alone answers
+        again = await studio.grid(record["grid_id"], with_jobs=False)
+        assert again["status"] == "succeeded" and again["image"] == first["image"] and again["jobs"] is None
+    assert reads == ["many:3"]  # ended and drawn: the record alone answers a poll
+    assert len((await studio.grid(record["grid_id"]))["jobs"]) == 3 and reads == ["many:3", "many:3"]
 
 
 async def test_cancel_grid_cancels_its_cells_and_reports_cancelled(studio: Studio, toolbox_comfy: FakeComfy) -> None:
