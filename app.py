@@ -25,6 +25,7 @@ from starlette.routing import Mount
 
 from api.app import create_api
 from api.guard import BodyLimitMiddleware
+from api.mcp_logins import McpLogins
 from comfy import ConfigError, Settings, Studio, load_settings, redact_url
 from comfy.auth import PasswordChecker
 from comfy.storage.sharing import inputs_sharing, outputs_sharing
@@ -67,6 +68,7 @@ def create_app(settings: Settings, *, studio: Studio | None = None,
         studio.copies.append(copies)  # retention removes a job's page copies with it
     blocks = build_ui(studio, settings, auth_on=bool(users), browser_secret=secret, copies=copies)
     blocks.queue(default_concurrency_limit=8)
+    mcp = mcp_on(settings)
     # Gradio awaits an async auth function: the password hash runs in the checker's threads, off the loop.
     app = gr.mount_gradio_app(
         api, blocks, path="/", auth=page_auth(passwords) if passwords else None,
@@ -74,32 +76,26 @@ def create_app(settings: Settings, *, studio: Studio | None = None,
         allowed_paths=outputs_paths(settings), css=CSS, head=HEAD, footer_links=["api", "gradio", "settings"],
         server_name=settings.server_name, server_port=settings.server_port,
         max_file_size=settings.max_upload_bytes,  # an upload past STUDIO_MAX_UPLOAD_BYTES is refused at the door
-        mcp_server=mcp_on(settings),
+        mcp_server=mcp,
     )
     # The page's JSON calls carry images as base64 (a third larger than the file); its file uploads have
     # max_file_size. Without this, a body of any size would be read whole before anything refuses it.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes * 4 // 3 + 1024 * 1024,
                        prefix="/gradio_api/", exempt=("/gradio_api/upload",))
+    page = next(route.app for route in app.routes if isinstance(route, Mount) and route.app is not api)
     if users or keys:
-        page = next(route.app for route in app.routes if isinstance(route, Mount) and route.app is not api)
         app.add_middleware(OwnedFiles, studio=studio, user_of=page_user(page), logins=bool(users), copies=copies)
+    if mcp:
+        app.add_middleware(McpLogins, guard=api.state.guard, page=page, local_url=_local_url(settings))
     if users:
         app.add_middleware(PageLogins)  # the login form's attempts are limited like HTTP Basic's
     return app
 
 
 def mcp_on(settings: Settings) -> bool:
-    """Whether to serve the MCP tools; refused, with a sentence, where they would bypass the logins.
-
-    Gradio's MCP server calls the endpoints on its own, without the caller's page login, so with
-    AUTH_USERS each tool would run as no one. Until it carries the login through, MCP is for a studio
-    without AUTH_USERS (API keys still guard the REST API; the MCP tools act like the open page).
-    """
+    """Whether to serve the MCP tools (behind the REST API's logins and keys: see :mod:`api.mcp_logins`)."""
     if not settings.mcp:
         return False
-    if settings.users():
-        raise ConfigError("STUDIO_MCP=1 (--mcp) cannot be used with AUTH_USERS yet: Gradio's MCP server would run "
-                          "every tool without the caller's login. Unset one of them.")
     try:
         import mcp  # noqa: F401 - Gradio's MCP server needs it
     except ImportError:
@@ -107,11 +103,19 @@ def mcp_on(settings: Settings) -> bool:
     return True
 
 
+def _local_url(settings: Settings) -> str:
+    """Where this process answers itself (Gradio's MCP server calls the page's API there)."""
+    host = settings.server_name
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host == "::" else host
+    return f"http://{host}:{settings.server_port}"
+
+
 def protection(settings: Settings) -> str:
     """What the start-up line says is guarded, and by what (no secrets: counts, not names)."""
     users, keys = settings.users(), settings.keys()
     if not users and not keys:
-        return "no logins and no API keys: the page and the REST API are open to anyone who can reach this address"
+        doors = "the page, the REST API and the MCP tools are" if settings.mcp else "the page and the REST API are"
+        return f"no logins and no API keys: {doors} open to anyone who can reach this address"
     limit = settings.rate_limit_per_minute
     attempts = f"{limit} login attempts a minute per address and per user" if limit else "login attempts unlimited"
     page = (f"the page needs a login ({len(users)} user(s) in AUTH_USERS; each sees only their own jobs and "
@@ -119,7 +123,8 @@ def protection(settings: Settings) -> str:
             else "the page is OPEN (no AUTH_USERS): anyone who reaches it can use the GPU, and sees and cancels "
                  "the jobs made on the page (not the API keys' jobs or images)")
     ways = ([f"{len(keys)} API key(s) as Bearer"] if keys else []) + (["the same logins as HTTP Basic"] if users else [])
-    return (f"{page}; the REST API needs {' or '.join(ways)}, each seeing only its own jobs; "
+    doors = "the REST API and the MCP tools (/gradio_api/mcp/) need" if settings.mcp else "the REST API needs"
+    return (f"{page}; {doors} {' or '.join(ways)}, each seeing only its own jobs; "
             "open: /healthz, /readyz, /health, /metrics, /docs (no prompts, no user data)")
 
 

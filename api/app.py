@@ -97,6 +97,7 @@ def create_api(studio: Studio, settings: Settings, *, manage_studio: bool = True
     app = FastAPI(title="ComfyUI Studio API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
     app.state.studio_metrics = metrics
+    app.state.guard = ctx.guard  # the MCP route checks its callers with the same guard
     install_error_handlers(app, scrub)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics, prefixes=("/api/", "/models", "/ws/", *_OPEN))

@@ -1,5 +1,8 @@
 """The studio app under 50 concurrent API clients (gradio_client), each queueing and following a job.
 
+Each client is its own user (AUTH_USERS u0..u49, logged in through gradio_client): the page bounds the
+streams one caller holds (16), and clients from one address without logins would be one caller.
+
 Figures: p50/p99 of the delay from the worker receiving ComfyUI's progress event to the client seeing it
 (each status update carries the event's time; same machine, same clock), and the app's memory (RSS)
 before and at the end of the run. Then the page in headless Chromium (when Debian's is installed): the
@@ -38,8 +41,10 @@ def _rss_mb(pid: int) -> tuple[float, float]:
 def _client_run(url: str, index: int, delays: list[float], inside: list[float], errors: list[str],
                 start: threading.Barrier) -> None:
     try:
-        client = Client(url, verbose=False)
-        start.wait()
+        try:
+            client = _logged_in(url, index)
+        finally:
+            start.wait()  # the others start even when this one could not log in
         queued = client.predict(prompt=f"bench {index}", steps=STEPS, seed=index, width=64, height=64,
                                 api_name="/generate")
         final = None
@@ -54,6 +59,18 @@ def _client_run(url: str, index: int, delays: list[float], inside: list[float], 
         client.close()
     except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not stop
         errors.append(f"client {index}: {type(exc).__name__}: {exc}")
+
+
+def _logged_in(url: str, index: int, tries: int = 20) -> Client:
+    """A client logged in as user ``index``; 50 logins at once are partly told to wait (503), so retry."""
+    for attempt in range(tries):
+        try:
+            return Client(url, auth=(f"u{index}", f"pw{index}"), verbose=False)
+        except Exception:  # noqa: BLE001 - busy: try again shortly
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def _serve_fake(urls: multiprocessing.Queue, stop: multiprocessing.Event) -> None:
@@ -100,7 +117,9 @@ def _client_group(url: str, first: int, count: int, results: multiprocessing.Que
 def _measure(comfy_url: str, clients: int, groups: int = 5) -> dict[str, float]:
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        with app_process(comfy_url, Path(tmp) / "data", STUDIO_MAX_IN_FLIGHT="2") as (url, proc):
+        users = ",".join(f"u{i}:pw{i}" for i in range(clients))
+        with app_process(comfy_url, Path(tmp) / "data", STUDIO_MAX_IN_FLIGHT="2", AUTH_USERS=users,
+                         STUDIO_RATE_LIMIT_PER_MINUTE="0") as (url, proc):
             idle_rss, _ = _rss_mb(proc.pid)
             results = ctx.Queue()
             start = ctx.Barrier(groups)
@@ -151,6 +170,7 @@ def _page_loads(url: str, loads: int = 5) -> list[float]:
         try:
             for _ in range(loads + 1):  # the first warms the server's own caches; not counted
                 context = browser.new_context(viewport={"width": 1400, "height": 900})
+                context.request.post(f"{url}/login", form={"username": "u0", "password": "pw0"})
                 page = context.new_page()
                 started = time.perf_counter()
                 page.goto(url)

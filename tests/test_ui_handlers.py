@@ -209,6 +209,13 @@ async def test_workflow_load_discover_and_run(studio: Studio, fake_comfy: FakeCo
     job = await studio.wait(watched[-1], timeout=30)
     assert job.state is JobState.SUCCEEDED
     assert inputs_of(fake_comfy.prompts[-1]["prompt"], "CLIPTextEncode")["text"] == "a fox in snow"
+    steps = next(i for i, spec in enumerate(loaded["inputs"]) if (spec["node_id"], spec["input_name"]) == ("3", "steps"))
+    label = loaded["inputs"][steps]["label"]
+    for wrong, said in ((100000, "it must be between"), (20.5, "must be a whole number"), ("x", "whole number")):
+        bad = [wrong if i == steps else v for i, v in enumerate(values)]
+        with pytest.raises(gr.Error) as refused:
+            await h.run_workflow(loaded, bad, request())
+        assert label in refused.value.message and said in refused.value.message, refused.value.message
     h.save_workflow(loaded, "my txt2img")
     assert studio.library.names() == ["my txt2img"]
     again = await h.load_workflow(None, None, "my txt2img")

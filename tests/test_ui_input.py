@@ -111,6 +111,8 @@ async def test_a_user_error_is_one_line_in_the_log(studio: Studio, caplog) -> No
     (lambda h, r: h.api_generate("a cat", steps=20.5, request=r), "steps must be a whole number, not 20.5"),
     (lambda h, r: h.api_generate("a cat", cfg="hot", request=r), "cfg must be a number, not 'hot'"),
     (lambda h, r: h.api_jobs(limit="x", request=r), "limit must be a whole number, not 'x'"),
+    (lambda h, r: h.api_generate("a cat", inpaint_full_res="maybe", request=r),
+     "inpaint_full_res must be true or false, not 'maybe'"),
     (lambda h, r: h.history("nope", None, request=r), "'nope' is not a state"),
 ])
 async def test_the_page_api_names_the_argument_it_cannot_read(studio: Studio, call, words) -> None:

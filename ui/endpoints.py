@@ -14,9 +14,9 @@ from typing import Any
 
 import gradio as gr
 
-from comfy import ComfyError, GenerationParams, JobEvent, JobState, WorkflowError
+from comfy import ComfyError, GenerationParams, Job, JobEvent, JobState, WorkflowError
 from ui.errors import _owner, _to_gr_error
-from ui.numbers import api_number
+from ui.numbers import api_flag, api_number
 
 __all__ = ["NamedEndpoints", "named"]
 
@@ -84,7 +84,7 @@ class NamedEndpoints:
                                       seed=api_number(int, "seed", seed), width=api_number(int, "width", width), height=api_number(int, "height", height),
                                       batch_size=api_number(int, "batch_size", batch_size), denoise=api_number(float, "denoise", denoise), loras=loras or None,
                                       vae=vae or None, hires=hires or None, mask_blur=api_number(int, "mask_blur", mask_blur),
-                                      mask_grow=api_number(int, "mask_grow", mask_grow), inpaint_full_res=bool(inpaint_full_res),
+                                      mask_grow=api_number(int, "mask_grow", mask_grow), inpaint_full_res=api_flag("inpaint_full_res", inpaint_full_res),
                                       inpaint_padding=api_number(int, "inpaint_padding", inpaint_padding), outpaint=outpaint or None,
                                       styles=styles or None, family=family or None,
                                       guidance=None if guidance is None else api_number(float, "guidance", guidance))
@@ -105,23 +105,27 @@ class NamedEndpoints:
         try:
             await self._own(job_id, request)
             with self.streams.slot(self.streams.caller(request, _owner(request, self.auth_on))):
+                job: Job | None = None
                 async for event in self.studio.follow(job_id):
                     if event.kind == "preview":
                         continue
-                    yield await self._status_dict(job_id, event)
+                    if job is None or event.kind != "progress" or job.state is not JobState.RUNNING:
+                        job = await self.studio.job(job_id)  # progress changes nothing else: read on the rest
+                    yield await self._status_dict(job, event)
                     if event.final:
                         return
         except ComfyError as exc:
             raise _to_gr_error(exc) from exc
 
-    async def _status_dict(self, job_id: str, event: JobEvent) -> dict[str, Any]:
-        job = await self.studio.job(job_id)
+    async def _status_dict(self, job: Job, event: JobEvent) -> dict[str, Any]:
+        """One update; only a queued job has a place, and only one with outputs has images to look up."""
         return {
-            "job_id": job_id, "state": job.state.value, "event": event.kind,
+            "job_id": job.id, "state": job.state.value, "event": event.kind,
             "progress": event.progress if event.progress is not None else job.progress,
             "node": event.node or job.node, "step": event.step, "steps": event.steps,
-            "position": await self.studio.position(job_id), "seed": job.params.get("seed"),
-            "images": await self.images(job), "error": job.error, "at": event.at, "sent": time.time(),
+            "position": await self.studio.position(job.id) if job.state is JobState.QUEUED else None,
+            "seed": job.params.get("seed"), "images": await self.images(job) if job.outputs else [],
+            "error": job.error, "at": event.at, "sent": time.time(),
         }
 
     async def api_cancel(self, job_id: str, request: gr.Request = None) -> dict[str, Any]:  # type: ignore[assignment]

@@ -54,10 +54,14 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _owner(request: gr.Request | None, auth_on: bool) -> str | None:
-    """With logins on, each user has their own jobs; without, the studio is one shared workspace."""
-    if not auth_on:
-        return None
+    """With logins on, each user has their own jobs; without, the studio is one shared workspace.
+
+    A request with a Gradio login acts as it even without ``AUTH_USERS``: then only an MCP tool's call,
+    with an API key, has one (:mod:`api.mcp_logins`), and acts as that key, as on the REST API.
+    """
     username = getattr(request, "username", None)
-    if not username:  # Gradio lets no one in without a login; refuse rather than fall back to "shared"
+    if username:
+        return username
+    if auth_on:  # Gradio lets no one in without a login; refuse rather than fall back to "shared"
         raise gr.Error("Log in first: this studio has logins.")
-    return username
+    return None

@@ -37,7 +37,7 @@ from comfy import (
 from comfy import graph as workflows
 from comfy.graph.pnginfo import read_png_info
 from ui import render
-from ui.numbers import browser_seed, whole
+from ui.numbers import browser_seed, whole, workflow_value
 from ui.streams import PageStreams
 from ui.endpoints import NamedEndpoints
 from ui.errors import _owner, friendly
@@ -532,7 +532,7 @@ class Handlers(NamedEndpoints, ToolboxHandlers):
                 value = secrets.randbelow(min(high, 2**53) + 1)  # a seed JSON and the page carry exactly
             if value is None:
                 continue
-            value = _coerce(spec, value)
+            value = workflow_value(spec, value)
             inputs[(spec["node_id"], spec["input_name"])] = value
             param = spec.get("param")
             if param and param not in shown and param in _SHOWN_PARAMS:
@@ -586,14 +586,4 @@ def _input_dict(item: workflows.EditableInput) -> dict[str, Any]:
         "choices": list(item.choices) if item.choices else None, "multiline": item.multiline,
         "node_title": item.node_title, "class_type": item.class_type, "param": item.param,
     }
-
-
-def _coerce(spec: dict[str, Any], value: Any) -> Any:
-    if spec["kind"] == "int":
-        return int(value)
-    if spec["kind"] == "float":
-        return float(value)
-    if spec["kind"] == "bool":
-        return bool(value)
-    return value
 

@@ -128,19 +128,22 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
                 batch_count, denoise]
         assert len(form) == len(FORM_FIELDS)
         private: dict[str, Any] = {"api_visibility": "private"}
+        # Quick answers skip Gradio's queue (one POST, no event stream): the load handlers, so the form is
+        # usable sooner, and the form's saving, which a reload fires a dozen times.
+        quick: dict[str, Any] = {**private, "queue": False}
         watch_kwargs: dict[str, Any] = {"concurrency_limit": None, "trigger_mode": "always_last",
                                         "show_progress": "hidden", **private}
 
         # Page load: the jobs this browser followed (and follow them again); the lists and saved form values.
         demo.load(h.restore_jobs, jobs_store, watched, **private).then(
             h.watch, None, [progress, preview, gallery], **watch_kwargs)
-        demo.load(h.restore_form, [form_store, *form], form, **private)
-        demo.load(h.status, None, [status], **private)
-        demo.load(h.saved_workflows, None, wf.saved, **private)
+        demo.load(h.restore_form, [form_store, *form], form, **quick)
+        demo.load(h.status, None, [status], **quick)
+        demo.load(h.saved_workflows, None, wf.saved, **quick)
         demo.unload(h.forget_session)
         status_timer.tick(h.status_tick, status_shown, [status, status_shown], show_progress="hidden", **private)
         gr.on([c.change for c in form], storable_form, form, form_store,
-              trigger_mode="always_last", show_progress="hidden", **private)
+              trigger_mode="always_last", show_progress="hidden", **quick)
 
         # Generate returns at once; the watcher streams (concurrency_limit=None: waiting on ComfyUI is I/O).
         txt2img_tab.select(lambda: "txt2img", None, mode, **private)
@@ -171,8 +174,8 @@ def build_ui(studio: Studio, settings: Settings, *, auth_on: bool = False, brows
         # The person's choice sets the size (.input); a reload restores ratio and base without touching it.
         aspect.input(render.aspect_size, [aspect, base], [width, height], **private)
         base.input(render.aspect_size, [aspect, base], [width, height], **private)
-        gr.on([aspect.change, base.change], lambda a, b: [a, b], [aspect, base], shape_store, **private)
-        demo.load(render.stored_shape, shape_store, [aspect, base], **private)
+        gr.on([aspect.change, base.change], lambda a, b: [a, b], [aspect, base], shape_store, **quick)
+        demo.load(render.stored_shape, shape_store, [aspect, base], **quick)
         swap.click(lambda w, hh: (hh, w), [width, height], [width, height], **private)
 
         # Queue & history.

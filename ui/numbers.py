@@ -11,7 +11,7 @@ from typing import Any
 
 from comfy import WorkflowError
 
-__all__ = ["api_number", "browser_seed", "whole"]
+__all__ = ["api_flag", "api_number", "browser_seed", "whole", "workflow_value"]
 
 
 def browser_seed(seed: int) -> int:
@@ -53,4 +53,34 @@ def api_number(kind: type, name: str, value: Any) -> Any:
     except (TypeError, ValueError, OverflowError):
         raise WorkflowError(f"{name} must be {'a whole number' if whole else 'a number'}, not {value!r}.",
                             field=name) from None
+    return number
+
+
+def api_flag(name: str, value: Any) -> bool:
+    """A yes/no from an API caller: true/false (or 1/0, "true"/"false"); anything else names the argument.
+
+    >>> api_flag("inpaint_full_res", "false"), api_flag("inpaint_full_res", 1)
+    (False, True)
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise WorkflowError(f"{name} must be true or false, not {value!r}.", field=name)
+
+
+def workflow_value(spec: dict[str, Any], value: Any) -> Any:
+    """A workflow widget's value as its input takes it, or a sentence naming the widget (never its place)."""
+    if spec["kind"] not in ("int", "float"):
+        return bool(value) if spec["kind"] == "bool" else value
+    label, field = spec.get("label") or spec["input_name"], f"{spec['node_id']}.{spec['input_name']}"
+    try:
+        number: Any = whole(label, value) if spec["kind"] == "int" else float(value)
+    except (TypeError, ValueError):
+        raise WorkflowError(f"{label} must be a number, not {value!r}.", field=field) from None
+    low, high = spec.get("min"), spec.get("max")
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise WorkflowError(f"{label} is {number}; it must be between {low} and {high}.", field=field)
     return number

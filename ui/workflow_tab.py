@@ -145,7 +145,10 @@ def widget(spec: dict[str, Any], studio: Studio) -> Any:
         span = None if is_seed(spec) else _slider_range(spec, studio)
         if span is not None:
             return gr.Slider(span[0], span[1], value=spec["value"], step=step, label=label, **elem)
-        return gr.Number(spec["value"], label=label, minimum=spec.get("min"), maximum=spec.get("max"), step=step,
+        # The range is checked by the run (a sentence naming this input); Gradio's own check names no field.
+        low, high = spec.get("min"), spec.get("max")
+        info = f"{low} to {high}" if low is not None and high is not None else None
+        return gr.Number(spec["value"], label=label, info=info, step=step,
                          precision=0 if kind == "int" else None, scale=4, **elem)
     if kind == "image":
         return uploaded_image(label=f"{label} (leave empty to keep {spec['value']!r})", **elem)
