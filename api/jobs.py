@@ -110,12 +110,14 @@ async def _submit(ctx: ApiContext, req: GenerateRequest, caller: Caller, key: st
     return job
 
 
-async def _submit_grid(ctx: ApiContext, req: GenerateRequest, caller: Caller, request: Request) -> Response:
-    """202 {grid_id, job_ids, location} for a request with a ``grid``."""
+async def _submit_grid(ctx: ApiContext, req: GenerateRequest, caller: Caller, request: Request,
+                       key: str | None) -> Response:
+    """202 {grid_id, job_ids, location} for a request with a ``grid``; the same Idempotency-Key and body
+    answer the same grid, another body 409."""
     image, mask = await _images(req)
-    params = await ctx.studio.with_family_defaults(req.engine_params(), req.left_out())
-    record = await ctx.studio.submit_grid(params, req.grid or {}, confirmed=req.grid_confirmed,
-                                          image=image, mask=mask, owner=caller.owner)
+    record = await ctx.studio.submit_grid(await _engine_params(ctx, req, caller.owner, key), req.grid or {},
+                                          confirmed=req.grid_confirmed, image=image, mask=mask, owner=caller.owner,
+                                          idempotency_key=key)
     location = f"{root_of(request)}{API_PREFIX}/grids/{record['grid_id']}"
     body = GridAccepted(grid_id=record["grid_id"], job_ids=record["job_ids"], location=location)
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": location})
@@ -177,7 +179,7 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
         if idempotency_key is None or body.grid is not None:
             await _check_backend(ctx)
         if body.grid is not None:  # one job per cell: answered at once, followed at the grid's URL
-            return await _submit_grid(ctx, body, caller, request)
+            return await _submit_grid(ctx, body, caller, request, idempotency_key)
         job = await _submit(ctx, body, caller, idempotency_key)
         if idempotency_key is not None and ctx.studio.worker.backend_down:
             # The key's job (queued now, or by an earlier try) stays queued: a retry with the key reaches it.
@@ -265,7 +267,7 @@ def jobs_router(ctx: ApiContext) -> APIRouter:
 
         With ``grid`` (an X/Y/Z plot) one job per cell is queued: 202 ``{grid_id, job_ids, location}``."""
         if body.grid is not None:
-            return await _submit_grid(ctx, body, caller, request)
+            return await _submit_grid(ctx, body, caller, request, idempotency_key)
         job = await _submit(ctx, body, caller, idempotency_key)
         return _accepted_response(job, request)
 

@@ -284,8 +284,9 @@ class GridAccepted(BaseModel):
 
 class GridOut(BaseModel):
     grid_id: str
-    status: Literal["queued", "running", "succeeded", "partial", "failed"] = Field(
-        description="partial: every cell ended, some without an image; failed: none has one.")
+    status: Literal["queued", "running", "succeeded", "partial", "failed", "cancelled"] = Field(
+        description="partial: every cell ended, some failed; failed: none has an image; cancelled: every cell "
+        "without an image was cancelled (DELETE /api/v1/grids/{grid_id}).")
     job_ids: list[str]
     image: str | None = Field(description="Root-relative URL of the labelled grid PNG once every cell ended.")
     plan: dict[str, Any] = Field(description="The axes, their values, the shape [x, y, z] and each cell's label.")

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "value (A1111's syntax: steps=10-30 (+10), cfg=5,7)")
     gen.add_argument("--confirm-grid", action="store_true", help="run a plot of more than 64 images")
     gen.add_argument("--count", type=int, default=1, help="how many jobs; seeds count up from the first")
-    gen.add_argument("--idempotency-key", help="the same key returns the same job instead of a new one")
+    gen.add_argument("--idempotency-key", help="the same key returns the same job (or grid) instead of a new one")
     gen.add_argument("--no-wait", action="store_true", help="queue and return; a worker runs the jobs")
     gen.add_argument("--timeout", type=float, help="give up waiting after this many seconds (the jobs stay queued)")
 
@@ -181,7 +181,7 @@ async def _generate(studio: Studio, args: argparse.Namespace) -> int:
         mask = _read(args.mask, "mask") if args.mask is not None else None
         if grid is not None:
             record = await studio.submit_grid(GenerationParams.from_dict(params), grid, confirmed=args.confirm_grid,
-                                              image=image, mask=mask)
+                                              image=image, mask=mask, idempotency_key=args.idempotency_key)
             jobs = [await studio.job(job_id) for job_id in record["job_ids"]]
             print(f"queued grid {record['grid_id']}: {len(jobs)} image(s)", file=sys.stderr)
         else:

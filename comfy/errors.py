@@ -257,9 +257,9 @@ class IdempotencyConflict(QueueError):
 
     code = "idempotency_conflict"
 
-    def __init__(self, key: str, job_id: str) -> None:
+    def __init__(self, key: str, job_id: str, *, kind: str = "job") -> None:
         super().__init__(
-            f"The idempotency key {key!r} was already used for job {job_id} with different parameters; "
+            f"The idempotency key {key!r} was already used for {kind} {job_id} with different parameters; "
             "use a new key for a new request."
         )
         self.key = key

@@ -150,6 +150,87 @@ async def test_a_2x2_grid_over_rest(make_api) -> None:
         expected = compose_grid(cells, plan_grid(params, grid))
         assert Image.open(io.BytesIO(picture.content)).size == expected.size
         assert (await api.http.get(shown["image"], headers=beta)).status_code == 404
+        path = Path(api.studio.grid_image_path(await api.studio.grid(body["grid_id"])))
+        path.unlink()  # the file removed from the outputs by hand: a 404 that says so, not a 500
+        gone = await api.http.get(shown["image"], headers=alpha)
+        assert gone.status_code == 404 and "no longer in the outputs" in error_of(gone)["message"]
+
+
+GRID = {"x": {"param": "steps", "values": "1-2"}}
+
+
+async def jobs_total(api: Api, headers: dict[str, str]) -> int:
+    return (await api.http.get("/api/v1/jobs", headers=headers)).json()["total"]
+
+
+@pytest.mark.parametrize(("axis", "field", "match"), [
+    ({"param": "steps", "values": [2, 10000]}, "grid.x.values[1]", "grid.x \\(steps\\) value 10000: .*steps"),
+    ({"param": "width", "values": "64, 16384"}, "grid.x.values[1]", "value 16384: .*width"),
+    ({"param": "width", "values": [100]}, "grid.x.values[0]", "value 100: width must be a multiple of 8"),
+    ({"param": "prompt", "values": ["x" * 50_000]}, "grid.x.values[0]", "50000 characters.*prompt is 50000"),
+    ({"param": "mask_blur", "values": [50]}, "grid.x.values[0]", "value 50: .*mask_blur"),
+])
+async def test_every_cell_passes_the_limits_before_anything_is_queued(make_api, axis: dict[str, Any], field: str,
+                                                                      match: str) -> None:
+    async with make_api(api_keys=ALPHA, run_worker=False) as api:
+        alpha = {"Authorization": f"Bearer {ALPHA}"}
+        answer = await api.http.post("/api/v1/jobs", json={**SMALL, "grid": {"x": axis}}, headers=alpha)
+        error = error_of(answer)
+        assert answer.status_code == 400 and error["field"] == field, error
+        assert __import__("re").search(match, error["message"]), error["message"]
+        assert await jobs_total(api, alpha) == 0  # the whole grid refused
+
+
+async def test_a_confirmed_grid_past_the_hard_cap_is_refused(make_api) -> None:
+    async with make_api(api_keys=ALPHA, run_worker=False) as api:
+        alpha = {"Authorization": f"Bearer {ALPHA}"}
+        grid = {"x": {"param": "seed", "values": "1-200"}, "y": {"param": "steps", "values": "1-2"}}
+        answer = await api.http.post("/api/v1/jobs", json={**SMALL, "grid": grid, "grid_confirmed": True},
+                                     headers=alpha)
+        assert answer.status_code == 400 and error_of(answer)["field"] == "grid"
+        assert "400 images (200 × 2); the most a grid may make, even confirmed, is 256" in error_of(answer)["message"]
+        too_long = {"x": {"param": "seed", "values": "1-200," * 5000}}  # 30 000 characters of axis text
+        answer = await api.http.post("/api/v1/jobs", json={**SMALL, "grid": too_long}, headers=alpha)
+        assert answer.status_code == 400 and "the most is 10000" in error_of(answer)["message"]
+        assert await jobs_total(api, alpha) == 0
+
+
+@pytest.mark.parametrize("route", ["/api/v1/jobs", "/api/v1/generate/"])
+async def test_an_idempotency_key_gives_the_same_grid_and_another_body_409(make_api, route: str) -> None:
+    async with make_api(api_keys=f"{ALPHA},{BETA}", run_worker=False) as api:
+        alpha = {"Authorization": f"Bearer {ALPHA}", "Idempotency-Key": "grid-key-1"}
+        body = {**SMALL, "seed": -1, "grid": GRID}
+        first = await api.http.post(route, json=body, headers=alpha)
+        again = await api.http.post(route, json=body, headers=alpha)
+        assert first.status_code == again.status_code == 202, again.text
+        assert again.json() == first.json() and len(first.json()["job_ids"]) == 2
+        assert await jobs_total(api, alpha) == 2  # the retry queued nothing
+        other = await api.http.post(route, json={**body, "grid": {"x": {"param": "steps", "values": "1-3"}}},
+                                    headers=alpha)
+        assert other.status_code == 409 and error_of(other)["code"] == "idempotency_conflict"
+        assert "grid-key-1" in error_of(other)["message"] and await jobs_total(api, alpha) == 2
+        beta = {"Authorization": f"Bearer {BETA}", "Idempotency-Key": "grid-key-1"}  # keys are per owner
+        theirs = await api.http.post(route, json=body, headers=beta)
+        assert theirs.status_code == 202 and theirs.json()["grid_id"] != first.json()["grid_id"]
+
+
+async def test_delete_cancels_every_cell_of_a_grid_owner_scoped(make_api, fake_comfy: FakeComfy) -> None:
+    fake_comfy.hold = True  # ComfyUI starts nothing: every cell is queued or waiting on it
+    async with make_api(api_keys=f"{ALPHA},{BETA}") as api:
+        alpha, beta = {"Authorization": f"Bearer {ALPHA}"}, {"Authorization": f"Bearer {BETA}"}
+        body = (await api.http.post("/api/v1/jobs", json={**SMALL, "grid": GRID}, headers=alpha)).json()
+        refused = await api.http.delete(body["location"], headers=beta)
+        assert refused.status_code == 404 and body["grid_id"] in error_of(refused)["message"]
+        assert (await api.http.get(body["location"], headers=alpha)).json()["status"] in ("queued", "running")
+        cancelled = await api.http.delete(body["location"], headers=alpha)
+        assert cancelled.status_code == 200 and cancelled.json()["grid_id"] == body["grid_id"], cancelled.text
+        async with asyncio.timeout(30):  # a running cell becomes cancelled once ComfyUI stopped it
+            while (await api.http.get(body["location"], headers=alpha)).json()["status"] != "cancelled":
+                await asyncio.sleep(0.05)
+        for job_id in body["job_ids"]:
+            assert (await api.http.get(f"/api/v1/jobs/{job_id}", headers=alpha)).json()["status"] == "cancelled"
+        assert (await api.http.get(body["location"], headers=alpha)).json()["status"] == "cancelled"
+        assert (await api.http.delete("/api/v1/grids/0123456789abcdef", headers=alpha)).status_code == 404
 
 
 async def test_what_a_request_leaves_out_takes_its_model_familys_defaults(api: Api) -> None:

@@ -84,3 +84,14 @@ def test_an_xy_plot_from_the_command_line(tmp_path: Path, fake_comfy: FakeComfy)
     assert grid.format == "PNG" and grid.size[0] > 128
     models = run_cli(tmp_path, fake_comfy.url, "models")
     assert json.loads(models.stdout)["upscale_models"] == UPSCALERS
+
+
+def test_a_grid_under_an_idempotency_key_is_queued_once(tmp_path: Path, fake_comfy: FakeComfy) -> None:
+    runs = [run_cli(tmp_path, fake_comfy.url, "generate", "a fox", *SMALL, "--x", "steps=1-2",
+                    "--idempotency-key", "plot-1") for _ in range(2)]
+    assert all(run.returncode == 0 for run in runs), runs[1].stderr
+    grids = [next(line for line in run.stderr.splitlines() if "queued grid" in line) for run in runs]
+    assert grids[0] == grids[1] and len(fake_comfy.prompts) == 2  # the retry ran nothing again
+    other = run_cli(tmp_path, fake_comfy.url, "generate", "a fox", *SMALL, "--x", "steps=1-3",
+                    "--idempotency-key", "plot-1")
+    assert other.returncode != 0 and "plot-1" in other.stderr and "Traceback" not in other.stderr

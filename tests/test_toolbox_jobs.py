@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from comfy.errors import PromptRejected, WorkflowError
+from comfy.errors import GridNotFound, PromptRejected, WorkflowError
 from comfy.graph import pngmeta
 from comfy.graph.params import GenerationParams
 from comfy.jobs.records import Job, JobState
@@ -259,3 +259,80 @@ async def test_a_toolbox_job_on_runpod_sends_the_mask_as_a_second_image(tmp_path
     meta = json.loads(pngmeta.read_text_chunks(Path(done.outputs[0]["path"]).read_bytes())[METADATA_KEY])
     assert meta["toolbox"]["styles"] == ["Cinematic"] and meta["toolbox"]["mask"]["blur"] == 4
     assert meta["toolbox"]["vae"] == inputs_of(graph, "VAELoader")["vae_name"] == VAES[0]
+
+
+async def test_a_grid_is_queued_whole_or_not_at_all(studio: Studio, monkeypatch: pytest.MonkeyPatch,
+                                                    toolbox_comfy: FakeComfy) -> None:
+    from comfy.errors import QueueError
+
+    toolbox_comfy.hold = True  # a cell the worker already took waits on ComfyUI, and is stopped there
+
+    async def broken(record: dict[str, Any]) -> None:
+        raise QueueError("The job store is full.")
+
+    monkeypatch.setattr(studio.store, "save_grid", broken)
+    with pytest.raises(QueueError, match="full"):
+        await studio.submit_grid(BASE, {"x": {"param": "steps", "values": "1-3"}})
+    listed = [await studio.wait(job.id, timeout=30) for job in (await studio.store.list(limit=100)).jobs]
+    assert len(listed) == 3 and all(job.state is JobState.CANCELLED for job in listed)  # no orphan cell runs
+    toolbox_comfy.hold = False
+    calls: list[int] = []
+    real = studio.store.enqueue_many
+
+    async def counted(requests: list[dict[str, Any]], **kwargs: Any) -> list[Job]:
+        calls.append(len(requests))
+        return await real(requests, **kwargs)
+
+    monkeypatch.undo()  # save_grid works again; enqueue_many counted from here
+    monkeypatch.setattr(studio.store, "enqueue_many", counted)
+    record = await studio.submit_grid(BASE, {"x": {"param": "steps", "values": "1-3"}})
+    assert calls == [3] and len(record["job_ids"]) == 3  # every cell in one transaction
+
+
+async def test_a_bad_cell_refuses_the_whole_grid_naming_the_axis_and_value(studio: Studio) -> None:
+    with pytest.raises(WorkflowError, match=r"grid.y \(width\) value 100: width must be a multiple of 8") as bad:
+        await studio.submit_grid(BASE, {"x": {"param": "steps", "values": [1, 2]}, "y": {"param": "width",
+                                                                                        "values": [64, 100]}})
+    assert bad.value.field == "grid.y.values[1]"
+    with pytest.raises(WorkflowError, match="hires.scale") as bad:  # a toolbox field's own bounds
+        await studio.submit_grid(BASE, {"x": {"param": "hires.scale", "values": [2, 99]}})
+    assert bad.value.field == "grid.x.values[1]"
+    assert (await studio.store.list(limit=10)).jobs == []
+
+
+async def test_a_grid_poll_reads_its_cells_in_one_batch_and_none_once_final(studio: Studio,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    record = await studio.submit_grid(BASE, {"x": {"param": "steps", "values": "1-3"}})
+    for job_id in record["job_ids"]:
+        await studio.wait(job_id, timeout=60)
+    reads: list[str] = []
+    real_get, real_many = studio.store.get, studio.store.get_many
+
+    async def get(job_id: str) -> Job:
+        reads.append("get")
+        return await real_get(job_id)
+
+    async def get_many(job_ids: list[str]) -> list[Job]:
+        reads.append(f"many:{len(job_ids)}")
+        return await real_many(job_ids)
+
+    monkeypatch.setattr(studio.store, "get", get)
+    monkeypatch.setattr(studio.store, "get_many", get_many)
+    first = await studio.grid(record["grid_id"])
+    assert first["status"] == "succeeded" and reads == ["many:3"]
+    for _ in range(3):
+        again = await studio.grid(record["grid_id"], with_jobs=False)
+        assert again["status"] == "succeeded" and again["image"] == first["image"] and again["jobs"] is None
+    assert reads == ["many:3"]  # ended and drawn: the record alone answers a poll
+    assert len((await studio.grid(record["grid_id"]))["jobs"]) == 3 and reads == ["many:3", "many:3"]
+
+
+async def test_cancel_grid_cancels_its_cells_and_reports_cancelled(studio: Studio, toolbox_comfy: FakeComfy) -> None:
+    toolbox_comfy.hold = True
+    record = await studio.submit_grid(BASE, {"x": {"param": "steps", "values": "1-3"}}, owner="key:ann")
+    with pytest.raises(GridNotFound):
+        await studio.cancel_grid(record["grid_id"], owner="key:bob", scoped=True)
+    await studio.cancel_grid(record["grid_id"], owner="key:ann", scoped=True)
+    jobs = [await studio.wait(job_id, timeout=30) for job_id in record["job_ids"]]
+    assert all(job.state is JobState.CANCELLED for job in jobs)
+    assert (await studio.grid(record["grid_id"]))["status"] == "cancelled"

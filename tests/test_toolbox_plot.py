@@ -11,7 +11,8 @@ from PIL import Image
 from comfy.errors import WorkflowError
 from comfy.graph.builder import build_graph
 from comfy.graph.params import GenerationParams
-from comfy.graph.plot import MAX_CELLS, PLOT_PARAMS, axis_values, compose_grid, plan_grid
+from comfy.graph.plot import (MAX_AXIS_TEXT, MAX_CELLS, MAX_GRID_CELLS, MAX_SHEET_PIXELS, PLOT_PARAMS, axis_values,
+                              compose_grid, plan_grid)
 from tests.toolbox_support import toolbox_info
 
 BASE = GenerationParams(prompt="a cat in a hat", negative_prompt="a dog", seed=77,
@@ -39,7 +40,7 @@ def test_a1111_axis_syntax(param: str, text: Any, expected: list[Any]) -> None:
 
 @pytest.mark.parametrize(("param", "text", "match"), [
     ("steps", "ten", "takes numbers"), ("steps", "1.5", "whole numbers"), ("steps", "", "no values"),
-    ("steps", "1-5000", "the most is 1000"), ("cfg", "5-1 (+1)", "range is empty"), ("sampler", [1], "text"),
+    ("steps", "1-5000", "the most is 256"), ("cfg", "5-1 (+1)", "range is empty"), ("sampler", [1], "text"),
 ])
 def test_bad_axis_values_are_a_sentence(param: str, text: Any, match: str) -> None:
     with pytest.raises(WorkflowError, match=match) as caught:
@@ -150,3 +151,55 @@ def test_a_z_axis_makes_side_by_side_blocks_with_titles_and_a_failed_cell_is_bla
     assert sheet.getpixel((32, sheet.height - 32)) == (10, 10, 10)
     with pytest.raises(ValueError):
         compose_grid(images[:3], plan)
+
+
+def test_ranges_are_counted_while_they_are_expanded() -> None:
+    # 1000 ranges of 200 values each: refused at the second range, before 200 000 values exist.
+    with pytest.raises(WorkflowError, match="makes 200 values after the 200 before it; the most is 256") as caught:
+        axis_values("steps", ",".join(["1-200"] * 1000))
+    assert caught.value.field == "grid"
+    with pytest.raises(WorkflowError, match="makes more than 256 values"):
+        axis_values("steps", ",".join(["1-128"] * 2 + ["5"]))
+    with pytest.raises(WorkflowError, match="cfg range makes 200 values after the 200"):
+        axis_values("cfg", "1-200 [200], 1-200 [200]")
+    assert len(axis_values("steps", "1-128, 1-128")) == 256
+
+
+def test_an_axis_text_has_a_length_cap_and_a_list_a_value_cap() -> None:
+    with pytest.raises(WorkflowError, match=f"characters long; the most is {MAX_AXIS_TEXT}"):
+        axis_values("prompt", "a," * MAX_AXIS_TEXT)
+    with pytest.raises(WorkflowError, match="has 100000 values; the most is 256"):
+        axis_values("steps", list(range(100_000)))
+
+
+def test_a_confirmed_grid_still_has_a_hard_cap_checked_from_its_shape() -> None:
+    grid = {"x": {"param": "seed", "values": "1-200"}, "y": {"param": "steps", "values": "1-200"},
+            "z": {"param": "cfg", "values": "1-200"}}  # 8 million cells: refused before any is built
+    with pytest.raises(WorkflowError, match=f"8000000 images \\(200 × 200 × 200\\); the most a grid may make, "
+                                            f"even confirmed, is {MAX_GRID_CELLS}") as caught:
+        plan_grid(BASE, grid, confirmed=True)
+    assert caught.value.field == "grid"
+    assert len(plan_grid(BASE, {"x": {"param": "seed", "values": "1-16"}, "y": {"param": "steps", "values": "1-16"}},
+                         confirmed=True).cells) == MAX_GRID_CELLS
+
+
+def test_the_grid_image_stays_within_its_pixel_budget() -> None:
+    plan = plan_grid(BASE, {"x": {"param": "seed", "values": "1-16"}, "y": {"param": "steps", "values": "1-16"}},
+                     confirmed=True)
+    big = Image.new("RGB", (1024, 1024), (0, 90, 0))  # 256 cells of 1024²: 268 MP unbounded
+    sheet = compose_grid([big] * len(plan.cells), plan)
+    assert sheet.width * sheet.height <= MAX_SHEET_PIXELS
+    assert sheet.width > 16 * 256  # still readable cells: drawn smaller, not dropped
+    assert sheet.getpixel((sheet.width - 40, sheet.height - 40)) == (0, 90, 0)
+
+
+def test_cells_of_other_sizes_are_letterboxed_not_squashed() -> None:
+    plan = plan_grid(BASE, {"x": {"param": "width", "values": [64, 256]}})
+    wide = Image.open(io.BytesIO(cell_image((200, 0, 0), (256, 64))))
+    square = Image.open(io.BytesIO(cell_image((0, 0, 200), (64, 64))))
+    sheet = compose_grid([square, wide], plan)
+    top = sheet.height - 64
+    assert sheet.width == 2 * 256  # each box is the largest cell's size
+    assert sheet.getpixel((256 + 5, top + 32)) == (200, 0, 0) and sheet.getpixel((512 - 5, top + 32)) == (200, 0, 0)
+    assert sheet.getpixel((128, top + 32)) == (0, 0, 200)  # the square, centred in its box, its own shape
+    assert sheet.getpixel((10, top + 32)) == (255, 255, 255)  # with white on its sides

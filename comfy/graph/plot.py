@@ -25,6 +25,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
@@ -32,10 +33,20 @@ from PIL import Image, ImageDraw, ImageFont
 from comfy.errors import WorkflowError
 from comfy.graph.params import GenerationParams
 
-__all__ = ["PLOT_PARAMS", "MAX_CELLS", "Axis", "Cell", "GridPlan", "axis_values", "plan_grid", "compose_grid"]
+__all__ = ["PLOT_PARAMS", "MAX_CELLS", "MAX_GRID_CELLS", "MAX_SHEET_PIXELS", "Axis", "Cell", "GridPlan",
+           "axis_values", "plan_grid", "apply_value", "compose_grid"]
 
 #: Without confirmation, a grid may have at most this many cells (jobs).
 MAX_CELLS = 64
+#: Even confirmed, a grid has at most this many cells: a request queues at most this many jobs (A1111 warns
+#: at a few hundred images too), and its cells are planned and checked before anything is queued.
+MAX_GRID_CELLS = 256
+#: The labelled grid image stays within this many pixels (64 MP): bigger cells are drawn smaller.
+MAX_SHEET_PIXELS = 64_000_000
+#: Nor is a side of it longer than this (pixels).
+MAX_SHEET_SIDE = 32_768
+#: An axis given as text is at most this long (characters).
+MAX_AXIS_TEXT = 10_000
 _AXES = ("x", "y", "z")
 #: What an axis may plot, and the kind of its values.
 PLOT_PARAMS: dict[str, type] = {
@@ -52,7 +63,8 @@ _RANGE = re.compile(rf"\s*({_INT})\s*-\s*({_INT})(?:\s*\(\s*([+-]\d+)\s*\))?\s*"
 _RANGE_COUNT = re.compile(rf"\s*({_INT})\s*-\s*({_INT})\s*\[\s*(\d+)\s*\]?\s*")
 _RANGE_FLOAT = re.compile(rf"\s*({_FLOAT})\s*-\s*({_FLOAT})(?:\s*\(\s*([+-]\d+(?:\.\d*)?)\s*\))?\s*")
 _RANGE_COUNT_FLOAT = re.compile(rf"\s*({_FLOAT})\s*-\s*({_FLOAT})\s*\[\s*(\d+(?:\.\d*)?)\s*\]?\s*")
-_MAX_VALUES = 1000
+#: One axis has at most this many values (more could only make a grid over :data:`MAX_GRID_CELLS`).
+_MAX_VALUES = MAX_GRID_CELLS
 
 
 @dataclass(frozen=True)
@@ -98,10 +110,16 @@ def axis_values(param: str, values: Any) -> list[Any]:
     """The values of one axis, from a list or A1111's text syntax, converted to the parameter's kind."""
     kind = _kind(param)
     if isinstance(values, str):
+        if len(values) > MAX_AXIS_TEXT:
+            raise WorkflowError(f"The values of the {param} axis are {len(values)} characters long; the most is "
+                                f"{MAX_AXIS_TEXT}.", field="grid")
         items = _split(values)
         if kind in (int, float):
             items = _expand_ranges(items, kind, param)
     elif isinstance(values, (list, tuple)):
+        if len(values) > _MAX_VALUES:
+            raise WorkflowError(f"The {param} axis has {len(values)} values; the most is {_MAX_VALUES}.",
+                                field="grid")
         items = list(values)
     else:
         raise WorkflowError(f"The values of the {param} axis must be a list or a text like \"1, 2, 3\".",
@@ -143,8 +161,11 @@ def plan_grid(params: GenerationParams, grid: Mapping[str, Any], *, confirmed: b
         axes[name] = Axis(param, tuple(axis_values(param, spec["values"])))
     shape = [len(axes[a].values) if a in axes else 1 for a in _AXES]
     total = math.prod(shape)
+    sizes = " × ".join(str(len(a.values)) for a in axes.values())
+    if total > MAX_GRID_CELLS:  # from the shape alone: no cell is built
+        raise WorkflowError(f"This grid makes {total} images ({sizes}); the most a grid may make, even confirmed, "
+                            f"is {MAX_GRID_CELLS}: use fewer values, or split it into several grids.", field="grid")
     if total > MAX_CELLS and not confirmed:
-        sizes = " × ".join(str(len(a.values)) for a in axes.values())
         raise WorkflowError(f"This grid makes {total} images ({sizes}), more than {MAX_CELLS}: confirm to run them "
                             "all, or use fewer values.", field="grid")
     cells = []
@@ -152,13 +173,14 @@ def plan_grid(params: GenerationParams, grid: Mapping[str, Any], *, confirmed: b
         values = {name: axes[name].values[(x, y, z)[_AXES.index(name)]] for name in axes}
         cell_params = params
         for name, value in values.items():
-            cell_params = _apply(cell_params, axes[name], value)
+            cell_params = apply_value(cell_params, axes[name], value)
         label = ", ".join(axes[name].label(v) for name, v in values.items())
         cells.append(Cell(index, (x, y, z), values, cell_params, label))
     return GridPlan(axes, cells)
 
 
-def _apply(params: GenerationParams, axis: Axis, value: Any) -> GenerationParams:
+def apply_value(params: GenerationParams, axis: Axis, value: Any) -> GenerationParams:
+    """``params`` with one axis set to ``value`` (as its cells have it)."""
     param = axis.param
     if param == "prompt_sr":
         search = axis.values[0]
@@ -192,20 +214,24 @@ def _split(text: str) -> list[str]:
 
 
 def _expand_ranges(items: list[str], kind: type, param: str) -> list[Any]:
+    """Ranges expanded, counting as it goes: past :data:`_MAX_VALUES` in all it stops with a sentence."""
     out: list[Any] = []
     for item in items:
+        if len(out) >= _MAX_VALUES:
+            raise WorkflowError(f"The {param} axis makes more than {_MAX_VALUES} values; the most is {_MAX_VALUES}.",
+                                field="grid")
         if kind is int and (m := _RANGE.fullmatch(item)):
             start, end = _int(m.group(1)), _int(m.group(2))
             step = int(m.group(3)) if m.group(3) else 1
-            out += _checked(range(start, end + 1, step), param)  # A1111's own rule: 10-1 (-3) is 10, 7, 4
+            out += _checked(range(start, end + 1, step), param, len(out))  # A1111's rule: 10-1 (-3) is 10, 7, 4
         elif kind is int and (m := _RANGE_COUNT.fullmatch(item)):
-            out += [int(v) for v in _linspace(_int(m.group(1)), _int(m.group(2)), int(m.group(3)), param)]
+            out += [int(v) for v in _linspace(_int(m.group(1)), _int(m.group(2)), int(m.group(3)), param, len(out))]
         elif kind is float and (m := _RANGE_FLOAT.fullmatch(item)):
             start, end = _float(m.group(1)), _float(m.group(2))
             step = float(m.group(3)) if m.group(3) else 1.0
-            out += _arange(start, end, step, param)
+            out += _arange(start, end, step, param, len(out))
         elif kind is float and (m := _RANGE_COUNT_FLOAT.fullmatch(item)):
-            out += _linspace(_float(m.group(1)), _float(m.group(2)), int(float(m.group(3))), param)
+            out += _linspace(_float(m.group(1)), _float(m.group(2)), int(float(m.group(3))), param, len(out))
         else:
             out.append(item)
     return out
@@ -219,29 +245,36 @@ def _float(text: str) -> float:
     return float(text.replace(" ", ""))
 
 
-def _checked(values: range, param: str) -> list[int]:
-    if len(values) > _MAX_VALUES:
-        raise WorkflowError(f"The {param} range makes {len(values)} values; the most is {_MAX_VALUES}.", field="grid")
+def _too_many(param: str, count: int, before: int) -> WorkflowError:
+    more = f" after the {before} before it" if before else ""
+    return WorkflowError(f"The {param} range makes {count} values{more}; the most is {_MAX_VALUES}.", field="grid")
+
+
+def _checked(values: range, param: str, before: int = 0) -> list[int]:
+    if before + len(values) > _MAX_VALUES:
+        raise _too_many(param, len(values), before)
     if not values:
         raise WorkflowError(f"The {param} range is empty: its step goes away from its end.", field="grid")
     return list(values)
 
 
-def _linspace(start: float, end: float, count: int, param: str) -> list[float]:
+def _linspace(start: float, end: float, count: int, param: str, before: int = 0) -> list[float]:
     if not 1 <= count <= _MAX_VALUES:
         raise WorkflowError(f"The {param} count [{count}] must be between 1 and {_MAX_VALUES}.", field="grid")
+    if before + count > _MAX_VALUES:
+        raise _too_many(param, count, before)
     if count == 1:
         return [float(start)]
     return [round(start + (end - start) * i / (count - 1), 10) for i in range(count)]
 
 
-def _arange(start: float, end: float, step: float, param: str) -> list[float]:
+def _arange(start: float, end: float, step: float, param: str, before: int = 0) -> list[float]:
     """A1111's ``np.arange(start, end + step, step)``, without float drift in the values."""
     if step == 0 or (end - start) / step < 0:
         raise WorkflowError(f"The {param} range is empty: its step goes away from its end.", field="grid")
     count = math.floor((end - start) / step + 1e-9) + 1
-    if count > _MAX_VALUES:
-        raise WorkflowError(f"The {param} range makes {count} values; the most is {_MAX_VALUES}.", field="grid")
+    if before + count > _MAX_VALUES:
+        raise _too_many(param, count, before)
     return [round(start + i * step, 10) for i in range(count)]
 
 
@@ -271,35 +304,45 @@ def _show(value: Any) -> str:
 # ------------------------------------------------------------------------------------------------ image
 
 
-def compose_grid(images: Sequence[Image.Image | bytes | None], plan: GridPlan, *,
+def compose_grid(images: Sequence[Image.Image | bytes | Path | None], plan: GridPlan, *,
                  background: str = "white") -> Image.Image:
     """The plot as one image: cells row-major, x labels above, y labels on the left, one block per z value.
 
-    ``images`` are the cells' images in :attr:`GridPlan.cells` order (PNG bytes or PIL images; None
-    for a cell that failed, drawn empty). Every cell is drawn at the first image's size.
+    ``images`` are the cells' images in :attr:`GridPlan.cells` order (PNG bytes, files or PIL images;
+    None for a cell that failed, drawn empty; a file that cannot be read is drawn empty too). Files and
+    bytes are decoded one at a time as they are drawn. Each cell's box is the largest cell's size; a cell of another
+    shape is fitted into it keeping its proportions (letterboxed). Boxes are drawn smaller when the sheet
+    would pass :data:`MAX_SHEET_PIXELS` or :data:`MAX_SHEET_SIDE`.
     """
     if len(images) != len(plan.cells):
         raise ValueError(f"{len(images)} images for {len(plan.cells)} cells")
-    opened = [Image.open(io.BytesIO(i)) if isinstance(i, (bytes, bytearray)) else i for i in images]
-    first = next((i for i in opened if i is not None), None)
-    cell_w, cell_h = first.size if first is not None else (256, 256)
+    opened = [_open(i) for i in images]
+    sizes = [i.size for i in opened if i is not None]
+    cell_w, cell_h = (max(w for w, _ in sizes), max(h for _, h in sizes)) if sizes else (256, 256)
     columns, rows, blocks = plan.shape
-    font = _font(max(14, cell_w // 16))
-    x_axis, y_axis, z_axis = (plan.axes.get(a) for a in _AXES)
-    top = _text_height(font) * 2 + 16 if x_axis else 0
-    left = min(cell_w, max((_text_width(font, y_axis.label(v)) for v in y_axis.values), default=0) + 24) \
-        if y_axis else 0
-    title = _text_height(font) + 16 if z_axis else 0
-    block_w, block_h = left + columns * cell_w, title + top + rows * cell_h
-    gap = 24 if blocks > 1 else 0
-    sheet = Image.new("RGB", (blocks * block_w + (blocks - 1) * gap, block_h), background)
+    layout = _layout(plan, cell_w, cell_h)
+    for _ in range(8):  # shrink the boxes until the sheet fits (labels do not shrink below 14 px)
+        width, height = layout.size
+        scale = min(1.0, math.sqrt(MAX_SHEET_PIXELS / (width * height)), MAX_SHEET_SIDE / width,
+                    MAX_SHEET_SIDE / height)
+        if scale >= 1.0:
+            break
+        cell_w, cell_h = max(8, int(cell_w * scale * 0.98)), max(8, int(cell_h * scale * 0.98))
+        layout = _layout(plan, cell_w, cell_h)
+    sheet = Image.new("RGB", layout.size, background)
     draw = ImageDraw.Draw(sheet)
-    for cell, image in zip(plan.cells, opened, strict=True):
+    font, left, top, title, gap = layout.font, layout.left, layout.top, layout.title, layout.gap
+    block_w = left + columns * cell_w
+    for cell, image, given in zip(plan.cells, opened, images, strict=True):
         x, y, z = cell.position
-        ox = z * (block_w + gap) + left
-        oy = title + top
         if image is not None:
-            sheet.paste(image.convert("RGB").resize((cell_w, cell_h)), (ox + x * cell_w, oy + y * cell_h))
+            fitted = _fit(image, cell_w, cell_h)
+            ox = z * (block_w + gap) + left + x * cell_w + (cell_w - fitted.width) // 2
+            oy = title + top + y * cell_h + (cell_h - fitted.height) // 2
+            sheet.paste(fitted, (ox, oy))
+            if image is not given:  # opened here from bytes: one decoded cell at a time
+                image.close()
+    x_axis, y_axis, z_axis = (plan.axes.get(a) for a in _AXES)
     for z in range(blocks):
         ox = z * (block_w + gap)
         if z_axis:
@@ -311,6 +354,48 @@ def compose_grid(images: Sequence[Image.Image | bytes | None], plan: GridPlan, *
             for y, value in enumerate(y_axis.values):
                 _centred(draw, y_axis.label(value), font, ox, title + top + y * cell_h, left, cell_h)
     return sheet
+
+
+def _open(image: Image.Image | bytes | Path | None) -> Image.Image | None:
+    """A lazily opened image (only its header read); None for a file that is not an image."""
+    try:
+        if isinstance(image, (bytes, bytearray)):
+            return Image.open(io.BytesIO(image))
+        return Image.open(image) if isinstance(image, Path) else image
+    except (OSError, Image.UnidentifiedImageError):
+        return None
+
+
+@dataclass(frozen=True)
+class _Layout:
+    font: Any
+    left: int
+    top: int
+    title: int
+    gap: int
+    size: tuple[int, int]
+
+
+def _layout(plan: GridPlan, cell_w: int, cell_h: int) -> _Layout:
+    """Where the labels go for cells of this size, and the sheet's size."""
+    columns, rows, blocks = plan.shape
+    font = _font(max(14, cell_w // 16))
+    x_axis, y_axis, z_axis = (plan.axes.get(a) for a in _AXES)
+    top = _text_height(font) * 2 + 16 if x_axis else 0
+    left = min(cell_w, max((_text_width(font, y_axis.label(v)) for v in y_axis.values), default=0) + 24) \
+        if y_axis else 0
+    title = _text_height(font) + 16 if z_axis else 0
+    gap = 24 if blocks > 1 else 0
+    block_w, block_h = left + columns * cell_w, title + top + rows * cell_h
+    return _Layout(font, left, top, title, gap, (blocks * block_w + (blocks - 1) * gap, block_h))
+
+
+def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The image scaled to fit ``width`` × ``height`` keeping its proportions."""
+    scale = min(width / image.width, height / image.height)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    picture = image.convert("RGB")
+    return picture if picture.size == size else picture.resize(size, Image.Resampling.LANCZOS)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

@@ -73,3 +73,12 @@ class BlockingStore:
 
     def prune_records(self, *, older_than: float, skip: Collection[str] = (), batch: int = 256) -> list[dict[str, Any]]:
         return self._call(self.store.prune_records(older_than=older_than, skip=skip, batch=batch))  # type: ignore[attr-defined]
+
+    def get_grid(self, grid_id: str) -> dict[str, Any]:
+        return self._call(self.store.get_grid(grid_id))
+
+    def delete_grid(self, grid_id: str) -> None:
+        self._call(self.store.delete_grid(grid_id))
+
+    def grid_ids(self) -> list[str]:
+        return self._call(self.store.grid_ids())

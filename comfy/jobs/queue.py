@@ -69,6 +69,7 @@ from comfy.jobs.layout import (
     split_heavy,
     with_heavy,
 )
+from comfy.jobs import grid_records
 from comfy.jobs.leases import lease_live
 from comfy.jobs.records import FINAL, QUEUED, RUNNING, TAKEN_OVER_NOTE, UPDATABLE_FIELDS, Job, JobPage, JobState
 
@@ -181,9 +182,9 @@ class JobQueue:
 
     def enqueue_many(self, requests: list[dict[str, Any]], *, owner: str | None = None) -> list[Job]:
         """Queue several jobs in one transaction (in order); each request has ``params`` and optionally
-        ``kind``, ``workflow`` and ``idempotency_key``, with the same rules as :meth:`enqueue`."""
+        ``kind``, ``workflow``, ``idempotency_key`` and ``note``, with the same rules as :meth:`enqueue`."""
         prepared = [_request(r["params"], r.get("kind", "generate"), r.get("workflow"), r.get("idempotency_key"),
-                             owner) for r in requests]
+                             owner, r.get("note")) for r in requests]
         return [job for job, _created in self._enqueue(prepared)]
 
     def _enqueue(self, requests: list[_Request]) -> list[tuple[Job, bool]]:
@@ -320,6 +321,20 @@ class JobQueue:
             buf = self._cache.get(BUCKET_KEY.format(number))
             if buf is not None:
                 yield number, buf
+
+    def get_many(self, job_ids: Iterable[str]) -> list[Job]:
+        """The jobs of ``job_ids`` still there, in order."""
+        with _map_errors():
+            return list(self._jobs(job_ids))
+
+    def get_grid(self, grid_id: str) -> dict[str, Any]:
+        return grid_records.disk_get(self, grid_id)  # X/Y/Z plot records: comfy.jobs.grid_records
+
+    def delete_grid(self, grid_id: str) -> None:
+        grid_records.disk_delete(self, grid_id)
+
+    def grid_ids(self) -> list[str]:
+        return grid_records.disk_ids(self)
 
     def _jobs(self, ids: Iterable[str]) -> Iterator[Job]:
         """The jobs still there (one may be pruned between reading the index and reading it)."""

@@ -42,6 +42,7 @@ KEYS = {
     "cancel": ":cancel",  # the pub/sub channel of cancel requests
     "presence": ":presence:",  # + replica or worker id: its heartbeat, a JSON record with a TTL (comfy.jobs.presence)
     "grid": ":grid:",  # + id: an X/Y/Z plot's record, JSON text (comfy.jobs.grid_records)
+    "grids": ":grids",  # a set of every plot's id (retention)
 }
 
 # -- shared helpers, defined once in the library ----------------------------------------------------------

@@ -129,6 +129,17 @@ class RedisStore:
     async def get_grid(self, grid_id: str) -> dict[str, Any]:
         return await grid_records.redis_get(self, grid_id)
 
+    async def delete_grid(self, grid_id: str) -> None:
+        await grid_records.redis_delete(self, grid_id)
+
+    async def grid_ids(self) -> list[str]:
+        return await grid_records.redis_ids(self)
+
+    async def get_many(self, job_ids: list[str]) -> list[Job]:
+        """The jobs of ``job_ids`` still there, in order, in one round trip."""
+        with map_redis_errors():
+            return await self._jobs(job_ids)
+
     async def close(self) -> None:
         await self._batcher.aclose()
         if self._owns_client:
@@ -147,7 +158,7 @@ class RedisStore:
 
     async def enqueue_many(self, requests: list[dict[str, Any]], *, owner: str | None = None) -> list[Job]:
         prepared = [_request(r["params"], r.get("kind", "generate"), r.get("workflow"), r.get("idempotency_key"),
-                             owner) for r in requests]
+                             owner, r.get("note")) for r in requests]
         return [job for job, _created in await self._enqueue(prepared)]
 
     async def _enqueue(self, requests: list[_Request]) -> list[tuple[Job, bool]]:

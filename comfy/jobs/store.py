@@ -44,6 +44,8 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> Job: ...
 
+    async def get_many(self, job_ids: list[str]) -> list[Job]: ...
+
     async def list(self, *, states: Collection[JobState] | None = None, owner: str | None = None, limit: int = 50,
                    cursor: int | None = None, unowned: bool = False) -> JobPage: ...
 
@@ -91,6 +93,10 @@ class JobStore(Protocol):
 
     async def get_grid(self, grid_id: str) -> dict[str, Any]: ...
 
+    async def delete_grid(self, grid_id: str) -> None: ...
+
+    async def grid_ids(self) -> list[str]: ...
+
     async def close(self) -> None: ...
 
 
@@ -122,6 +128,10 @@ class DiskStore:
 
     async def get(self, job_id: str) -> Job:
         return await asyncio.to_thread(self.queue.get, job_id)
+
+    async def get_many(self, job_ids: list[str]) -> list[Job]:
+        """The jobs of ``job_ids`` still there, in order, read in one thread hop."""
+        return await asyncio.to_thread(self.queue.get_many, job_ids)
 
     async def list(self, *, states: Collection[JobState] | None = None, owner: str | None = None, limit: int = 50,
                    cursor: int | None = None, unowned: bool = False) -> JobPage:
@@ -195,6 +205,14 @@ class DiskStore:
     async def get_grid(self, grid_id: str) -> dict[str, Any]:
         """A plot's record; :class:`GridNotFound` if there is none."""
         return await asyncio.to_thread(grid_records.disk_get, self.queue, grid_id)
+
+    async def delete_grid(self, grid_id: str) -> None:
+        """Forget a plot's record (none is fine)."""
+        await asyncio.to_thread(grid_records.disk_delete, self.queue, grid_id)
+
+    async def grid_ids(self) -> list[str]:
+        """Every plot's id."""
+        return await asyncio.to_thread(grid_records.disk_ids, self.queue)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.queue.close)

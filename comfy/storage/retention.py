@@ -5,6 +5,7 @@ and kept input images no live job uses and nothing used since the cut-off (an in
 between jobs, and is touched each time a job keeps it). Queued and running jobs are never touched, nor a
 job whose upload to S3 is still pending (its local files are the only copy). Records go first, in short
 transactions; a crash before the files are removed leaves only files, which the next prune sweeps.
+An X/Y/Z plot's record and its image (``grid_<id>``) stay while any of its cells does, and go with the last.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class PruneReport:
     upload_records: int = 0
     #: Old jobs kept because their upload to S3 is still pending.
     kept_pending_upload: int = 0
+    #: X/Y/Z plots removed with their last cell.
+    grids: int = 0
 
     def sentence(self) -> str:
         """
@@ -48,6 +51,8 @@ class PruneReport:
         """
         text = (f"Removed {self.jobs} job(s), {self.files} output file(s) and {self.inputs} kept input(s): "
                 f"{self.bytes / 1e6:.1f} MB freed.")
+        if self.grids:
+            text += f" Removed {self.grids} grid(s) whose cells were all gone."
         if self.kept_pending_upload:
             text += f" Kept {self.kept_pending_upload} old job(s) whose upload to S3 is still pending."
         return text
@@ -76,8 +81,12 @@ def prune(queue: JobQueue, store: LocalStore, *, older_than: float, backlog: Upl
         for job_id in kept.jobs():
             if not _exists(queue, job_id):
                 kept.remove(job_id)
+    grids, live_grids, removed, freed = _prune_grids(queue, store)
+    files, size = files + removed, size + freed
     # Output folders whose record is gone (a crash between the two): swept once old enough.
     for folder in _children(store.outputs_dir):
+        if folder.name.startswith("grid_") and folder.name[5:] in live_grids:
+            continue  # a plot's image lives as long as its record
         if folder.is_dir() and _older(folder, older_than) and not _exists(queue, folder.name):
             removed, freed = _remove_tree(folder)
             files, size = files + removed, size + freed
@@ -85,7 +94,25 @@ def prune(queue: JobQueue, store: LocalStore, *, older_than: float, backlog: Upl
     forgotten = backlog.forget({r["id"] for r in records}) if backlog is not None and records else 0
     kept = _count_old_pending(queue, pending, older_than)
     return PruneReport(jobs=len(records), files=files, bytes=size + freed, inputs=inputs, upload_records=forgotten,
-                       kept_pending_upload=kept)
+                       kept_pending_upload=kept, grids=grids)
+
+
+def _prune_grids(queue: JobQueue, store: LocalStore) -> tuple[int, set[str], int, int]:
+    """Plots whose every cell is gone leave with their image: (removed, the ids kept, files, bytes)."""
+    live: set[str] = set()
+    removed = files = size = 0
+    for grid_id in queue.grid_ids():
+        try:
+            record = queue.get_grid(grid_id)
+        except ComfyError:  # GridNotFound: only its id was left
+            record = {"job_ids": []}
+        if any(_exists(queue, job_id) for job_id in record["job_ids"]):
+            live.add(grid_id)
+            continue
+        queue.delete_grid(grid_id)
+        gone, freed = _remove_tree(store.outputs_dir / f"grid_{grid_id}")
+        removed, files, size = removed + 1, files + gone, size + freed
+    return removed, live, files, size
 
 
 def _prune_inputs(queue: JobQueue, store: LocalStore, older_than: float) -> tuple[int, int]:
