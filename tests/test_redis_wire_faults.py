@@ -98,3 +98,20 @@ async def test_a_silent_link_is_said_not_waited_on_for_ever(behind_proxy, monkey
     finally:
         proxy.silent = False
         await store.close()
+
+
+async def test_a_record_lost_by_an_evicting_redis_leaves_the_listing_working(redis_server, redis_prefix,  # noqa: F811
+                                                                            caplog) -> None:
+    store = RedisStore.from_url(redis_server.url, prefix=redis_prefix)
+    direct = aioredis.Redis(port=redis_server.port, decode_responses=True)
+    try:
+        kept, _ = await store.enqueue({"prompt": "kept"})
+        lost, _ = await store.enqueue({"prompt": "evicted"})
+        await direct.delete(f"{redis_prefix}:job:{lost.id}")  # what maxmemory-policy allkeys-lru does
+        with caplog.at_level("WARNING"):
+            page = await store.list()
+        assert [job.id for job in page.jobs] == [kept.id]  # the page and /api/v1/jobs still answer
+        assert "noeviction" in caplog.text
+    finally:
+        await store.close()
+        await direct.aclose()

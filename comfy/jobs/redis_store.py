@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -37,6 +38,8 @@ from comfy.jobs.redis_scripts import KEYS
 from comfy.jobs.redis_wire import use_hiredis_packing
 
 __all__ = ["RedisStore", "map_redis_errors"]
+
+log = logging.getLogger(__name__)
 
 _STATES = [state.value for state in JobState]
 
@@ -207,7 +210,11 @@ class RedisStore:
                    else self.key("state", state) for state in wanted]
         highest = "+inf" if cursor is None else f"({int(cursor)}"
         reply = await self._run("list", highest, str(max(limit, 0)), *indexes)
-        jobs = [Job.from_dict(_record(flat)) for flat in reply[3:]]
+        records = [_record(flat) for flat in reply[3:]]
+        if not all(records):  # indexed, but its record is gone: a Redis that evicts keys (run it with noeviction)
+            log.warning("Redis lost %d job record(s) its indexes still name; set maxmemory-policy noeviction",
+                        records.count({}))
+        jobs = [Job.from_dict(record) for record in records if record]
         return JobPage(jobs, int(reply[2]) if reply[2] else None, int(reply[1]))
 
     async def counts(self) -> dict[JobState, int]:
